@@ -1,0 +1,276 @@
+"""Grid generators of the spatial transformer (Jaderberg et al. 2015, section 3.2).
+
+A grid generator maps every pixel ``(x_t, y_t)`` of the regular output grid ``G`` (normalised to
+[-1, 1]) to a source point ``(x_s, y_s) = T_theta(x_t, y_t)`` in the input, in the same
+normalised coordinates. The result is a sampling grid ``[B, H_out, W_out, 2]`` with last axis
+``(x, y)`` for ``stn.sampling.sample``.
+
+Transforms and their parameters (batch first):
+
+* ``affine``      ``[B, 2, 3]`` (flat ``[B, 6]``, row-major): paper eq. 1,
+  ``(x_s, y_s)^T = theta (x_t, y_t, 1)^T``.
+* ``attention``   ``[B, 3]`` = ``(s, t_x, t_y)``: paper eq. 2, ``theta = [[s, 0, t_x], [0, s, t_y]]``.
+* ``projective``  ``[B, 8]``: a homography ``H`` with ``H[2, 2] = 1``,
+  ``x_s = (h0 x + h1 y + h2) / (h6 x + h7 y + 1)``, ``y_s = (h3 x + h4 y + h5) / (h6 x + h7 y + 1)``.
+* ``tps``         ``[B, K, 2]``: a thin-plate spline (Bookstein 1989) given by the source
+  positions of ``K`` control points laid on a regular ``g x g`` grid over [-1, 1]^2
+  (``tps`` is 4x4 = 16 points as in the paper; ``tps3x3`` is 3x3).
+
+Each transform has ``num_params``, ``identity()`` (flat, used as the localisation net's initial
+bias) and ``grid(params, height, width, align_corners=...)`` for any output size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def base_grid(height: int, width: int, *, align_corners: bool = False) -> jax.Array:
+    """The regular target grid ``G``: pixel centres in normalised coordinates, ``[H, W, 2]``.
+
+    align_corners=True puts the corner pixel centres at -1 and 1; False puts the corner pixels'
+    outer edges there, so centres sit at ``(2 i + 1) / size - 1`` (as torch's affine_grid).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"grid size must be positive, got height={height}, width={width}")
+    return jnp.asarray(_base_grid_np(height, width, align_corners), jnp.float32)
+
+
+def _base_grid_np(height: int, width: int, align_corners: bool) -> np.ndarray:
+    """``base_grid`` in float64 NumPy, for precomputations."""
+
+    def centres(size: int) -> np.ndarray:
+        if align_corners:
+            return np.linspace(-1.0, 1.0, size) if size > 1 else np.zeros(1)
+        return (2.0 * np.arange(size) + 1.0) / size - 1.0
+
+    xs, ys = np.meshgrid(centres(width), centres(height))
+    return np.stack([xs, ys], axis=-1)
+
+
+def _check_batch(params: jax.Array, shapes: tuple[tuple[int, ...], ...], name: str) -> None:
+    if params.ndim < 2 or tuple(params.shape[1:]) not in shapes:
+        expected = " or ".join(str(["B", *s]) for s in shapes)
+        raise ValueError(f"{name} parameters must be {expected}, got shape {params.shape}")
+
+
+def affine_grid(
+    theta: jax.Array, height: int, width: int, *, align_corners: bool = False
+) -> jax.Array:
+    """Paper eq. 1: ``(x_s, y_s)^T = theta @ (x_t, y_t, 1)^T`` at every pixel of the output grid.
+
+    Args:
+      theta: ``[B, 2, 3]`` affine matrices.
+      height, width: output grid size.
+      align_corners: as ``torch.nn.functional.affine_grid``.
+
+    Returns:
+      ``[B, height, width, 2]``, numerically the same as torch's ``affine_grid(theta, (B, C,
+      height, width), align_corners)``.
+    """
+    theta = jnp.asarray(theta)
+    _check_batch(theta, ((2, 3),), "affine")
+    target = base_grid(height, width, align_corners=align_corners).astype(theta.dtype)
+    x_t, y_t = target[..., 0], target[..., 1]
+    coefficient = lambda r, c: theta[:, r, c, None, None]  # noqa: E731  [B, 1, 1]
+    x_s = coefficient(0, 0) * x_t + coefficient(0, 1) * y_t + coefficient(0, 2)
+    y_s = coefficient(1, 0) * x_t + coefficient(1, 1) * y_t + coefficient(1, 2)
+    return jnp.stack([x_s, y_s], axis=-1)
+
+
+def attention_to_affine(params: jax.Array) -> jax.Array:
+    """Paper eq. 2: ``(s, t_x, t_y)`` -> ``[[s, 0, t_x], [0, s, t_y]]``, ``[B, 3] -> [B, 2, 3]``."""
+    params = jnp.asarray(params)
+    _check_batch(params, ((3,),), "attention")
+    s, t_x, t_y = params[:, 0], params[:, 1], params[:, 2]
+    zero = jnp.zeros_like(s)
+    return jnp.stack([jnp.stack([s, zero, t_x], -1), jnp.stack([zero, s, t_y], -1)], axis=1)
+
+
+def projective_grid(
+    params: jax.Array, height: int, width: int, *, align_corners: bool = False
+) -> jax.Array:
+    """Homography with ``H[2, 2] = 1``: ``(x_s, y_s) = (H (x_t, y_t, 1)^T)_{0,1} / (...)_2``.
+
+    Args:
+      params: ``[B, 8]``, the first eight entries of ``H`` in row-major order.
+
+    The denominator is kept at least 1e-6 away from zero (sign preserved) so that a degenerate
+    homography gives far-away points (sampled as padding), not inf or NaN.
+    """
+    params = jnp.asarray(params)
+    _check_batch(params, ((8,),), "projective")
+    target = base_grid(height, width, align_corners=align_corners).astype(params.dtype)
+    x_t, y_t = target[..., 0], target[..., 1]
+    h = lambda k: params[:, k, None, None]  # noqa: E731  [B, 1, 1]
+    numerator_x = h(0) * x_t + h(1) * y_t + h(2)
+    numerator_y = h(3) * x_t + h(4) * y_t + h(5)
+    denominator = h(6) * x_t + h(7) * y_t + 1.0
+    eps = jnp.asarray(1e-6, params.dtype)
+    denominator = jnp.where(
+        jnp.abs(denominator) < eps, jnp.where(denominator < 0, -eps, eps), denominator
+    )
+    return jnp.stack([numerator_x / denominator, numerator_y / denominator], axis=-1)
+
+
+def tps_radial_basis(squared_distance: np.ndarray) -> np.ndarray:
+    """The thin-plate kernel ``U(r) = r^2 log r^2`` of squared distances, with its limit 0 at r = 0.
+
+    ``where`` guards the log (no ``0 * log 0 = nan``). Used only in float64 precomputation.
+    """
+    positive = squared_distance > 0
+    safe = np.where(positive, squared_distance, 1.0)
+    return np.where(positive, safe * np.log(safe), 0.0)
+
+
+def tps_control_points(grid_size: int) -> np.ndarray:
+    """``grid_size**2`` control points on a regular grid over [-1, 1]^2, ``[K, 2]`` as (x, y)."""
+    if grid_size < 2:
+        raise ValueError(f"a TPS needs a control grid of at least 2x2, got {grid_size}")
+    axis = np.linspace(-1.0, 1.0, grid_size)
+    xs, ys = np.meshgrid(axis, axis)
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _tps_system_inverse(grid_size: int) -> np.ndarray:
+    """Inverse of the TPS system ``L = [[K, P], [P^T, 0]]`` for one control layout (float64).
+
+    ``K_ij = U(|c_i - c_j|)``, ``P = [1, x, y]`` of the control points. Solving
+    ``L [w; a] = [v; 0]`` gives the spline through values ``v`` at the control points.
+    Computed once per layout and cached.
+    """
+    control = tps_control_points(grid_size)
+    count = control.shape[0]
+    squared = ((control[:, None, :] - control[None, :, :]) ** 2).sum(-1)
+    kernel = tps_radial_basis(squared)
+    affine = np.concatenate([np.ones((count, 1)), control], axis=1)
+    system = np.zeros((count + 3, count + 3))
+    system[:count, :count] = kernel
+    system[:count, count:] = affine
+    system[count:, :count] = affine.T
+    return np.linalg.inv(system)
+
+
+@functools.lru_cache(maxsize=64)
+def _tps_interpolation_matrix(
+    grid_size: int, height: int, width: int, align_corners: bool
+) -> np.ndarray:
+    """``M`` [H*W, K] such that the TPS grid is ``M @ params`` (``params`` [K, 2]).
+
+    Row ``p`` is ``[U(|p - c_k|)_k, 1, x_p, y_p] @ L^-1[:, :K]``: the spline is linear in the
+    control points' source positions, so the whole warp is one matrix product.
+    """
+    control = tps_control_points(grid_size)
+    target = _base_grid_np(height, width, align_corners).reshape(-1, 2)
+    squared = ((target[:, None, :] - control[None, :, :]) ** 2).sum(-1)
+    radial = tps_radial_basis(squared)
+    basis = np.concatenate([radial, np.ones((target.shape[0], 1)), target], axis=1)
+    return basis @ _tps_system_inverse(grid_size)[:, : control.shape[0]]
+
+
+def tps_grid(
+    params: jax.Array, height: int, width: int, *, align_corners: bool = False
+) -> jax.Array:
+    """Thin-plate spline grid through the control points' source positions ``params`` [B, K, 2].
+
+    ``T(p) = a_0 + a_x x + a_y y + sum_k w_k U(|p - c_k|)`` with ``T(c_k) = params_k``. Written as
+    ``base + M @ (params - c)`` (``M`` precomputed per layout and size, which reproduces affine
+    maps exactly) so that the identity parameters give exactly the regular grid.
+    """
+    params = jnp.asarray(params)
+    count = params.shape[1] if params.ndim == 3 else -1
+    grid_size = int(round(np.sqrt(count))) if count > 0 else 0
+    if params.ndim != 3 or params.shape[2] != 2 or grid_size * grid_size != count:
+        raise ValueError(
+            f"tps parameters must be [B, K, 2] with K a square (9, 16, ...), got {params.shape}"
+        )
+    control = jnp.asarray(tps_control_points(grid_size), params.dtype)
+    matrix = jnp.asarray(
+        _tps_interpolation_matrix(grid_size, height, width, align_corners), params.dtype
+    )
+    offsets = jnp.einsum("pk,bkd->bpd", matrix, params - control)
+    target = base_grid(height, width, align_corners=align_corners).astype(params.dtype)
+    return target + offsets.reshape(params.shape[0], height, width, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A named parameterisation ``theta`` -> sampling grid.
+
+    Attributes:
+      name: registry name.
+      param_shape: shape of one example's parameters (without the batch axis).
+      identity_params: the parameters of the identity warp, in ``param_shape``.
+      grid_fn: ``(params [B, *param_shape], height, width, align_corners=...) -> [B, h, w, 2]``.
+    """
+
+    name: str
+    param_shape: tuple[int, ...]
+    identity_params: tuple[float, ...]
+    grid_fn: Callable[..., jax.Array]
+
+    @property
+    def num_params(self) -> int:
+        """Length of the flat parameter vector a localisation net regresses."""
+        return int(np.prod(self.param_shape))
+
+    def identity(self) -> jax.Array:
+        """Flat ``[num_params]`` parameters of the identity transform (the loc net's bias init)."""
+        return jnp.asarray(self.identity_params, jnp.float32)
+
+    def grid(
+        self, params: jax.Array, height: int, width: int, *, align_corners: bool = False
+    ) -> jax.Array:
+        """Sampling grid ``[B, height, width, 2]`` from ``[B, num_params]`` or structured params."""
+        params = jnp.asarray(params)
+        if params.ndim == 2 and params.shape[1] == self.num_params:
+            params = params.reshape(params.shape[0], *self.param_shape)
+        if params.ndim < 2 or tuple(params.shape[1:]) != self.param_shape:
+            raise ValueError(
+                f"{self.name} parameters must be [B, {self.num_params}] or "
+                f"[B, {', '.join(map(str, self.param_shape))}], got shape {params.shape}"
+            )
+        return self.grid_fn(params, height, width, align_corners=align_corners)
+
+
+def _attention_grid(params, height, width, *, align_corners=False):
+    return affine_grid(attention_to_affine(params), height, width, align_corners=align_corners)
+
+
+def thin_plate_spline(grid_size: int = 4) -> Transform:
+    """A TPS transform over a ``grid_size x grid_size`` control grid (16 points by default)."""
+    control = tps_control_points(grid_size)
+    return Transform(
+        name="tps" if grid_size == 4 else f"tps{grid_size}x{grid_size}",
+        param_shape=(grid_size * grid_size, 2),
+        identity_params=tuple(control.ravel().tolist()),
+        grid_fn=tps_grid,
+    )
+
+
+_REGISTRY: dict[str, Transform] = {
+    "affine": Transform("affine", (2, 3), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), affine_grid),
+    "attention": Transform("attention", (3,), (1.0, 0.0, 0.0), _attention_grid),
+    "projective": Transform(
+        "projective", (8,), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0), projective_grid
+    ),
+    "tps": thin_plate_spline(4),
+    "tps3x3": thin_plate_spline(3),
+    "tps4x4": thin_plate_spline(4),
+}
+
+NAMES = tuple(_REGISTRY)
+
+
+def get(name: str) -> Transform:
+    """The transform registered under ``name`` (one of ``NAMES``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown transform {name!r}; expected one of {', '.join(NAMES)}")
+    return _REGISTRY[name]
