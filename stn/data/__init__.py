@@ -1,0 +1,9 @@
+"""Layer 4: digit sources, the paper's distortions (built on layer 1), batching.
+
+- `stn.data.sources.load_digits(source)`: `tfds:NAME`, `idx:DIR` or `sample` -> `DigitSet`.
+- `stn.data.distortions.get(name)`: `none`, `r`, `rts`, `p`, `e`, `tc` -> `Distortion`.
+- `stn.data.pipeline.train_batch` / `test_set`: deterministic batches from `(seed, step)`.
+"""
+from stn.data.sources import DigitSet, load_digits
+
+__all__ = ["DigitSet", "load_digits"]
