@@ -1,0 +1,57 @@
+"""Table 1 of the paper: 4 distortions (R, RTS, P, E) x 8 models, every point a configs/mnist.py run.
+
+    python -m stn.sweeps --sweep=configs/sweeps/table1.py:seeds=3 --workdir=runs/table1
+    python -m stn.tables --workdir=runs/table1 --table=1
+
+Argument (all optional, `key=value` joined by commas):
+  seeds=N       seeds per cell (the paper averages three runs), default 1;
+  first_seed=K  seeds K .. K+N-1, default 0 (add seeds to a finished sweep without re-running);
+  steps=N       override train.steps (default: the config's full recipe);
+  data=SOURCE   override data.source: `idx:DIR`, `tfds:NAME`, `sample`, or a bare folder (= idx:).
+"""
+from stn import sweeps
+
+DISTORTIONS = ("r", "rts", "p", "e")
+# (model, transform) in the paper's row order; the plain networks have no transformer.
+MODELS = (
+    ("fcn", None), ("cnn", None),
+    ("st_fcn", "affine"), ("st_fcn", "projective"), ("st_fcn", "tps"),
+    ("st_cnn", "affine"), ("st_cnn", "projective"), ("st_cnn", "tps"),
+)
+
+
+def mnist_config(distortion: str, model: str, transform: str | None) -> str:
+    """The --config of one Table 1 cell, e.g. `configs/mnist.py:rts,st_cnn,affine`."""
+    parts = [distortion, model] + ([transform] if transform else [])
+    return "configs/mnist.py:" + ",".join(parts)
+
+
+def cell_name(distortion: str, model: str, transform: str | None, seed: int) -> str:
+    """A point's name (its folder): `rts-st_cnn-affine-s0`, `r-cnn-s2`."""
+    parts = [distortion, model] + ([transform] if transform else []) + [f"s{seed}"]
+    return "-".join(parts)
+
+
+def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
+                  data: str | None = None) -> list[dict]:
+    """Every (distortion, model, seed) point of Table 1, with the shared overrides."""
+    common = {}
+    if steps is not None:
+        common["train.steps"] = steps
+    if data is not None:
+        common["data.source"] = sweeps.data_source(data)
+    points = []
+    for axis in sweeps.product(distortion=DISTORTIONS, model=MODELS,
+                               seed=range(first_seed, first_seed + seeds)):
+        (model, transform), d, s = axis["model"], axis["distortion"], axis["seed"]
+        points.append(sweeps.point(name=cell_name(d, model, transform, s),
+                                   config=mnist_config(d, model, transform),
+                                   overrides={"seed": s, **common}))
+    return points
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """The Table 1 sweep; see the module docstring for the argument."""
+    opts = sweeps.parse_arg(arg, seeds=1, first_seed=0, steps=0, data=None)
+    return table1_points(seeds=opts["seeds"], first_seed=opts["first_seed"],
+                         steps=opts["steps"] or None, data=opts["data"])
