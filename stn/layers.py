@@ -1,0 +1,183 @@
+"""Flax NNX layers: localisation networks and the spatial transformer module.
+
+A spatial transformer (paper section 3, Fig. 2) has three parts:
+  1. a localisation net `theta = f_loc(U)` (section 3.1),
+  2. a grid generator `T_theta(G)` (section 3.2, eq. 1 for affine), from `stn.transforms`,
+  3. a sampler `V = sample(U, T_theta(G))` (section 3.3, eqs. 3-5), from `stn.sampling`.
+
+The localisation net's last (regression) layer starts with zero weights and the transform's
+identity parameters as bias, so every fresh transformer is the identity warp (the paper's
+initialisation, appendix A). This layer imports only layer 1 (`stn.transforms`, `stn.sampling`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from stn import sampling, transforms
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """`28` or `(28, 28)` -> `(28, 28)`."""
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """The loc net's last layer: zero kernel, bias = the transform's identity parameters.
+
+    With a zero kernel the output is the bias whatever the input, so the transformer starts at
+    the identity warp and its gradient w.r.t. the kernel is still non-zero (it is the input).
+    """
+    identity = jnp.asarray(identity, jnp.float32).reshape(-1)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        del key
+        return identity.reshape(shape).astype(dtype)
+
+    return nnx.Linear(in_features, identity.shape[0], kernel_init=nnx.initializers.zeros,
+                      bias_init=bias_init, rngs=rngs)
+
+
+class FullyConnectedLocNet(nnx.Module):
+    """Localisation net of fully connected ReLU layers, then the identity-initialised regression.
+
+    The paper's ST-FCN uses 32-unit layers (appendix A.1).
+    """
+
+    def __init__(self, input_shape: Sequence[int], identity: jax.Array, *,
+                 hidden: Sequence[int] = (32, 32, 32), rngs: nnx.Rngs):
+        """`input_shape` is `(H, W, C)` of one example; `identity` the transform's identity."""
+        features = 1
+        for dim in input_shape:
+            features *= int(dim)
+        layers = []
+        for width in hidden:
+            layers.append(nnx.Linear(features, width, rngs=rngs))
+            features = width
+        self.hidden = nnx.List(layers)
+        self.regression = regression_layer(features, identity, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, H, W, C]` -> flat transform parameters `[B, P]`."""
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.hidden:
+            h = jax.nn.relu(layer(h))
+        return self.regression(h)
+
+
+class ConvLocNet(nnx.Module):
+    """Convolutional localisation net (the paper's ST-CNN loc net, appendix A.1).
+
+    2x down-sampling (2x2 average pool) -> conv 5x5 (VALID) -> ReLU -> 2x2 max-pool ->
+    conv 5x5 (VALID) -> ReLU -> fully connected -> ReLU -> identity-initialised regression.
+    """
+
+    def __init__(self, input_shape: Sequence[int], identity: jax.Array, *,
+                 features: Sequence[int] = (20, 20), kernel_size: int = 5, fc: int = 20,
+                 downsample: int = 2, rngs: nnx.Rngs):
+        """`input_shape` is `(H, W, C)` of one example."""
+        height, width, channels = (int(d) for d in input_shape)
+        self.downsample = downsample
+        height, width = height // downsample, width // downsample
+        convs = []
+        for i, feat in enumerate(features):
+            convs.append(nnx.Conv(channels, feat, (kernel_size, kernel_size), padding="VALID",
+                                  rngs=rngs))
+            channels = feat
+            height, width = height - kernel_size + 1, width - kernel_size + 1
+            if i < len(features) - 1:
+                height, width = height // 2, width // 2
+            if height < 1 or width < 1:
+                raise ValueError(f"ConvLocNet: input {tuple(input_shape)} is too small for "
+                                 f"{len(features)} {kernel_size}x{kernel_size} convs after "
+                                 f"{downsample}x down-sampling")
+        self.convs = nnx.List(convs)
+        self.fc = nnx.Linear(height * width * channels, fc, rngs=rngs)
+        self.regression = regression_layer(fc, identity, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, H, W, C]` -> flat transform parameters `[B, P]`."""
+        h = x
+        if self.downsample > 1:
+            d = self.downsample
+            h = nnx.avg_pool(h, (d, d), strides=(d, d))
+        for i, conv in enumerate(self.convs):
+            h = jax.nn.relu(conv(h))
+            if i < len(self.convs) - 1:
+                h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+        h = jax.nn.relu(self.fc(h.reshape(h.shape[0], -1)))
+        return self.regression(h)
+
+
+class SpatialTransformer(nnx.Module):
+    """Localisation net -> transform parameters -> sampling grid -> sampled output.
+
+    `output_size` sets the output's `(H_out, W_out)`: the grid's size, so the transformer can
+    down- or over-sample (section 3.4). The output has as many channels as the input.
+    """
+
+    def __init__(self, loc_net: nnx.Module, transform: str, output_size: int | Sequence[int], *,
+                 kernel: str = "bilinear", padding: str = "zeros", align_corners: bool = False):
+        self.loc_net = loc_net
+        self.transform_name = transforms.get(transform).name
+        self.output_size = _pair(output_size)
+        self.kernel = kernel
+        self.padding = padding
+        self.align_corners = align_corners
+
+    @property
+    def transform(self):
+        """The `stn.transforms.Transform` this module uses."""
+        return transforms.get(self.transform_name)
+
+    def params_and_grid(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Flat transform parameters `[B, P]` and the sampling grid `[B, H_out, W_out, 2]`."""
+        theta = self.loc_net(x)
+        height, width = self.output_size
+        grid = self.transform.grid(theta, height, width, align_corners=self.align_corners)
+        return theta, grid
+
+    def __call__(self, x: jax.Array, *, return_params: bool = False):
+        """`[B, H, W, C]` -> `[B, H_out, W_out, C]` (and `[B, P]` params if `return_params`)."""
+        theta, grid = self.params_and_grid(x)
+        out = sampling.sample(x, grid, kernel=self.kernel, padding=self.padding,
+                              align_corners=self.align_corners)
+        if return_params:
+            return out, theta
+        return out
+
+
+class ParallelTransformers(nnx.Module):
+    """Several transformers acting on the same input, outputs concatenated on channels.
+
+    As in the paper's fine-grained and MNIST-addition experiments (section 4.3, appendix A):
+    each transformer can attend to a different part. All must share one `output_size`.
+    """
+
+    def __init__(self, transformers: Sequence[SpatialTransformer]):
+        sizes = {t.output_size for t in transformers}
+        if len(sizes) != 1:
+            raise ValueError(f"ParallelTransformers: all output sizes must match, got {sizes}")
+        self.transformers = nnx.List(list(transformers))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, H, W, C]` -> `[B, H_out, W_out, C * len(transformers)]`."""
+        return jnp.concatenate([t(x) for t in self.transformers], axis=-1)
+
+
+class SerialTransformers(nnx.Module):
+    """Transformers applied one after another (each sees the previous one's output)."""
+
+    def __init__(self, transformers: Sequence[SpatialTransformer]):
+        self.transformers = nnx.List(list(transformers))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for t in self.transformers:
+            x = t(x)
+        return x

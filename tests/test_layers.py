@@ -1,0 +1,102 @@
+"""Tests for stn.layers: identity initialisation, parameter output, several transformers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from stn import layers, transforms
+
+
+def _images(batch=3, size=12, channels=1, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (batch, size, size, channels))
+
+
+@pytest.mark.parametrize("name", ["affine", "projective", "tps", "attention"])
+def test_fresh_fc_transformer_is_identity(name):
+    x = _images()
+    t = transforms.get(name)
+    loc = layers.FullyConnectedLocNet(x.shape[1:], t.identity(), hidden=(8,), rngs=nnx.Rngs(0))
+    st = layers.SpatialTransformer(loc, name, x.shape[1:3])
+    out, theta = st(x, return_params=True)
+    np.testing.assert_allclose(theta, jnp.broadcast_to(t.identity(), theta.shape), atol=0)
+    np.testing.assert_allclose(out, x, atol=1e-5)
+
+
+def test_fresh_conv_transformer_is_identity_and_resizes():
+    x = _images(size=28, channels=2)
+    t = transforms.get("affine")
+    loc = layers.ConvLocNet(x.shape[1:], t.identity(), rngs=nnx.Rngs(1))
+    np.testing.assert_allclose(layers.SpatialTransformer(loc, "affine", 28)(x), x, atol=1e-5)
+    small = layers.SpatialTransformer(loc, "affine", (14, 10))(x)
+    assert small.shape == (3, 14, 10, 2)
+
+
+def test_regression_layer_gets_gradient_at_identity():
+    """Zero weights must not block learning: the kernel's gradient is non-zero."""
+    x = _images()
+    t = transforms.get("affine")
+    st = layers.SpatialTransformer(
+        layers.FullyConnectedLocNet(x.shape[1:], t.identity(), hidden=(8,), rngs=nnx.Rngs(0)),
+        "affine", 12)
+
+    def loss(model):
+        return jnp.sum(model(x) * jnp.arange(12.0)[None, None, :, None])
+
+    grads = nnx.grad(loss)(st)
+    assert float(jnp.abs(grads.loc_net.regression.kernel.value).sum()) > 0
+
+
+def test_conv_loc_net_rejects_too_small_input():
+    with pytest.raises(ValueError, match="too small"):
+        layers.ConvLocNet((8, 8, 1), transforms.get("affine").identity(), rngs=nnx.Rngs(0))
+
+
+class _TwoInSeries(nnx.Module):
+    def __init__(self, rngs):
+        ident = transforms.get("attention").identity()
+        self.stack = layers.SerialTransformers([
+            layers.SpatialTransformer(layers.FullyConnectedLocNet((12, 12, 1), ident, hidden=(4,),
+                                                                  rngs=rngs), "attention", 12),
+            layers.SpatialTransformer(layers.FullyConnectedLocNet((12, 12, 1), ident, hidden=(4,),
+                                                                  rngs=rngs), "attention", 6),
+        ])
+
+    def __call__(self, x):
+        return self.stack(x)
+
+
+def test_transformers_in_series_and_parallel():
+    x = _images()
+    serial = _TwoInSeries(nnx.Rngs(0))
+    out = serial(x)
+    assert out.shape == (3, 6, 6, 1)
+    # Two identity warps in series = one down-sampling to 6x6.
+    ident = transforms.get("attention").identity()
+    grid = transforms.get("attention").grid(jnp.broadcast_to(ident, (3, 3)), 6, 6)
+    from stn import sampling
+    np.testing.assert_allclose(out, sampling.sample(x, grid), atol=1e-5)
+
+    rngs = nnx.Rngs(1)
+    parallel = layers.ParallelTransformers([
+        layers.SpatialTransformer(
+            layers.FullyConnectedLocNet((12, 12, 1), transforms.get(n).identity(), hidden=(4,),
+                                        rngs=rngs), n, 12)
+        for n in ("affine", "tps")])
+    both = parallel(x)
+    assert both.shape == (3, 12, 12, 2)
+    np.testing.assert_allclose(both[..., :1], x, atol=1e-5)
+    np.testing.assert_allclose(both[..., 1:], x, atol=1e-5)
+    # Each branch has its own loc net parameters.
+    params = nnx.state(parallel, nnx.Param)
+    assert len(jax.tree.leaves(params)) == 2 * 4
+
+
+def test_parallel_requires_one_output_size():
+    rngs = nnx.Rngs(0)
+    ident = transforms.get("affine").identity()
+    sts = [layers.SpatialTransformer(layers.FullyConnectedLocNet((12, 12, 1), ident, hidden=(),
+                                                                 rngs=rngs), "affine", s)
+           for s in (12, 6)]
+    with pytest.raises(ValueError, match="output sizes must match"):
+        layers.ParallelTransformers(sts)
