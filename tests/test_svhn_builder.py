@@ -1,0 +1,136 @@
+"""The SVHN multi-digit builder on a miniature written in the real format 1 layout.
+
+The test writes a few PNGs and a MATLAB v7.3 `digitStruct.mat` (HDF5, object references),
+packs them as `train.tar.gz` / `test.tar.gz` in a manual dir and builds TF-free to array_record.
+"""
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from stn.data.svhn_multidigit import SvhnMultidigit, crops, digit_struct  # noqa: E402
+
+# (name, image size (h, w), [(left, top, width, height, svhn_label), ...]); label 10 = digit 0.
+TRAIN = [
+    ("1.png", (40, 90), [(10, 5, 12, 25, 1), (24, 6, 12, 25, 9)]),  # "19"
+    ("2.png", (30, 30), [(8, 4, 10, 20, 10)]),  # "0": a lone box, stored in place
+    ("3.png", (40, 120), [(5 + 15 * i, 5, 12, 25, 1 + i) for i in range(6)]),  # 6 digits
+    ("4.png", (40, 100), [(5 + 15 * i, 6, 12, 25, l) for i, l in enumerate([2, 10, 4, 6, 8])]),
+]
+TEST = [
+    ("1.png", (36, 60), [(20, 4, 14, 26, 7), (35, 5, 14, 26, 3)]),  # "73"
+    ("2.png", (50, 50), [(-3, 30, 15, 30, 5)]),  # box leaving the image: clipped
+]
+EXPECTED = {  # filename -> digits
+    "train": {"1.png": [1, 9], "2.png": [0], "4.png": [2, 0, 4, 6, 8]},
+    "test": {"1.png": [7, 3], "2.png": [5]},
+}
+
+
+def _write_split(root, split, entries):
+    folder = os.path.join(root, split)
+    os.makedirs(folder)
+    rng = np.random.default_rng(len(entries))
+    records = []
+    for name, (h, w), boxes in entries:
+        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, name))
+        array = np.array(boxes, np.float64)
+        records.append(digit_struct.ImageBoxes(name, array[:, :4], array[:, 4].astype(np.int32)))
+    digit_struct.write_digit_struct(os.path.join(folder, "digitStruct.mat"), records)
+    return folder, records
+
+
+@pytest.fixture(scope="module")
+def manual_dir(tmp_path_factory):
+    """A manual dir holding train.tar.gz and test.tar.gz in SVHN's layout (`train/1.png`...)."""
+    work = tmp_path_factory.mktemp("svhn_src")
+    manual = tmp_path_factory.mktemp("svhn_manual")
+    for split, entries in (("train", TRAIN), ("test", TEST)):
+        folder, _ = _write_split(str(work), split, entries)
+        with tarfile.open(os.path.join(manual, f"{split}.tar.gz"), "w:gz") as tar:
+            tar.add(folder, arcname=split)
+    return str(manual)
+
+
+def test_digit_struct_round_trip(tmp_path):
+    """The reader recovers names, boxes and labels, for lone and multiple boxes alike."""
+    _, records = _write_split(str(tmp_path), "train", TRAIN)
+    read = digit_struct.read_digit_struct(os.path.join(tmp_path, "train", "digitStruct.mat"))
+    assert [r.name for r in read] == [r.name for r in records]
+    for got, want in zip(read, records):
+        np.testing.assert_array_equal(got.boxes, want.boxes)
+        np.testing.assert_array_equal(got.labels, want.labels)
+
+
+def test_digit_struct_rejects_non_hdf5(tmp_path):
+    path = tmp_path / "digitStruct.mat"
+    path.write_bytes(b"MATLAB 5.0 MAT-file, not HDF5")
+    with pytest.raises(ValueError, match="HDF5"):
+        digit_struct.read_digit_struct(path)
+
+
+def test_crop_geometry():
+    box = crops.union_box(np.array([[10, 5, 12, 25], [24, 6, 12, 25]]))
+    np.testing.assert_allclose(box, [10, 5, 36, 31])
+    np.testing.assert_allclose(crops.expand_box(box, 0.3), [6.1, 1.1, 39.9, 34.9])
+    np.testing.assert_allclose(crops.expand_box(box, 0.3, 2.0), [-10.8, -15.8, 56.8, 51.8])
+    assert crops.sequence_label(np.array([1, 2, 3, 4, 5, 6])) is None
+    np.testing.assert_array_equal(crops.sequence_label(np.array([0, 7])), [0, 7, 10, 10, 10])
+    np.testing.assert_array_equal(crops.sequence_length(np.array([[0, 7, 10, 10, 10]])), [2])
+
+
+def test_crop_matches_box_content():
+    """The crop shows the box's content: left half white, right half black, at the set size.
+
+    (PIL's bilinear downscaling is antialiased, so only pixels away from the edges are exact.)
+    """
+    image = np.zeros((50, 80, 3), np.uint8)
+    image[10:30, 20:40] = 255
+    out = crops.crop_and_resize(image, np.array([20, 10, 60, 30]), 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert out[2:-2, 1:6].min() == 255 and out[2:-2, 10:].max() == 0
+
+
+@pytest.mark.parametrize("config,size", [("64px", 64), ("128px", 128)])
+def test_builder_from_manual_dir(manual_dir, tmp_path, config, size):
+    builder = SvhnMultidigit(config=config, data_dir=str(tmp_path))
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    assert set(builder.info.splits.keys()) == {"train", "test"}
+    assert builder.info.metadata["dropped_more_than_5"] == {"train": 1, "test": 0}
+    sources = builder.as_data_source()
+    for split, expected in EXPECTED.items():
+        source = sources[split]
+        assert len(source) == len(expected)
+        seen = {}
+        for i in range(len(source)):
+            example = source[i]
+            name = example["filename"]
+            name = name.decode() if isinstance(name, bytes) else name
+            assert example["image"].shape == (size, size, 3)
+            assert example["image"].dtype == np.uint8
+            digits = expected[name]
+            want = digits + [10] * (5 - len(digits))
+            np.testing.assert_array_equal(example["label"], want)
+            assert int(example["length"]) == len(digits)
+            seen[name] = True
+        assert set(seen) == set(expected)
+
+
+def test_builder_rejects_manual_dir_without_test(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    folder, _ = _write_split(str(tmp_path / "src"), "train", TRAIN[:1])
+    with tarfile.open(manual / "train.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="train")
+    builder = SvhnMultidigit(config="64px", data_dir=str(tmp_path / "data"))
+    with pytest.raises(ValueError, match="missing \\['test'\\]"):
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
