@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def base_grid(height: int, width: int, *, align_corners: bool = False) -> jax.Array:
+def base_grid(
+    height: int, width: int, *, align_corners: bool = False, dtype: jnp.dtype = jnp.float32
+) -> jax.Array:
     """The regular target grid ``G``: pixel centres in normalised coordinates, ``[H, W, 2]``.
 
     align_corners=True puts the corner pixel centres at -1 and 1; False puts the corner pixels'
@@ -39,7 +41,7 @@ def base_grid(height: int, width: int, *, align_corners: bool = False) -> jax.Ar
     """
     if height < 1 or width < 1:
         raise ValueError(f"grid size must be positive, got height={height}, width={width}")
-    return jnp.asarray(_base_grid_np(height, width, align_corners), jnp.float32)
+    return jnp.asarray(_base_grid_np(height, width, align_corners), dtype)
 
 
 def _base_grid_np(height: int, width: int, align_corners: bool) -> np.ndarray:
@@ -76,7 +78,7 @@ def affine_grid(
     """
     theta = jnp.asarray(theta)
     _check_batch(theta, ((2, 3),), "affine")
-    target = base_grid(height, width, align_corners=align_corners).astype(theta.dtype)
+    target = base_grid(height, width, align_corners=align_corners, dtype=theta.dtype)[None]
     x_t, y_t = target[..., 0], target[..., 1]
     coefficient = lambda r, c: theta[:, r, c, None, None]  # noqa: E731  [B, 1, 1]
     x_s = coefficient(0, 0) * x_t + coefficient(0, 1) * y_t + coefficient(0, 2)
@@ -106,7 +108,7 @@ def projective_grid(
     """
     params = jnp.asarray(params)
     _check_batch(params, ((8,),), "projective")
-    target = base_grid(height, width, align_corners=align_corners).astype(params.dtype)
+    target = base_grid(height, width, align_corners=align_corners, dtype=params.dtype)[None]
     x_t, y_t = target[..., 0], target[..., 1]
     h = lambda k: params[:, k, None, None]  # noqa: E731  [B, 1, 1]
     numerator_x = h(0) * x_t + h(1) * y_t + h(2)
@@ -191,12 +193,12 @@ def tps_grid(
         raise ValueError(
             f"tps parameters must be [B, K, 2] with K a square (9, 16, ...), got {params.shape}"
         )
-    control = jnp.asarray(tps_control_points(grid_size), params.dtype)
+    control = jnp.asarray(tps_control_points(grid_size), params.dtype)[None]
     matrix = jnp.asarray(
         _tps_interpolation_matrix(grid_size, height, width, align_corners), params.dtype
     )
     offsets = jnp.einsum("pk,bkd->bpd", matrix, params - control)
-    target = base_grid(height, width, align_corners=align_corners).astype(params.dtype)
+    target = base_grid(height, width, align_corners=align_corners, dtype=params.dtype)[None]
     return target + offsets.reshape(params.shape[0], height, width, 2)
 
 
@@ -221,9 +223,9 @@ class Transform:
         """Length of the flat parameter vector a localisation net regresses."""
         return int(np.prod(self.param_shape))
 
-    def identity(self) -> jax.Array:
+    def identity(self, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """Flat ``[num_params]`` parameters of the identity transform (the loc net's bias init)."""
-        return jnp.asarray(self.identity_params, jnp.float32)
+        return jnp.asarray(self.identity_params, dtype)
 
     def grid(
         self, params: jax.Array, height: int, width: int, *, align_corners: bool = False
