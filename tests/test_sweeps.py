@@ -91,7 +91,7 @@ def test_table1_expansion():
     by_name = {p["name"]: p for p in points}
     assert by_name["rts-st_cnn-affine-s2"] == {
         "name": "rts-st_cnn-affine-s2", "config": "configs/mnist.py:rts,st_cnn,affine",
-        "overrides": {"seed": 2, "train.steps": 100}}
+        "overrides": {"seed": 2, "train.steps": 100, "train.lr_decay_every": 33}}
     assert by_name["r-fcn-s0"]["config"] == "configs/mnist.py:r,fcn"
     assert {p["config"].split(":")[1].split(",")[0] for p in points} == {"r", "rts", "p", "e"}
     # The default is one seed and the configs' own number of steps.
@@ -103,10 +103,14 @@ def test_table1_reduced_needs_data_and_sets_steps():
     with pytest.raises(ValueError, match="needs a data source"):
         sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py"))
     points = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") +
-                               ":data=/some/mnist,steps=50")
+                               ":data=/some/mnist,steps=60,batch=64")
     assert len(points) == 32
-    assert all(p["overrides"] == {"seed": 0, "train.steps": 50, "data.source": "idx:/some/mnist"}
+    assert all(p["overrides"] == {"seed": 0, "train.steps": 60, "train.lr_decay_every": 20,
+                                  "data.source": "idx:/some/mnist", "train.batch_size": 64}
                for p in points)
+    default = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") + ":data=idx:/d")
+    assert default[0]["overrides"]["train.steps"] == 600
+    assert "train.batch_size" not in default[0]["overrides"]
 
 
 def test_table2_and_lr_seed_expansion():

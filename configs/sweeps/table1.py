@@ -6,7 +6,8 @@
 Argument (all optional, `key=value` joined by commas):
   seeds=N       seeds per cell (the paper averages three runs), default 1;
   first_seed=K  seeds K .. K+N-1, default 0 (add seeds to a finished sweep without re-running);
-  steps=N       override train.steps (default: the config's full recipe);
+  steps=N       override train.steps, and train.lr_decay_every = N // 3 (default: the config's
+                full recipe, 150k steps);
   data=SOURCE   override data.source: `idx:DIR`, `tfds:NAME`, `sample`, or a bare folder (= idx:).
 """
 from stn import sweeps
@@ -33,11 +34,18 @@ def cell_name(distortion: str, model: str, transform: str | None, seed: int) -> 
 
 
 def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
-                  data: str | None = None) -> list[dict]:
-    """Every (distortion, model, seed) point of Table 1, with the shared overrides."""
+                  data: str | None = None, batch_size: int | None = None) -> list[dict]:
+    """Every (distortion, model, seed) point of Table 1, with the shared overrides.
+
+    A shorter run keeps the paper's schedule shape (appendix A.1: the learning rate divided by
+    10 every 50k of 150k steps), so `steps` also sets train.lr_decay_every to a third of it.
+    """
     common = {}
     if steps is not None:
         common["train.steps"] = steps
+        common["train.lr_decay_every"] = max(1, steps // 3)
+    if batch_size is not None:
+        common["train.batch_size"] = batch_size
     if data is not None:
         common["data.source"] = sweeps.data_source(data)
     points = []
