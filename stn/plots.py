@@ -1,0 +1,88 @@
+"""Pictures of what a spatial transformer does, with Pillow.
+
+`transformer_grid_png` lays out, for each example, the input (with the outline of the sampling
+grid `T_theta(G)` drawn on it, as in the paper's Table 1 (right) column (b)) beside the
+transformer's output. Inputs and outputs are float images in [0, 1], NHWC, 1 or 3 channels.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+OUTLINE = (255, 64, 64)
+BACKGROUND = (40, 40, 40)
+FRAME = (90, 90, 90)
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """`[H, W, C]` float in [0, 1] -> uint8 `[H, W, 3]`."""
+    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    elif image.shape[-1] != 3:
+        image = np.repeat(image[..., :1], 3, axis=-1)
+    return (image * 255.0 + 0.5).astype(np.uint8)
+
+
+def grid_outline(grid: np.ndarray, height: int, width: int, scale: float,
+                 align_corners: bool = False) -> list[tuple[float, float]]:
+    """The border of a `[Ho, Wo, 2]` normalised grid as a closed polygon in scaled pixels.
+
+    Normalised x in [-1, 1] maps to pixel-centre coordinates as in the sampler:
+    `((x + 1) * W - 1) / 2` (align_corners False) or `(x + 1) * (W - 1) / 2` (True).
+    """
+    grid = np.asarray(grid, np.float64)
+    border = np.concatenate([grid[0, :], grid[1:, -1], grid[-1, -2::-1], grid[-2:0:-1, 0],
+                             grid[:1, 0]])
+    x, y = border[:, 0], border[:, 1]
+    if align_corners:
+        px, py = (x + 1) * (width - 1) / 2, (y + 1) * (height - 1) / 2
+    else:
+        px, py = ((x + 1) * width - 1) / 2, ((y + 1) * height - 1) / 2
+    return [((a + 0.5) * scale, (b + 0.5) * scale) for a, b in zip(px, py)]
+
+
+def transformer_grid_image(inputs: np.ndarray, outputs: np.ndarray,
+                           grids: np.ndarray | None = None, *, columns: int = 4,
+                           cell: int = 112, align_corners: bool = False) -> Image.Image:
+    """A PIL image: rows of (input with grid outline | output) pairs, `columns` pairs per row."""
+    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    n = inputs.shape[0]
+    columns = max(1, min(columns, n))
+    rows = (n + columns - 1) // columns
+    pad = 4
+    canvas = Image.new("RGB", (columns * (2 * cell + 3 * pad), rows * (cell + 2 * pad)),
+                       BACKGROUND)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        x0, y0 = c * (2 * cell + 3 * pad) + pad, r * (cell + 2 * pad) + pad
+        h, w = inputs.shape[1:3]
+        # The input fills 70% of its cell, so a grid reaching outside it stays visible.
+        scale = 0.7 * cell / max(h, w)
+        inp = Image.fromarray(_to_rgb(inputs[i])).resize(
+            (round(w * scale), round(h * scale)), Image.NEAREST)
+        panel = Image.new("RGB", (cell, cell), (0, 0, 0))
+        off = ((cell - inp.width) // 2, (cell - inp.height) // 2)
+        panel.paste(inp, off)
+        ImageDraw.Draw(panel).rectangle([off[0] - 1, off[1] - 1, off[0] + inp.width,
+                                         off[1] + inp.height], outline=FRAME)
+        if grids is not None:
+            points = grid_outline(grids[i], h, w, scale, align_corners)
+            ImageDraw.Draw(panel).line([(a + off[0], b + off[1]) for a, b in points],
+                                       fill=OUTLINE, width=2)
+        canvas.paste(panel, (x0, y0))
+        oh, ow = outputs.shape[1:3]
+        oscale = cell / max(oh, ow)
+        out = Image.fromarray(_to_rgb(outputs[i])).resize(
+            (round(ow * oscale), round(oh * oscale)), Image.NEAREST)
+        canvas.paste(out, (x0 + cell + pad, y0))
+    return canvas
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image encoded as PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,379 @@
+"""`train_and_evaluate(config, workdir)`: the data-parallel training loop, top to bottom.
+
+1. Validate the config (one-line errors, before any compile); write `workdir/config.json`.
+2. Mesh over every device (all hosts), axis `data`; parameters and optimizer state replicated,
+   each batch sharded along `data` (the modern form of `pmap`).
+3. Each step: the distorted batch is made on the devices by a jitted
+   `stn.data.pipeline.train_batch(images, labels, seed, step)` whose output is sharded over the
+   mesh, then one jitted train step (forward, cross-entropy, backward, optax SGD update).
+   The batch depends only on `(seed, step)`, so a resumed run sees the same data.
+4. Every `log_every` steps: loss, accuracy, lr to stdout (with an ETA), TensorBoard and
+   `metrics.jsonl`. Every `eval_every` steps and at the end: test error, and a PNG of test
+   inputs (with the sampling grid's outline) beside the transformer's outputs.
+5. Checkpoints (orbax) every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT; a
+   rerun with the same workdir resumes. A NaN/inf loss stops the run naming the step.
+6. `workdir/results.json` (see docs/CONTRACTS.md).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from stn import checkpointing, evaluation, metrics_io, plots, transforms
+from stn.models import mnist as mnist_models
+
+DISTORTIONS = ("none", "r", "rts", "p", "e", "tc")
+CANVAS = {"none": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGTERM/SIGINT once the checkpoint of the current step is saved."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Raised when the training loss becomes NaN or inf."""
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def _distortion_names() -> tuple[str, ...]:
+    try:
+        from stn.data import distortions
+        return tuple(getattr(distortions, "NAMES", DISTORTIONS))
+    except ImportError:
+        return DISTORTIONS
+
+
+def validate_config(config) -> None:
+    """Raises a one-line ValueError naming the field to change, before anything compiles."""
+    model = config.model.name
+    if model not in mnist_models.MODEL_NAMES:
+        raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
+                         f"{', '.join(mnist_models.MODEL_NAMES)}")
+    if model.startswith("st_") and config.model.transform not in transforms.NAMES:
+        raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
+                         f"to one of {', '.join(transforms.NAMES)}")
+    names = _distortion_names()
+    if config.data.distortion not in names:
+        raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
+                         f"to one of {', '.join(names)}")
+    source = config.data.source
+    if isinstance(source, str) and source.startswith("idx:"):
+        directory = os.path.expanduser(source[4:])
+        if not os.path.isdir(directory):
+            raise ValueError(f"config.data.source={source!r}: directory {directory} does not "
+                             f"exist; point idx: at a folder of MNIST IDX files, or use "
+                             f"data.source=sample")
+    for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+                "lr_decay_every"):
+        if int(config.train[key]) <= 0:
+            raise ValueError(f"config.train.{key}={config.train[key]} must be a positive integer")
+    if not config.train.learning_rate > 0:
+        raise ValueError(f"config.train.learning_rate={config.train.learning_rate} must be > 0")
+    n_dev = jax.device_count()
+    if config.train.batch_size % n_dev:
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
+                         f"the {n_dev} devices; set it to a multiple of {n_dev}")
+    if config.eval.batch_size <= 0:
+        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be positive")
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def input_size(config) -> int:
+    """Side of the (square) images the model sees: the distortion's canvas."""
+    try:
+        from stn.data import distortions
+        return int(distortions.get(config.data.distortion).canvas_size)
+    except ImportError:
+        return CANVAS[config.data.distortion]
+
+
+def build_model(config, mesh: Mesh):
+    """`(graphdef, replicated param state, input size)` for the config's model and seed."""
+    size = input_size(config)
+    model = mnist_models.get_model(config.model, size, nnx.Rngs(params=config.seed))
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    return graphdef, state, size
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD (optional momentum) with the lr divided by `1/lr_decay_factor` every N steps."""
+    schedule = optax.exponential_decay(
+        config.train.learning_rate, transition_steps=config.train.lr_decay_every,
+        decay_rate=config.train.lr_decay_factor, staircase=True)
+    momentum = config.train.get("momentum", 0.0) or None
+    return optax.sgd(schedule, momentum=momentum), schedule
+
+
+def loc_net_flags(state) -> list[bool]:
+    """For each leaf of `state`: does it belong to a localisation net?"""
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return ["loc_net" in jax.tree_util.keystr(path) for path, _ in paths]
+
+
+def param_names(state) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, loc_flags: list[bool],
+                    loc_multiplier: float) -> Callable:
+    """The pure train step `(state, opt_state, batch) -> (state, opt_state, metrics)`.
+
+    The localisation net's gradient is scaled by `loc_multiplier` (equivalent to a smaller
+    learning rate for it under SGD with or without momentum).
+    """
+
+    def loss_fn(state, batch):
+        logits = nnx.merge(graphdef, state)(batch["image"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, logits
+
+    def step(state, opt_state, batch):
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, batch)
+        if loc_multiplier != 1.0:
+            leaves, treedef = jax.tree.flatten(grads)
+            leaves = [g * loc_multiplier if f else g for g, f in zip(leaves, loc_flags)]
+            grads = jax.tree.unflatten(treedef, leaves)
+        updates, opt_state = tx.update(grads, opt_state, state)
+        state = optax.apply_updates(state, updates)
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+        return state, opt_state, {"loss": loss, "accuracy": accuracy}
+
+    return step
+
+
+@functools.lru_cache(maxsize=None)
+def _transformer_view(graphdef):
+    """Jitted `(state, images) -> (outputs, grids)` of the model's first spatial transformer."""
+
+    def view(state, images):
+        transformer = nnx.merge(graphdef, state).transformer
+        _, grid = transformer.params_and_grid(images)
+        return transformer(images), grid
+
+    return jax.jit(view)
+
+
+def load_test_set(config) -> dict[str, np.ndarray]:
+    """The fixed distorted test set of the config (numpy, on every host)."""
+    from stn.data import distortions, pipeline, sources
+    digits = sources.load_digits(config.data.source)
+    return pipeline.test_set(digits, distortions.get(config.data.distortion),
+                             seed=config.data.get("test_seed", 0))
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it after each step."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config, workdir: str, *,
+                       step_callback: Callable[[int, dict], None] | None = None) -> dict:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
+
+    Args:
+      config: an `ml_collections.ConfigDict` as made by `configs/mnist.py`.
+      workdir: output folder (config.json, checkpoints/, metrics.jsonl, tensorboard/,
+        images/, results.json).
+      step_callback: called as `step_callback(step, metrics)` after each step (tests, hooks).
+    Returns:
+      The dict written to `workdir/results.json`.
+    """
+    t_start = time.time()
+    if config.get("distributed", False):
+        jax.distributed.initialize()
+    validate_config(config)
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+    from stn.data import distortions, pipeline, sources  # layer 4
+    digits = sources.load_digits(config.data.source)
+    distortion = distortions.get(config.data.distortion)
+    test = pipeline.test_set(digits, distortion, seed=config.data.get("test_seed", 0))
+
+    mesh = evaluation.make_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    graphdef, state, _ = build_model(config, mesh)
+    num_params = int(sum(x.size for x in jax.tree.leaves(state)))
+    tx, schedule = make_optimizer(config)
+    opt_state = jax.jit(tx.init, out_shardings=replicated)(state)
+
+    mngr = checkpointing.manager(workdir, max_to_keep=config.train.get("keep_checkpoints", 3))
+    names = param_names(state)
+    start_step = 0
+    if mngr.latest_step() is not None:
+        start_step = int(mngr.latest_step())
+        state, opt_state = checkpointing.restore(mngr, start_step, state, opt_state)
+        print(f"Resuming from the checkpoint of step {start_step} in {mngr.directory}", flush=True)
+
+    total_steps = int(config.train.steps)
+    batch_size = int(config.train.batch_size)
+    train_images = jax.device_put(digits.train_images, replicated)
+    train_labels = jax.device_put(digits.train_labels, replicated)
+    make_batch = jax.jit(
+        functools.partial(pipeline.train_batch, batch_size=batch_size, distortion=distortion),
+        out_shardings=batch_sharding)
+    train_step = jax.jit(
+        make_train_step(graphdef, tx, loc_net_flags(state),
+                        float(config.model.get("loc_lr_multiplier", 1.0))),
+        in_shardings=(replicated, replicated, batch_sharding),
+        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+
+    writer = metrics_io.MetricWriter(workdir)
+    has_transformer = config.model.name.startswith("st_")
+    num_images = int(config.train.get("num_images", 16))
+
+    def run_eval(step: int) -> dict:
+        metrics = evaluation.evaluate_arrays(graphdef, state, test["image"], test["label"],
+                                             batch_size=config.eval.batch_size, mesh=mesh)
+        writer.write_scalars(step, {"test_error": metrics["test_error"],
+                                    "test_loss": metrics["test_loss"]})
+        print(f"step {step}: test error {metrics['test_error']:.4f} "
+              f"({100 * metrics['test_error']:.2f}%) on {metrics['num_examples']} examples",
+              flush=True)
+        if has_transformer and is_main and num_images > 0:
+            images = jnp.asarray(test["image"][:num_images])
+            outputs, grids = _transformer_view(graphdef)(state, images)
+            picture = plots.transformer_grid_image(np.asarray(images), np.asarray(outputs),
+                                                   np.asarray(grids))
+            png = plots.png_bytes(picture)
+            os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+            for name in (f"transformer_step_{step:07d}.png", "transformer_latest.png"):
+                with open(os.path.join(workdir, "images", name), "wb") as f:
+                    f.write(png)
+            writer.write_png(step, "transformer/inputs_outputs", png, picture.height,
+                             picture.width)
+        writer.flush()
+        return metrics
+
+    def save(step: int) -> None:
+        checkpointing.save(mngr, step, state, opt_state, names)
+
+    window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+    t_loop = time.time()
+    t_after_first = None
+    steps_done = 0
+    last_metrics = None
+    with _StopFlag() as stop:
+        for step in range(start_step, total_steps):
+            batch = make_batch(train_images, train_labels, config.seed, step)
+            state, opt_state, metrics = train_step(state, opt_state, batch)
+            loss = float(metrics["loss"])
+            done = step + 1
+            if not np.isfinite(loss):
+                last_good = mngr.latest_step()
+                writer.close()
+                raise NonFiniteLoss(
+                    f"training loss is {loss} at step {done}; stopped. The last good checkpoint "
+                    f"(step {last_good}) is kept in {mngr.directory}; lower "
+                    f"config.train.learning_rate (now {config.train.learning_rate}) or "
+                    f"config.model.loc_lr_multiplier and rerun")
+            steps_done += 1
+            if t_after_first is None:
+                t_after_first = time.time()
+            window["loss"] += loss
+            window["accuracy"] += float(metrics["accuracy"])
+            window["n"] += 1
+            if step_callback is not None:
+                step_callback(done, {"loss": loss, "accuracy": float(metrics["accuracy"])})
+            if done % config.train.log_every == 0 or done == total_steps:
+                lr = float(schedule(step))
+                mean_loss = window["loss"] / window["n"]
+                mean_acc = window["accuracy"] / window["n"]
+                writer.write_scalars(done, {"train_loss": mean_loss, "train_accuracy": mean_acc,
+                                            "learning_rate": lr})
+                rate = (steps_done - 1) / max(time.time() - t_after_first, 1e-9)
+                eta = (total_steps - done) / rate if rate > 0 else float("nan")
+                print(f"step {done}/{total_steps} ({100 * done / total_steps:.0f}%) "
+                      f"loss {mean_loss:.4f} acc {mean_acc:.3f} lr {lr:.3g} | "
+                      f"{rate * batch_size:.0f} img/s | ETA "
+                      f"{_format_seconds(eta) if np.isfinite(eta) else '?'}", flush=True)
+                window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+            if done % config.train.checkpoint_every == 0 or done == total_steps:
+                save(done)
+            if done % config.train.eval_every == 0 and done != total_steps:
+                last_metrics = run_eval(done)
+            if stop.signum is not None:
+                save(done)
+                writer.close()
+                raise TrainingInterrupted(
+                    f"stopped by signal {stop.signum} after step {done}; checkpoint saved in "
+                    f"{mngr.directory}; rerun the same command to resume")
+    train_time = time.time() - t_loop
+
+    final_step = max(start_step, total_steps)
+    if start_step >= total_steps:
+        print(f"Checkpoint of step {start_step} already reaches train.steps={total_steps}; "
+              f"evaluating only", flush=True)
+    last_metrics = run_eval(final_step)
+    writer.close()
+    wall = time.time() - t_start
+    results = {
+        "name": config.name,
+        "config": config.to_dict(),
+        "steps": final_step,
+        "test_error": last_metrics["test_error"],
+        "num_test_examples": last_metrics["num_examples"],
+        "wall_time_s": wall,
+        "images_per_second": steps_done * batch_size / train_time if steps_done else 0.0,
+        "num_params": num_params,
+        "resumed_from_step": start_step,
+        "num_devices": jax.device_count(),
+    }
+    if is_main:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    print(f"Final test error: {last_metrics['test_error']:.4f} "
+          f"({100 * last_metrics['test_error']:.2f}%) after {final_step} steps; "
+          f"wall time {wall:.1f}s; results in {os.path.join(workdir, 'results.json')}",
+          flush=True)
+    return results

@@ -1,0 +1,31 @@
+"""Trains a config: `python train.py --config=configs/mnist.py:quick --workdir=/tmp/quick`.
+
+Any field can be overridden, e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`.
+Rerunning with the same --workdir resumes from its latest checkpoint.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from stn import training
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs/mnist.py:quick.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, images, results).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, training.NonFiniteLoss, training.TrainingInterrupted) as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(130 if isinstance(e, training.TrainingInterrupted) else 1)
+
+
+if __name__ == "__main__":
+    app.run(main)
