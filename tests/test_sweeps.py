@@ -222,8 +222,9 @@ def test_real_train_py_two_point_sweep(tmp_path):
                      "overrides": {"seed": s, "train.steps": 5}} for s in (0, 1)]
     """))
     workdir = tmp_path / "runs"
-    out = _run_cli(f"--sweep={sweep}", f"--workdir={workdir}")
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = _run_cli(f"--sweep={sweep}", f"--workdir={workdir}", "--parallel=2")
+    logs = "".join(p.read_text()[-3000:] for p in sorted(workdir.glob("*/log.txt")))
+    assert out.returncode == 0, out.stdout + out.stderr + logs
     for s in (0, 1):
         result = json.loads((workdir / f"quick-s{s}" / "results.json").read_text())
         assert result["steps"] == 5 and result["config"]["seed"] == s
