@@ -1,0 +1,118 @@
+"""Batches of distorted digits, deterministic in `(seed, step)` and generated on device.
+
+Random streams (all from `jax.random.key(seed)`, split by a stream tag so they never collide):
+
+- example order: epoch `e` visits the training set in the permutation drawn from
+  `fold_in(fold_in(key(seed), 0), e)`; step `t` takes the examples `t*B .. t*B + B - 1` of that
+  endless sequence of epochs;
+- training distortions: `fold_in(fold_in(key(seed), 1), t)`;
+- the fixed test set: `fold_in(fold_in(key(seed), 2), chunk)` for chunks of `TEST_CHUNK`
+  consecutive test digits (the chunk size is fixed, so the set does not depend on memory).
+
+So a resumed run sees exactly the batches of an uninterrupted one, and the test set is the same
+on every machine and every run.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stn.data import distortions as distortions_lib
+from stn.data.sources import DigitSet
+
+_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION = 0, 1, 2
+#: Test digits distorted together (TC cuts its clutter from the other digits of a chunk).
+TEST_CHUNK = 500
+
+
+def _distortion(distortion: str | distortions_lib.Distortion) -> distortions_lib.Distortion:
+    if isinstance(distortion, distortions_lib.Distortion):
+        return distortion
+    return distortions_lib.get(distortion)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 `[B, 28, 28]` (or float in [0, 1]) -> float32 `[B, 28, 28, 1]` in [0, 1]."""
+    images = jnp.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)
+
+
+def batch_indices(num_examples: int, seed: jax.Array | int, step: jax.Array | int,
+                  batch_size: int) -> jax.Array:
+    """int32 `[batch_size]` example indices of step `step` (a per-epoch permutation).
+
+    A batch may straddle two epochs; each epoch is a fresh permutation, so every example is
+    seen exactly once per epoch.
+    """
+    if batch_size > num_examples:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+    order = jax.random.fold_in(jax.random.key(seed), _ORDER)
+    position = jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
+    epoch, within = position // num_examples, position % num_examples
+    first = epoch[0]
+    permutations = jnp.stack([jax.random.permutation(jax.random.fold_in(order, first + k),
+                                                     num_examples) for k in range(2)])
+    return permutations[epoch - first, within].astype(jnp.int32)
+
+
+def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
+                step: jax.Array | int, *, batch_size: int,
+                distortion: str | distortions_lib.Distortion) -> dict[str, jax.Array]:
+    """The training batch of `step`: `{"image": f32 [B, S, S, 1], "label": int32 [B]}`.
+
+    Pure and jittable with `batch_size` and `distortion` static; a function of `(seed, step)`
+    only. `images` are the training digits (uint8 `[N, 28, 28]`, ideally already on device, see
+    `device_digits`), `labels` int `[N]`.
+    """
+    distortion = _distortion(distortion)
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    if images.ndim not in (3, 4) or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"train_batch expects images [N, 28, 28] and labels [N], got "
+                         f"{images.shape} and {labels.shape}")
+    index = batch_indices(images.shape[0], seed, step, batch_size)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_DISTORTION), step)
+    return {"image": distortion.apply(to_float(images[index]), key),
+            "label": labels[index].astype(jnp.int32)}
+
+
+def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
+             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The fixed distorted test set: `{"image": f32 [N, S, S, 1], "label": int32 [N]}` (numpy).
+
+    Generated from `digits.test_images` in chunks of `TEST_CHUNK` with keys from `seed` and the
+    chunk index, so it is identical on every machine and every run. `limit` keeps only the
+    first `limit` test digits (same bytes as the start of the full set).
+    """
+    distortion = _distortion(distortion)
+    images, labels = digits.test_images, digits.test_labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    base = jax.random.fold_in(jax.random.key(seed), _TEST_DISTORTION)
+    apply = jax.jit(distortion.apply)
+    chunks = []
+    for number, start in enumerate(range(0, len(images), TEST_CHUNK)):
+        chunk = to_float(images[start:start + TEST_CHUNK])
+        chunks.append(np.asarray(apply(chunk, jax.random.fold_in(base, number))))
+    size = distortion.canvas_size
+    image = np.concatenate(chunks) if chunks else np.zeros((0, size, size, 1), np.float32)
+    return {"image": image, "label": np.asarray(labels, np.int32)}
+
+
+test_set.__test__ = False  # not a pytest test, despite its name
+
+
+def device_digits(digits: DigitSet, mesh: jax.sharding.Mesh | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+    """The training digits as device arrays (uint8 images, int32 labels), replicated over `mesh`
+    when given, so `train_batch` gathers on device; shard the batch itself with the jitted
+    step's `out_shardings`."""
+    arrays = (np.asarray(digits.train_images, np.uint8), np.asarray(digits.train_labels, np.int32))
+    if mesh is None:
+        return tuple(jax.device_put(a) for a in arrays)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return tuple(jax.device_put(a, replicated) for a in arrays)
