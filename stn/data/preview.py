@@ -2,6 +2,7 @@ r"""Writes a PNG grid of distorted digits, to see the data before training.
 
     python -m stn.data.preview --source=sample --out=preview.png          # every distortion
     python -m stn.data.preview --config=configs/mnist.py:tc --out=tc.png  # the config's one
+    python -m stn.data.preview --config=configs/mnist.py:tc --source=sample --out=tc.png
 
 Each row is one distortion (its name and canvas size on the left); all rows distort the same
 test digits, drawn on black with a 2-pixel gap. Rows of smaller canvases are centred.
@@ -20,7 +21,8 @@ from stn.data import distortions, sources
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional experiment config (uses config.data.source and .distortion).",
     lock_config=False)
-_SOURCE = flags.DEFINE_string("source", "sample", "Digit source without --config.")
+_SOURCE = flags.DEFINE_string(
+    "source", None, "Digit source (default: config.data.source with --config, else 'sample').")
 _DISTORTIONS = flags.DEFINE_list(
     "distortions", list(distortions.NAMES), "Distortions to show without --config.")
 _NUM = flags.DEFINE_integer("num", 12, "Examples per row.")
@@ -67,12 +69,15 @@ def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
     if config is not None:
-        source, names = config.data.source, [config.data.distortion]
+        source, names = _SOURCE.value or config.data.source, [config.data.distortion]
     else:
-        source, names = _SOURCE.value, list(_DISTORTIONS.value)
-    for name in names:
-        distortions.recipe(name)  # one-line error for an unknown name, before loading data
-    digits = sources.load_digits(source)
+        source, names = _SOURCE.value or "sample", list(_DISTORTIONS.value)
+    try:
+        for name in names:
+            distortions.recipe(name)  # one-line error for an unknown name, before loading data
+        digits = sources.load_digits(source)
+    except ValueError as e:  # a one-line message, not a traceback
+        raise SystemExit(f"error: {e}") from None
     rows = distortion_rows(digits.test_images[: _NUM.value], names, _SEED.value)
     render_grid(rows, names, _ZOOM.value).save(_OUT.value)
     print(f"wrote {_OUT.value}: {len(names)} rows x {_NUM.value} digits from {source}")
