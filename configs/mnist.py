@@ -8,7 +8,7 @@ QUICK_STEPS steps of batch 64, about QUICK_TIME on a 2-core CPU).
 is the paper's recipe for one cell of Table 1 (paper: 0.5% error on RTS; needs full MNIST via
 `tfds:mnist` and 150k steps of batch 256, i.e. an accelerator).
 
-`arg` is comma-separated: a distortion (r, rts, p, e, tc), a model (fcn, cnn, st_fcn, st_cnn),
+`arg` is comma-separated: a distortion (none, r, rts, p, e, tc), a model (fcn, cnn, st_fcn, st_cnn),
 a transform (affine, projective, tps; ST models only), and/or `quick`. Every field can be
 overridden on the command line, e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-DISTORTIONS = ("r", "rts", "p", "e", "tc")
+DISTORTIONS = ("none", "r", "rts", "p", "e", "tc")  # none: undistorted 28x28 digits
 MODELS = ("fcn", "cnn", "st_fcn", "st_cnn")
 TRANSFORMS = ("affine", "projective", "tps")
 

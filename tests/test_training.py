@@ -1,0 +1,189 @@
+"""Tests for stn.training: end to end, resume == uninterrupted, 8 devices == 1, bad configs.
+
+All data is made here: class-dependent drawn 28x28 patterns written as IDX files, read back
+through `data.source=idx:DIR`, so nothing touches the network or shared folders.
+"""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from stn import checkpointing, evaluation, metrics_io, training
+from stn.data import idx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config_module():
+    spec = importlib.util.spec_from_file_location("mnist_config", os.path.join(ROOT, "configs",
+                                                                               "mnist.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pattern_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, 28, 28] images: class k is a bright 6x6 block at one of 10 spots, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        r, c = 3 + 12 * (k // 5), 2 + 5 * (k % 5)
+        jitter = rng.integers(-1, 2, 2)
+        images[i, r + jitter[0]:r + jitter[0] + 6, c + jitter[1]:c + jitter[1] + 6] = 255
+    return images, labels
+
+
+def write_pattern_set(directory, n_train=512, n_test=200):
+    os.makedirs(directory, exist_ok=True)
+    idx.write_split(str(directory), "train", *pattern_digits(n_train, 0))
+    idx.write_split(str(directory), "test", *pattern_digits(n_test, 1))
+    return str(directory)
+
+
+def small_config(data_dir, **train):
+    config = load_config_module().get_config("none,st_fcn,affine")
+    config.data.source = f"idx:{data_dir}"
+    config.data.distortion = "none"
+    config.train.update(dict(steps=40, batch_size=32, learning_rate=0.01, momentum=0.9,
+                             lr_decay_every=1000, log_every=10, eval_every=20,
+                             checkpoint_every=20, num_images=4))
+    config.train.update(train)
+    config.eval.batch_size = 64
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_pattern_set(tmp_path_factory.mktemp("patterns"))
+
+
+def final_params(workdir, config):
+    """Parameter leaves (numpy) of the latest checkpoint in `workdir`."""
+    mesh = evaluation.make_mesh()
+    _, state, _ = training.build_model(config, mesh)
+    mngr = checkpointing.manager(str(workdir), read_only=True)
+    restored, _ = checkpointing.restore(mngr, mngr.latest_step(), state)
+    return [np.asarray(x) for x in jax.tree.leaves(restored)]
+
+
+@pytest.mark.slow
+def test_end_to_end_learns_and_eval_reproduces(data_dir, tmp_path):
+    config = small_config(data_dir)
+    workdir = tmp_path / "run"
+    results = training.train_and_evaluate(config, str(workdir))
+
+    records = metrics_io.read_jsonl(str(workdir / "metrics.jsonl"))
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert results["test_error"] < 0.5  # chance is 0.9
+    assert results["steps"] == 40 and results["num_test_examples"] == 200
+    on_disk = json.loads((workdir / "results.json").read_text())
+    for key in ("name", "config", "steps", "test_error", "num_test_examples", "wall_time_s",
+                "images_per_second", "num_params"):
+        assert key in on_disk
+    assert on_disk["config"]["train"]["steps"] == 40
+    assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "st_fcn"
+    assert sorted(os.listdir(workdir / "checkpoints")) >= ["20", "40"]
+    assert (workdir / "images" / "transformer_step_0000040.png").stat().st_size > 0
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+
+    evaluated = evaluation.evaluate_checkpoint(config, str(workdir))
+    assert evaluated["step"] == 40
+    assert evaluated["test_error"] == pytest.approx(results["test_error"], abs=1e-9)
+    # A finished run rerun with the same workdir only evaluates.
+    again = training.train_and_evaluate(config, str(workdir))
+    assert again["test_error"] == pytest.approx(results["test_error"], abs=1e-9)
+    assert again["resumed_from_step"] == 40
+
+
+@pytest.mark.slow
+def test_interrupt_and_resume_equals_uninterrupted(data_dir, tmp_path):
+    config = small_config(data_dir, steps=12, checkpoint_every=100, eval_every=100, log_every=4)
+    training.train_and_evaluate(config, str(tmp_path / "straight"))
+
+    def interrupt_at_5(step, metrics):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(training.TrainingInterrupted, match="after step 5"):
+        training.train_and_evaluate(config, str(tmp_path / "resumed"),
+                                    step_callback=interrupt_at_5)
+    assert os.listdir(tmp_path / "resumed" / "checkpoints") == ["5"]
+    resumed = training.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert resumed["resumed_from_step"] == 5
+    for a, b in zip(final_params(tmp_path / "straight", config),
+                    final_params(tmp_path / "resumed", config)):
+        np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+_DEVICE_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, jax
+    sys.path.insert(0, {tests!r})
+    import test_training as t
+    from stn import training
+    config = t.small_config({data!r}, steps=3, checkpoint_every=100, eval_every=100)
+    training.train_and_evaluate(config, {workdir!r})
+    np.savez({out!r}, *t.final_params({workdir!r}, config), devices=jax.device_count())
+""")
+
+
+@pytest.mark.slow
+def test_eight_simulated_devices_match_one(data_dir, tmp_path):
+    """Same params after 3 steps on 1 and on 8 devices, up to float32 reduction order:
+    rtol 1e-5, atol 1e-6 (the gradient is summed over shards in a different order)."""
+    outs = {}
+    for n in (1, 8):
+        out = str(tmp_path / f"params_{n}.npz")
+        script = _DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), data=data_dir,
+                                       workdir=str(tmp_path / f"run_{n}"), out=out)
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+                   JAX_PLATFORMS="cpu")
+        proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = np.load(out)
+    assert int(outs[1]["devices"]) == 1 and int(outs[8]["devices"]) == 8
+    keys = [k for k in outs[1].files if k.startswith("arr_")]
+    assert keys
+    for k in keys:
+        np.testing.assert_allclose(outs[8][k], outs[1][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.name", "resnet", "config.model.name='resnet' is unknown; set it to one of fcn"),
+    ("model.transform", "spline", "config.model.transform='spline' is unknown"),
+    ("data.distortion", "x", "config.data.distortion='x' is unknown; set it to one of"),
+    ("data.source", "idx:/nonexistent/mnist", "directory /nonexistent/mnist does not exist"),
+    ("train.steps", 0, "config.train.steps=0 must be a positive integer"),
+])
+def test_bad_config_messages(data_dir, tmp_path, field, value, message):
+    config = small_config(data_dir)
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        training.train_and_evaluate(config, str(tmp_path / "bad"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "bad").exists()  # stopped before writing anything
+
+
+def test_batch_not_divisible_by_devices(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    config = small_config(data_dir, batch_size=12)
+    with pytest.raises(ValueError, match="batch_size=12 is not divisible by the 8 devices; set "
+                                         "it to a multiple of 8"):
+        training.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
+def test_nan_loss_stops_naming_the_step(data_dir, tmp_path):
+    config = small_config(data_dir, steps=6, learning_rate=1e30, checkpoint_every=2,
+                          eval_every=100)
+    with pytest.raises(training.NonFiniteLoss, match=r"at step \d+; stopped"):
+        training.train_and_evaluate(config, str(tmp_path / "nan"))
