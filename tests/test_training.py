@@ -33,10 +33,10 @@ def pattern_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [n, 28, 28] images: class k is a bright 6x6 block at one of 10 spots, plus noise."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    images = rng.integers(0, 120, (n, 28, 28)).astype(np.uint8)
     for i, k in enumerate(labels):
         r, c = 3 + 12 * (k // 5), 2 + 5 * (k % 5)
-        jitter = rng.integers(-1, 2, 2)
+        jitter = rng.integers(-2, 3, 2)  # neighbouring classes overlap: some errors remain
         images[i, r + jitter[0]:r + jitter[0] + 6, c + jitter[1]:c + jitter[1] + 6] = 255
     return images, labels
 
@@ -82,8 +82,8 @@ def test_end_to_end_learns_and_eval_reproduces(data_dir, tmp_path):
 
     records = metrics_io.read_jsonl(str(workdir / "metrics.jsonl"))
     losses = [r["train_loss"] for r in records if "train_loss" in r]
-    assert losses[-1] < 0.5 * losses[0], losses
-    assert results["test_error"] < 0.5  # chance is 0.9
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert 0 < results["test_error"] < 0.5  # chance is 0.9; > 0 so the eval check means something
     assert results["steps"] == 40 and results["num_test_examples"] == 200
     on_disk = json.loads((workdir / "results.json").read_text())
     for key in ("name", "config", "steps", "test_error", "num_test_examples", "wall_time_s",
