@@ -55,9 +55,11 @@ def batch_indices(num_examples: int, seed: jax.Array | int, step: jax.Array | in
     position = jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
     epoch, within = position // num_examples, position % num_examples
     first = epoch[0]
-    permutations = jnp.stack([jax.random.permutation(jax.random.fold_in(order, first + k),
-                                                     num_examples) for k in range(2)])
-    return permutations[epoch - first, within].astype(jnp.int32)
+    permute = lambda e: jax.random.permutation(jax.random.fold_in(order, e), num_examples)  # noqa: E731
+    current = permute(first)
+    # The next epoch's permutation (an O(N) sort) only for the batches that straddle two epochs.
+    following = jax.lax.cond(epoch[-1] > first, lambda: permute(first + 1), lambda: current)
+    return jnp.where(epoch == first, current[within], following[within]).astype(jnp.int32)
 
 
 def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
