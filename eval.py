@@ -10,7 +10,7 @@ the accepted formats; smaller images are centred on a zero canvas, larger ones a
 import json
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from stn import evaluation
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         result = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir,
                                                 step=FLAGS.checkpoint_step, data=FLAGS.data)

@@ -5,7 +5,7 @@ Rerunning with the same --workdir resumes from its latest checkpoint.
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from stn import training
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, training.NonFiniteLoss, training.TrainingInterrupted) as e:

@@ -1,0 +1,87 @@
+"""Tests for stn.evaluation and eval.py: image preparation, external data, the JSON last line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stn import evaluation, training
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_training as tt  # noqa: E402  (shared data and config helpers)
+
+
+def test_prepare_images_centres_smaller_and_scales_uint8():
+    images = np.full((2, 20, 24), 255, np.uint8)
+    out = evaluation.prepare_images(images, 28)
+    assert out.shape == (2, 28, 28, 1) and out.dtype == np.float32
+    assert out[:, 4:24, 2:26].min() == 1.0
+    assert out.sum() == 2 * 20 * 24  # nothing outside the centred block
+    floats = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float64)
+    np.testing.assert_allclose(evaluation.prepare_images(floats, 28), floats, rtol=1e-6)
+
+
+def test_prepare_images_rejects_larger_and_wrong_channels():
+    with pytest.raises(ValueError, match="larger than the model's 28x28 input; crop or resize"):
+        evaluation.prepare_images(np.zeros((1, 42, 42), np.uint8), 28)
+    with pytest.raises(ValueError, match="images have 3 channels; the model expects 1"):
+        evaluation.prepare_images(np.zeros((1, 28, 28, 3), np.uint8), 28)
+
+
+def test_load_external_errors(tmp_path):
+    with pytest.raises(ValueError, match="must be 'idx:DIR' or 'npz:FILE'"):
+        evaluation.load_external("csv:foo")
+    with pytest.raises(ValueError, match="no such file"):
+        evaluation.load_external(f"npz:{tmp_path}/missing.npz")
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 28, 28)), label=np.zeros(2))
+    with pytest.raises(ValueError, match="must hold arrays 'image' and 'label'"):
+        evaluation.load_external(f"npz:{tmp_path}/bad.npz")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short st_fcn run on drawn patterns (module-scoped: trained once)."""
+    root = tmp_path_factory.mktemp("eval")
+    data_dir = tt.write_pattern_set(root / "data")
+    config = tt.small_config(data_dir, steps=20, checkpoint_every=10, eval_every=100)
+    results = training.train_and_evaluate(config, str(root / "run"))
+    return config, str(root / "run"), data_dir, results
+
+
+@pytest.mark.slow
+def test_external_data_matches_config_test_set(trained, tmp_path):
+    config, workdir, data_dir, results = trained
+    images, labels = tt.pattern_digits(200, 1)  # the test split written by write_pattern_set
+    np.savez(tmp_path / "test.npz", image=images, label=labels)
+    from_npz = evaluation.evaluate_checkpoint(config, workdir, data=f"npz:{tmp_path}/test.npz")
+    from_idx = evaluation.evaluate_checkpoint(config, workdir, data=f"idx:{data_dir}")
+    assert from_npz["test_error"] == pytest.approx(results["test_error"], abs=1e-9)
+    assert from_idx["test_error"] == pytest.approx(results["test_error"], abs=1e-9)
+    assert from_npz["num_examples"] == 200
+    assert os.path.exists(os.path.join(workdir, "eval", "step_20_npz_test.json"))
+    at_10 = evaluation.evaluate_checkpoint(config, workdir, step=10)
+    assert at_10["step"] == 10
+    with pytest.raises(ValueError, match=r"no checkpoint for step 7 .* available: \[10, 20\]"):
+        evaluation.evaluate_checkpoint(config, workdir, step=7)
+
+
+def test_no_checkpoint_message(tmp_path):
+    config = tt.small_config(str(tmp_path))
+    with pytest.raises(ValueError, match="no checkpoint in .*; train first"):
+        evaluation.evaluate_checkpoint(config, str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_eval_cli_last_line_is_json(trained):
+    config, workdir, data_dir, results = trained
+    cmd = [sys.executable, "eval.py", "--config=configs/mnist.py:none,st_fcn,affine",
+           f"--workdir={workdir}", f"--config.data.source=idx:{data_dir}",
+           "--config.data.distortion=none"]
+    proc = subprocess.run(cmd, cwd=tt.ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["test_error"] == pytest.approx(results["test_error"], abs=1e-9)
+    assert last["num_examples"] == 200 and last["step"] == 20
