@@ -187,3 +187,20 @@ def test_nan_loss_stops_naming_the_step(data_dir, tmp_path):
                           eval_every=100)
     with pytest.raises(training.NonFiniteLoss, match=r"at step \d+; stopped"):
         training.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
+def test_loc_lr_multiplier_scales_only_the_loc_net(data_dir, tmp_path):
+    """With multiplier 0 the localisation net stays at its identity start; the rest moves."""
+    config = small_config(data_dir, steps=2, checkpoint_every=100, eval_every=100)
+    config.model.loc_lr_multiplier = 0.0
+    training.train_and_evaluate(config, str(tmp_path / "frozen_loc"))
+    _, fresh, _ = training.build_model(config, evaluation.make_mesh())
+    flags = training.loc_net_flags(fresh)
+    assert any(flags) and not all(flags)
+    for flag, before, after in zip(flags, jax.tree.leaves(fresh),
+                                   final_params(tmp_path / "frozen_loc", config)):
+        if flag:
+            np.testing.assert_array_equal(np.asarray(before), after)
+    assert any(not np.array_equal(np.asarray(b), a) for f, b, a in
+               zip(flags, jax.tree.leaves(fresh), final_params(tmp_path / "frozen_loc", config))
+               if not f)
