@@ -111,6 +111,11 @@ def test_table1_reduced_needs_data_and_sets_steps():
     default = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") + ":data=idx:/d")
     assert default[0]["overrides"]["train.steps"] == 600
     assert "train.batch_size" not in default[0]["overrides"]
+    assert "train.momentum" not in default[0]["overrides"]
+    fast = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") +
+                             ":data=idx:/d,momentum=0.9,lr=0.05")
+    assert fast[0]["overrides"]["train.momentum"] == 0.9
+    assert fast[0]["overrides"]["train.learning_rate"] == 0.05
 
 
 def test_table2_and_lr_seed_expansion():

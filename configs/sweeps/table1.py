@@ -34,11 +34,13 @@ def cell_name(distortion: str, model: str, transform: str | None, seed: int) -> 
 
 
 def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
-                  data: str | None = None, batch_size: int | None = None) -> list[dict]:
+                  data: str | None = None, batch_size: int | None = None,
+                  extra: dict | None = None) -> list[dict]:
     """Every (distortion, model, seed) point of Table 1, with the shared overrides.
 
     A shorter run keeps the paper's schedule shape (appendix A.1: the learning rate divided by
     10 every 50k of 150k steps), so `steps` also sets train.lr_decay_every to a third of it.
+    `extra` holds further overrides shared by every point.
     """
     common = {}
     if steps is not None:
@@ -46,6 +48,7 @@ def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
         common["train.lr_decay_every"] = max(1, steps // 3)
     if batch_size is not None:
         common["train.batch_size"] = batch_size
+    common.update(extra or {})
     if data is not None:
         common["data.source"] = sweeps.data_source(data)
     points = []
