@@ -34,15 +34,29 @@ def make_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), ("data",))
 
 
+def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy `[B]` of logits `[B, K]` and integer labels `[B]`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def classification_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example `[B]` bool: the arg-max class is the label."""
+    return jnp.argmax(logits, axis=-1) == labels
+
+
 @functools.lru_cache(maxsize=None)
-def _eval_step(graphdef):
-    """Jitted `(state, images, labels, mask) -> (num_correct, loss_sum)` for one batch."""
+def _eval_step(graphdef, loss_fn=classification_loss, correct_fn=classification_correct):
+    """Jitted `(state, images, labels, mask) -> (num_correct, loss_sum)` for one batch.
+
+    `loss_fn(outputs, labels) -> [B]` and `correct_fn(outputs, labels) -> [B]` define the task
+    (default: classification; the sequence task passes `stn.models.svhn`'s).
+    """
 
     def step(state, images, labels, mask):
         model = nnx.merge(graphdef, state)
-        logits = model(images)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+        outputs = model(images)
+        loss = loss_fn(outputs, labels)
+        correct = correct_fn(outputs, labels).astype(jnp.float32)
         return jnp.sum(correct * mask), jnp.sum(loss * mask)
 
     return jax.jit(step)
@@ -54,7 +68,9 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def evaluate_arrays(graphdef, state, images: np.ndarray, labels: np.ndarray, *,
-                    batch_size: int, mesh: Mesh | None = None) -> dict[str, float]:
+                    batch_size: int, mesh: Mesh | None = None,
+                    loss_fn=classification_loss,
+                    correct_fn=classification_correct) -> dict[str, float]:
     """Error and mean loss of the model `nnx.merge(graphdef, state)` on `images`/`labels`.
 
     Batches are padded to a multiple of the device count (padding is masked out), sharded along
@@ -64,7 +80,7 @@ def evaluate_arrays(graphdef, state, images: np.ndarray, labels: np.ndarray, *,
     n_dev = mesh.devices.size
     batch_size = max(n_dev, -(-batch_size // n_dev) * n_dev)
     sharding = NamedSharding(mesh, P("data"))
-    step = _eval_step(graphdef)
+    step = _eval_step(graphdef, loss_fn, correct_fn)
     n = images.shape[0]
     correct = loss = 0.0
     for start in range(0, n, batch_size):
@@ -74,7 +90,7 @@ def evaluate_arrays(graphdef, state, images: np.ndarray, labels: np.ndarray, *,
         pad = batch_size - x.shape[0]
         if pad:
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(pad, y.dtype)])
+            y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])  # [B] or [B, L]
             m = np.concatenate([m, np.zeros(pad, m.dtype)])
         c, l = step(state, _global_array(x, sharding), _global_array(y, sharding),
                     _global_array(m, sharding))
@@ -169,8 +185,10 @@ def evaluate_checkpoint(config, workdir: str, *, step: int | None = None,
     else:
         raw, labels, tag = load_external(data)
         images = prepare_images(raw, input_size)
+    loss_fn, correct_fn = training.task_functions(config)
     metrics = evaluate_arrays(graphdef, state, images, labels,
-                              batch_size=config.eval.batch_size, mesh=mesh)
+                              batch_size=config.eval.batch_size, mesh=mesh,
+                              loss_fn=loss_fn, correct_fn=correct_fn)
     result = {**metrics, "step": int(step), "data": data or config.data.source,
               "workdir": os.path.abspath(workdir)}
     if jax.process_index() == 0:

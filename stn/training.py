@@ -58,8 +58,42 @@ def _distortion_names() -> tuple[str, ...]:
         return DISTORTIONS
 
 
+def is_sequence_task(config) -> bool:
+    """`config.task == "sequences"`: SVHN multi-digit or its stand-in (`stn.data.svhn_input`)."""
+    return config.get("task", "classification") == "sequences"
+
+
+def task_functions(config) -> tuple[Callable, Callable]:
+    """`(per_example_loss, correct)` of the config's task, each `(outputs, labels) -> [B]`.
+
+    Classification: cross-entropy and arg-max; sequences: `stn.models.svhn`'s length + digit
+    cross-entropies and sequence correctness.
+    """
+    if is_sequence_task(config):
+        from stn.models import svhn
+        return svhn.per_example_loss, svhn.sequence_correct
+    return evaluation.classification_loss, evaluation.classification_correct
+
+
+def _validate_sequence_config(config) -> None:
+    from stn.data import svhn_input
+    from stn.models import svhn
+    if config.model.name not in svhn.MODEL_NAMES:
+        raise ValueError(f"config.model.name={config.model.name!r} is unknown for task "
+                         f"'sequences'; set it to one of {', '.join(svhn.MODEL_NAMES)}")
+    svhn_input.validate_config(config)
+
+
 def validate_config(config) -> None:
     """Raises a one-line ValueError naming the field to change, before anything compiles."""
+    if is_sequence_task(config):
+        _validate_sequence_config(config)
+    else:
+        _validate_classification_config(config)
+    _validate_train_config(config)
+
+
+def _validate_classification_config(config) -> None:
     model = config.model.name
     if model not in mnist_models.MODEL_NAMES:
         raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
@@ -78,6 +112,9 @@ def validate_config(config) -> None:
             raise ValueError(f"config.data.source={source!r}: directory {directory} does not "
                              f"exist; point idx: at a folder of MNIST IDX files, or use "
                              f"data.source=sample")
+
+
+def _validate_train_config(config) -> None:
     for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                 "lr_decay_every"):
         if int(config.train[key]) <= 0:
@@ -106,20 +143,34 @@ def input_size(config) -> int:
 
 def build_model(config, mesh: Mesh):
     """`(graphdef, replicated param state, input size)` for the config's model and seed."""
-    size = input_size(config)
-    model = mnist_models.get_model(config.model, size, nnx.Rngs(params=config.seed))
+    if is_sequence_task(config):
+        from stn.data import svhn_input
+        from stn.models import svhn
+        shape = svhn_input.input_shape(config)
+        size = shape[0]
+        model = svhn.get_model(config.model, shape, nnx.Rngs(params=config.seed))
+    else:
+        size = input_size(config)
+        model = mnist_models.get_model(config.model, size, nnx.Rngs(params=config.seed))
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, NamedSharding(mesh, P()))
     return graphdef, state, size
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD (optional momentum) with the lr divided by `1/lr_decay_factor` every N steps."""
+    """SGD (optional momentum) with the lr divided by `1/lr_decay_factor` every N steps.
+
+    `train.weight_decay > 0` adds `weight_decay * w` to every gradient (L2; the SVHN recipe).
+    """
     schedule = optax.exponential_decay(
         config.train.learning_rate, transition_steps=config.train.lr_decay_every,
         decay_rate=config.train.lr_decay_factor, staircase=True)
     momentum = config.train.get("momentum", 0.0) or None
-    return optax.sgd(schedule, momentum=momentum), schedule
+    tx = optax.sgd(schedule, momentum=momentum)
+    weight_decay = float(config.train.get("weight_decay", 0.0))
+    if weight_decay > 0:
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+    return tx, schedule
 
 
 def loc_net_flags(state) -> list[bool]:
@@ -133,16 +184,19 @@ def param_names(state) -> list[str]:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, loc_flags: list[bool],
-                    loc_multiplier: float) -> Callable:
+                    loc_multiplier: float, *,
+                    per_example_loss: Callable = evaluation.classification_loss,
+                    correct: Callable = evaluation.classification_correct) -> Callable:
     """The pure train step `(state, opt_state, batch) -> (state, opt_state, metrics)`.
 
     The localisation net's gradient is scaled by `loc_multiplier` (equivalent to a smaller
-    learning rate for it under SGD with or without momentum).
+    learning rate for it under SGD with or without momentum). `per_example_loss` and `correct`
+    (`(outputs, labels) -> [B]`) come from `task_functions`; "accuracy" is the mean of `correct`.
     """
 
     def loss_fn(state, batch):
         logits = nnx.merge(graphdef, state)(batch["image"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        loss = per_example_loss(logits, batch["label"]).mean()
         return loss, logits
 
     def step(state, opt_state, batch):
@@ -153,7 +207,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loc_flags: list[
             grads = jax.tree.unflatten(treedef, leaves)
         updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
-        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+        accuracy = jnp.mean(correct(logits, batch["label"]))
         return state, opt_state, {"loss": loss, "accuracy": accuracy}
 
     return step
@@ -173,6 +227,9 @@ def _transformer_view(graphdef):
 
 def load_test_set(config) -> dict[str, np.ndarray]:
     """The fixed distorted test set of the config (numpy, on every host)."""
+    if is_sequence_task(config):
+        from stn.data import svhn_input
+        return svhn_input.load(config).test
     from stn.data import distortions, pipeline, sources
     digits = sources.load_digits(config.data.source)
     return pipeline.test_set(digits, distortions.get(config.data.distortion),
@@ -234,10 +291,19 @@ def train_and_evaluate(config, workdir: str, *,
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
-    from stn.data import distortions, pipeline, sources  # layer 4
-    digits = sources.load_digits(config.data.source)
-    distortion = distortions.get(config.data.distortion)
-    test = pipeline.test_set(digits, distortion, seed=config.data.get("test_seed", 0))
+    from stn.data import distortions, pipeline, sources, svhn_input  # layer 4
+    if is_sequence_task(config):  # SVHN or its stand-in: batch maker and test set from there
+        data = svhn_input.load(config)
+        train_arrays, batch_fn, test = (data.train_images, data.train_labels), data.train_batch, \
+            data.test
+    else:
+        digits = sources.load_digits(config.data.source)
+        distortion = distortions.get(config.data.distortion)
+        test = pipeline.test_set(digits, distortion, seed=config.data.get("test_seed", 0))
+        train_arrays = (digits.train_images, digits.train_labels)
+        batch_fn = functools.partial(pipeline.train_batch, batch_size=int(config.train.batch_size),
+                                     distortion=distortion)
+    loss_fn, correct_fn = task_functions(config)
 
     mesh = evaluation.make_mesh()
     replicated = NamedSharding(mesh, P())
@@ -257,14 +323,13 @@ def train_and_evaluate(config, workdir: str, *,
 
     total_steps = int(config.train.steps)
     batch_size = int(config.train.batch_size)
-    train_images = jax.device_put(digits.train_images, replicated)
-    train_labels = jax.device_put(digits.train_labels, replicated)
-    make_batch = jax.jit(
-        functools.partial(pipeline.train_batch, batch_size=batch_size, distortion=distortion),
-        out_shardings=batch_sharding)
+    train_images = jax.device_put(train_arrays[0], replicated)
+    train_labels = jax.device_put(train_arrays[1], replicated)
+    make_batch = jax.jit(batch_fn, out_shardings=batch_sharding)
     train_step = jax.jit(
         make_train_step(graphdef, tx, loc_net_flags(state),
-                        float(config.model.get("loc_lr_multiplier", 1.0))),
+                        float(config.model.get("loc_lr_multiplier", 1.0)),
+                        per_example_loss=loss_fn, correct=correct_fn),
         in_shardings=(replicated, replicated, batch_sharding),
         out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
 
@@ -274,7 +339,8 @@ def train_and_evaluate(config, workdir: str, *,
 
     def run_eval(step: int) -> dict:
         metrics = evaluation.evaluate_arrays(graphdef, state, test["image"], test["label"],
-                                             batch_size=config.eval.batch_size, mesh=mesh)
+                                             batch_size=config.eval.batch_size, mesh=mesh,
+                                             loss_fn=loss_fn, correct_fn=correct_fn)
         writer.write_scalars(step, {"test_error": metrics["test_error"],
                                     "test_loss": metrics["test_loss"]})
         print(f"step {step}: test error {metrics['test_error']:.4f} "
