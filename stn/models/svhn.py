@@ -98,6 +98,8 @@ class SequenceCNN(nnx.Module):
                 raise ValueError(f"SequenceCNN: transformer position {i} is not a conv layer "
                                  f"(0..{len(features) - 1})")
             shape = shapes[i]
+            # a fresh bias buffer per transformer: shared buffers cannot be donated to jit
+            identity = jnp.array(identity, copy=True)
             if loc == "conv":
                 loc_net = layers.ConvLocNet(shape, identity, **SINGLE_LOC, rngs=rngs)
             elif loc == "fc":

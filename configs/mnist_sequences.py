@@ -1,0 +1,100 @@
+"""The offline SVHN stand-in: sequences of 1-5 real MNIST digits (`stn.data.mnist_sequences`).
+
+    python train.py --config=configs/mnist_sequences.py:st_cnn_multi --workdir=/tmp/seq_multi
+
+trains the SVHN sequence models (`stn.models.svhn`) on 64x64 canvases of digits from the
+embedded 10k-digit sample, so the whole SVHN path (data on device, sequence loss, sequence
+error, transformer pictures) runs with no download. Default widths are reduced (`small`) so it
+runs on a CPU; `full` uses the paper's SVHN widths (an accelerator).
+
+`arg` is comma-separated: a model (cnn, st_cnn_single, st_cnn_multi), a canvas (64px, 128px),
+`small` (default) or `full`, and/or `quick` (a short run for checks).
+Override the base digits with `--config.data.source=idx:DIR` or `tfds:mnist`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+MODELS = ("cnn", "st_cnn_single", "st_cnn_multi")
+CANVASES = {"64px": 64, "128px": 128}
+SMALL_FEATURES = (16, 16, 32, 32, 48, 48, 48, 48)
+SMALL_FC = (256, 256)
+FULL_FEATURES = (48, 64, 128, 160, 192, 192, 192, 192)
+FULL_FC = (3072, 3072, 3072)
+
+
+def _parse(arg: str | None) -> dict:
+    picked = {"model": "cnn", "canvas": "64px", "width": "small", "quick": False}
+    for part in (arg or "").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if part in MODELS:
+            picked["model"] = part
+        elif part in CANVASES:
+            picked["canvas"] = part
+        elif part in ("small", "full"):
+            picked["width"] = part
+        elif part == "quick":
+            picked["quick"] = True
+        else:
+            raise ValueError(f"configs/mnist_sequences.py: unknown part {part!r} in {arg!r}; "
+                             f"expected a model ({', '.join(MODELS)}), a canvas "
+                             f"({', '.join(CANVASES)}), small, full or quick")
+    return picked
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg` (see module docstring)."""
+    picked = _parse(arg)
+    c = ml_collections.ConfigDict()
+    c.name = "_".join(["mnistseq", picked["canvas"], picked["model"], picked["width"]]
+                      + (["quick"] if picked["quick"] else []))
+    c.task = "sequences"
+    c.seed = 0
+    c.distributed = False
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "mnist_sequences"
+    c.data.source = "sample"  # base digits: sample, idx:DIR or tfds:mnist
+    c.data.canvas_size = CANVASES[picked["canvas"]]
+    c.data.num_test_examples = 2000
+    c.data.test_seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = picked["model"]
+    c.model.transform = "affine"
+    c.model.kernel = "bilinear"
+    c.model.padding = "zeros"
+    full = picked["width"] == "full"
+    c.model.features = FULL_FEATURES if full else SMALL_FEATURES
+    c.model.fc_widths = FULL_FC if full else SMALL_FC
+    c.model.loc_lr_multiplier = 0.1  # as the paper's SVHN models
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 20_000
+    c.train.batch_size = 128
+    c.train.learning_rate = 0.01
+    c.train.momentum = 0.9
+    c.train.weight_decay = 0.0
+    c.train.lr_decay_every = 8_000
+    c.train.lr_decay_factor = 0.1
+    c.train.log_every = 100
+    c.train.eval_every = 2_000
+    c.train.checkpoint_every = 2_000
+    c.train.keep_checkpoints = 3
+    c.train.num_images = 16
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 500
+
+    if picked["quick"]:
+        c.data.num_test_examples = 500
+        c.train.steps = 300
+        c.train.batch_size = 32
+        c.train.learning_rate = 0.02
+        c.train.lr_decay_every = 10_000
+        c.train.log_every = 50
+        c.train.eval_every = 300
+        c.train.checkpoint_every = 300
+    return c
