@@ -177,9 +177,10 @@ def render_markdown(table: Mapping[str, Any], spec: Mapping[str, Any], citation:
               f"another paper that we do not run.",
               f"Paper: {spec['source']}. {citation}"]
     if used:
-        lines.append(f"Ours: {len(used)} run(s); train.steps: {', '.join(_distinct(used, 'train.steps'))}; "
-                     f"data.source: {', '.join(_distinct(used, 'data.source'))}; "
-                     f"seeds: {', '.join(_distinct(used, 'seed'))}.")
+        keys = ("train.steps", "train.batch_size", "train.learning_rate", "train.momentum",
+                "data.source", "seed")
+        lines.append(f"Ours: {len(used)} run(s); "
+                     + "; ".join(f"{k}: {', '.join(_distinct(used, k))}" for k in keys) + ".")
     else:
         lines.append("Ours: no runs found.")
     if table["ignored"]:

@@ -79,6 +79,7 @@ def test_markdown_rows(table1_runs):
     assert "| ST-CNN Aff | 0.7 / — | 0.5 / 0.62 | 0.8 / — | 1.2 / — |" in lines
     assert "| FCN | 2.1 / — | 5.2 / — | 3.1 / — | 3.2 / — |" in lines
     assert "1 results.json file(s) belong to no cell" in md
+    assert "Ours: 3 run(s); train.steps: None;" in md and "; seed: 0, 1." in md
     assert "unreadable" in md
     assert (table1_runs / "table1.md").read_text() == md
     cells = json.loads((table1_runs / "table1.json").read_text())["cells"]
