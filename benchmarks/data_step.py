@@ -6,6 +6,11 @@ markdown table of medians over `--repeats` calls after one warm-up (compile) cal
 
     python benchmarks/data_step.py                        # batch 256, embedded sample digits
     python benchmarks/data_step.py --batch-size 512 --distortions rts,tc
+    python benchmarks/data_step.py --model st_cnn      # also an ST-CNN SGD step, and the ratio
+
+With `--model`, each row also times one jitted SGD step (forward, backward, update) of that
+`stn.models.mnist` model on the distortion's canvas, and the data batch's share of
+data + step: the issue asks for under 10% with ST-CNN.
 """
 from __future__ import annotations
 
@@ -36,23 +41,62 @@ def time_distortion(images, labels, name: str, batch_size: int, repeats: int) ->
     return compile_s, statistics.median(times)
 
 
+def time_train_step(model_name: str, batch: dict, repeats: int) -> float:
+    """Median milliseconds of one jitted SGD step of `model_name` on `batch` (affine ST)."""
+    import optax
+    from flax import nnx
+
+    from stn.models import mnist
+
+    model = mnist.create(model_name, batch["image"].shape[1:], rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    tx = optax.sgd(0.01)
+    opt_state = tx.init(state)
+
+    @jax.jit
+    def step(state, opt_state, batch):
+        def loss_fn(state):
+            logits = nnx.merge(graphdef, state)(batch["image"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+        grads = jax.grad(loss_fn)(state)
+        updates, opt_state = tx.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state
+
+    state, opt_state = jax.block_until_ready(step(state, opt_state, batch))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, opt_state = jax.block_until_ready(step(state, opt_state, batch))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--source", default="sample")
     parser.add_argument("--distortions", default=",".join(distortions.NAMES))
+    parser.add_argument("--model", default=None, help="e.g. st_cnn: also time its train step")
     args = parser.parse_args()
     images, labels = pipeline.device_digits(sources.load_digits(args.source))
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), batch {args.batch_size}, "
           f"{args.repeats} repeats, source {args.source}\n")
-    print("| distortion | canvas | compile s | ms / batch | images / s |")
-    print("| --- | --- | --- | --- | --- |")
+    extra = f" {args.model} step ms | data share |" if args.model else ""
+    print("| distortion | canvas | compile s | ms / batch | images / s |" + extra)
+    print("| --- | --- | --- | --- | --- |" + (" --- | --- |" if args.model else ""))
     for name in args.distortions.split(","):
         compile_s, ms = time_distortion(images, labels, name, args.batch_size, args.repeats)
         size = distortions.get(name).canvas_size
-        print(f"| {name} | {size} | {compile_s:.2f} | {ms:.2f} | {args.batch_size / ms * 1e3:,.0f} |")
+        row = f"| {name} | {size} | {compile_s:.2f} | {ms:.2f} | {args.batch_size / ms * 1e3:,.0f} |"
+        if args.model:
+            batch = pipeline.train_batch(images, labels, 0, 0, batch_size=args.batch_size,
+                                         distortion=name)
+            step_ms = time_train_step(args.model, batch, args.repeats)
+            row += f" {step_ms:.2f} | {ms / (ms + step_ms):.1%} |"
+        print(row)
 
 
 if __name__ == "__main__":
