@@ -119,8 +119,9 @@ def test_table1_reduced_needs_data_and_sets_steps():
 
 
 def test_table2_and_lr_seed_expansion():
-    t2 = sweeps.load_sweep(str(REPO / "configs/sweeps/table2.py") + ":seeds=2")
+    t2 = sweeps.load_sweep(str(REPO / "configs/sweeps/table2.py") + ":seeds=2,manual_dir=/svhn")
     assert len(t2) == 2 * 3 * 2
+    assert t2[0]["overrides"] == {"seed": 0, "data.manual_dir": "/svhn"}
     assert {p["config"] for p in t2} == {f"configs/svhn.py:{v},{m}" for v in ("64px", "128px")
                                          for m in ("cnn", "st_cnn_single", "st_cnn_multi")}
     lr = sweeps.load_sweep(str(REPO / "configs/sweeps/lr_seed.py") +

@@ -6,7 +6,8 @@
 Each point is a configs/svhn.py run (`64px,cnn`, `128px,st_cnn_single`, `64px,st_cnn_multi`, ...).
 The paper's Maxout CNN and DRAM rows are other papers' models and are not reproduced here.
 Argument (all optional, `key=value` joined by commas): seeds=N (default 1), first_seed=K,
-steps=N (override train.steps), data=SOURCE (override data.source).
+steps=N (override train.steps), manual_dir=DIR (data.manual_dir: the folder holding SVHN's
+format 1 archives), tfds_data_dir=DIR (data.tfds_data_dir: where the built data set lives).
 """
 from stn import sweeps
 
@@ -16,12 +17,14 @@ MODELS = ("cnn", "st_cnn_single", "st_cnn_multi")
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """Every (crop, model, seed) point of Table 2."""
-    opts = sweeps.parse_arg(arg, seeds=1, first_seed=0, steps=0, data=None)
+    opts = sweeps.parse_arg(arg, seeds=1, first_seed=0, steps=0, manual_dir=None,
+                            tfds_data_dir=None)
     common = {}
     if opts["steps"]:
         common["train.steps"] = opts["steps"]
-    if opts["data"]:
-        common["data.source"] = opts["data"]
+    for key in ("manual_dir", "tfds_data_dir"):
+        if opts[key]:
+            common[f"data.{key}"] = opts[key]
     seeds = range(opts["first_seed"], opts["first_seed"] + opts["seeds"])
     return [sweeps.point(name=f"svhn{a['variant']}-{a['model']}-s{a['seed']}",
                          config=f"configs/svhn.py:{a['variant']},{a['model']}",
