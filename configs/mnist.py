@@ -1,8 +1,9 @@
 """Distorted MNIST (paper section 4.1, Table 1): FCN / CNN / ST-FCN / ST-CNN on R, RTS, P, E, TC.
 
     python train.py --config=configs/mnist.py:quick --workdir=/tmp/quick
-gives about QUICK_RESULT test error (ST-CNN affine, RTS, the embedded 10k-digit sample,
-QUICK_STEPS steps of batch 64, about QUICK_TIME on a 2-core CPU).
+gives about 20% test error (measured: 19.65% on the 2,000 test digits; ST-CNN affine on RTS,
+the embedded 10k-digit sample, 400 SGD steps of batch 64; 4m50s wall on a shared 2-core CPU),
+against 90% for chance; and writes the transformer picture to /tmp/quick/images/.
 
     python train.py --config=configs/mnist.py:rts,st_cnn,affine --workdir=runs/rts_st_cnn_affine
 is the paper's recipe for one cell of Table 1 (paper: 0.5% error on RTS; needs full MNIST via
@@ -87,13 +88,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if picked["quick"]:
         c.data.source = "sample"
-        c.train.steps = 1500
+        c.train.steps = 400
         c.train.batch_size = 64
         c.train.learning_rate = 0.05
         c.train.momentum = 0.9
-        c.train.lr_decay_every = 1000
-        c.train.log_every = 100
-        c.train.eval_every = 500
-        c.train.checkpoint_every = 500
+        c.train.lr_decay_every = 300
+        c.train.log_every = 50
+        c.train.eval_every = 200
+        c.train.checkpoint_every = 200
         c.eval.batch_size = 500
     return c
