@@ -140,10 +140,11 @@ def worker_jax(side: str, shape, method: str | None) -> dict:
     if side == "stn":
         from stn import sampling
 
-        kwargs = {} if method is None else {"method": method}
-
         def forward(u, g):
-            return sampling.sample(u, g, **kwargs)
+            if method is None:
+                return sampling.sample(u, g)
+            return sampling._sample(u, g, kernel="bilinear", padding="zeros",
+                                    align_corners=False, method=method)
     else:
         from jax.scipy.ndimage import map_coordinates
 
