@@ -32,6 +32,17 @@ import time
 import numpy as np
 
 SHAPES = ((256, 1, 60, 60), (64, 32, 28, 28), (256, 1, 28, 28))
+
+# glibc malloc returns every free block larger than its mmap threshold (at most 32 MiB by default;
+# any block over 64 MiB from a thread's arena) to the OS, so an XLA program whose temporary buffer
+# exceeds it page-faults its whole temp space in again on every call (sys time can exceed user
+# time). These settings keep freed memory in the process; --malloc tuned applies them to every
+# worker, JAX and torch alike (docs/performance.md).
+TUNED_MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
+}
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -204,6 +215,7 @@ def worker_torch(shape) -> dict:
         torch.autograd.grad(out, (image_r, grid_r), cotangent)
         sync()
 
+    forward()  # start torch's thread pool before measuring memory
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -218,13 +230,14 @@ def worker_torch(shape) -> dict:
 # ---------------------------------------------------------------- driver
 
 
-def run_worker(side: str, shape, method: str | None) -> dict:
+def run_worker(side: str, shape, method: str | None, env: dict | None = None) -> dict:
     """One fresh subprocess for one side and shape; returns its JSON line."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
            "--shape", ",".join(map(str, shape))]
     if method:
         cmd += ["--method", method]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"worker {side} {shape} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -247,6 +260,8 @@ def main() -> None:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
     parser.add_argument("--sides", default="stn,map_coordinates,torch")
+    parser.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                        help="tuned: run every worker with TUNED_MALLOC_ENV (no per-call page faults)")
     parser.add_argument("--methods", default="",
                         help="comma list of stn.sampling internal methods to time as extra rows")
     args = parser.parse_args()
@@ -268,17 +283,19 @@ def main() -> None:
     variants = [(side, None) for side in sides]
     variants += [("stn", m) for m in args.methods.split(",") if m]
     bandwidth = copy_bandwidth()
+    env = TUNED_MALLOC_ENV if args.malloc == "tuned" else None
 
     results = {}  # (variant, shape) -> list of per-round dicts
     for round_index in range(args.rounds):
         for shape in shapes:
             order = variants if round_index % 2 == 0 else variants[::-1]
             for variant in order:
-                results.setdefault((variant, shape), []).append(run_worker(variant[0], shape, variant[1]))
+                results.setdefault((variant, shape), []).append(run_worker(variant[0], shape, variant[1], env))
 
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; copy bandwidth "
-          f"{bandwidth / 1e9:.1f} GB/s; {args.rounds} rounds, each side in its own process\n")
+          f"{bandwidth / 1e9:.1f} GB/s; {args.rounds} rounds, each side in its own process; "
+          f"malloc {args.malloc}\n")
     print("| (B, C, H, W) | side | device | fwd ms | fwd+bwd ms | fwd / torch | fwd+bwd / torch "
           "| fwd / floor | fwd+bwd / floor | peak MiB fwd+bwd | XLA MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
