@@ -99,23 +99,23 @@ def test_table1_expansion():
     assert len(default) == 32 and all(p["overrides"] == {"seed": 0} for p in default)
 
 
-def test_table1_reduced_needs_data_and_sets_steps():
+def test_table1_reduced_needs_data_and_sets_budget():
     with pytest.raises(ValueError, match="needs a data source"):
         sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py"))
     points = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") +
-                               ":data=/some/mnist,steps=60,batch=64")
+                               ":data=/some/mnist,steps=60,batch=32,lr=0.05,momentum=0,loc=1")
     assert len(points) == 32
-    assert all(p["overrides"] == {"seed": 0, "train.steps": 60, "train.lr_decay_every": 20,
-                                  "data.source": "idx:/some/mnist", "train.batch_size": 64}
+    assert all(p["overrides"] == {"seed": 0, "train.steps": 60, "train.lr_decay_every": 45,
+                                  "data.source": "idx:/some/mnist", "train.batch_size": 32,
+                                  "train.learning_rate": 0.05, "train.momentum": 0.0,
+                                  "model.loc_lr_multiplier": 1.0, "train.eval_every": 60,
+                                  "train.log_every": 10}
                for p in points)
     default = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") + ":data=idx:/d")
-    assert default[0]["overrides"]["train.steps"] == 600
-    assert "train.batch_size" not in default[0]["overrides"]
-    assert "train.momentum" not in default[0]["overrides"]
-    fast = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") +
-                             ":data=idx:/d,momentum=0.9,lr=0.05")
-    assert fast[0]["overrides"]["train.momentum"] == 0.9
-    assert fast[0]["overrides"]["train.learning_rate"] == 0.05
+    overrides = default[0]["overrides"]
+    assert (overrides["train.steps"], overrides["train.batch_size"]) == (300, 64)
+    assert (overrides["train.learning_rate"], overrides["train.momentum"]) == (0.02, 0.9)
+    assert overrides["model.loc_lr_multiplier"] == 0.1
 
 
 def test_table2_and_lr_seed_expansion():
