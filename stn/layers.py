@@ -44,6 +44,27 @@ def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -
                       bias_init=bias_init, rngs=rngs)
 
 
+class ReluStack(nnx.Module):
+    """Flattens `[B, H, W, C]` and applies fully connected ReLU layers; `out_features` wide."""
+
+    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], *, rngs: nnx.Rngs):
+        features = 1
+        for dim in input_shape:
+            features *= int(dim)
+        layers = []
+        for width in hidden:
+            layers.append(nnx.Linear(features, width, rngs=rngs))
+            features = width
+        self.layers = nnx.List(layers)
+        self.out_features = features
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.layers:
+            h = jax.nn.relu(layer(h))
+        return h
+
+
 class FullyConnectedLocNet(nnx.Module):
     """Localisation net of fully connected ReLU layers, then the identity-initialised regression.
 
@@ -53,22 +74,12 @@ class FullyConnectedLocNet(nnx.Module):
     def __init__(self, input_shape: Sequence[int], identity: jax.Array, *,
                  hidden: Sequence[int] = (32, 32, 32), rngs: nnx.Rngs):
         """`input_shape` is `(H, W, C)` of one example; `identity` the transform's identity."""
-        features = 1
-        for dim in input_shape:
-            features *= int(dim)
-        layers = []
-        for width in hidden:
-            layers.append(nnx.Linear(features, width, rngs=rngs))
-            features = width
-        self.hidden = nnx.List(layers)
-        self.regression = regression_layer(features, identity, rngs=rngs)
+        self.hidden = ReluStack(input_shape, hidden, rngs=rngs)
+        self.regression = regression_layer(self.hidden.out_features, identity, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> flat transform parameters `[B, P]`."""
-        h = x.reshape(x.shape[0], -1)
-        for layer in self.hidden:
-            h = jax.nn.relu(layer(h))
-        return self.regression(h)
+        return self.regression(self.hidden(x))
 
 
 class ConvLocNet(nnx.Module):

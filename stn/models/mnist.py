@@ -33,22 +33,12 @@ class FCN(nnx.Module):
 
     def __init__(self, input_shape: Sequence[int], *, hidden: Sequence[int] = FCN_HIDDEN,
                  num_classes: int = NUM_CLASSES, rngs: nnx.Rngs):
-        features = 1
-        for dim in input_shape:
-            features *= int(dim)
-        hidden_layers = []
-        for width in hidden:
-            hidden_layers.append(nnx.Linear(features, width, rngs=rngs))
-            features = width
-        self.hidden = nnx.List(hidden_layers)
-        self.classifier = nnx.Linear(features, num_classes, rngs=rngs)
+        self.hidden = layers.ReluStack(input_shape, hidden, rngs=rngs)
+        self.classifier = nnx.Linear(self.hidden.out_features, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> logits `[B, num_classes]`."""
-        h = x.reshape(x.shape[0], -1)
-        for layer in self.hidden:
-            h = jax.nn.relu(layer(h))
-        return self.classifier(h)
+        return self.classifier(self.hidden(x))
 
 
 class CNN(nnx.Module):
