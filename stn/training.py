@@ -20,10 +20,9 @@ import functools
 import json
 import os
 import signal
-import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +32,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stn import checkpointing, evaluation, metrics_io, plots, transforms
-from stn.models import mnist as mnist_models
-
-DISTORTIONS = ("none", "r", "rts", "p", "e", "tc")
-CANVAS = {"none": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
+from stn.data import distortions, pipeline, sources, svhn_input
+from stn.models import mnist as mnist_models, svhn
 
 
 class TrainingInterrupted(RuntimeError):
@@ -48,14 +45,6 @@ class NonFiniteLoss(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------- config checks
-
-
-def _distortion_names() -> tuple[str, ...]:
-    try:
-        from stn.data import distortions
-        return tuple(getattr(distortions, "NAMES", DISTORTIONS))
-    except ImportError:
-        return DISTORTIONS
 
 
 def is_sequence_task(config) -> bool:
@@ -70,14 +59,11 @@ def task_functions(config) -> tuple[Callable, Callable]:
     cross-entropies and sequence correctness.
     """
     if is_sequence_task(config):
-        from stn.models import svhn
         return svhn.per_example_loss, svhn.sequence_correct
     return evaluation.classification_loss, evaluation.classification_correct
 
 
 def _validate_sequence_config(config) -> None:
-    from stn.data import svhn_input
-    from stn.models import svhn
     if config.model.name not in svhn.MODEL_NAMES:
         raise ValueError(f"config.model.name={config.model.name!r} is unknown for task "
                          f"'sequences'; set it to one of {', '.join(svhn.MODEL_NAMES)}")
@@ -101,7 +87,7 @@ def _validate_classification_config(config) -> None:
     if model.startswith("st_") and config.model.transform not in transforms.NAMES:
         raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
                          f"to one of {', '.join(transforms.NAMES)}")
-    names = _distortion_names()
+    names = distortions.NAMES
     if config.data.distortion not in names:
         raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
                          f"to one of {', '.join(names)}")
@@ -134,18 +120,12 @@ def _validate_train_config(config) -> None:
 
 def input_size(config) -> int:
     """Side of the (square) images the model sees: the distortion's canvas."""
-    try:
-        from stn.data import distortions
-        return int(distortions.get(config.data.distortion).canvas_size)
-    except ImportError:
-        return CANVAS[config.data.distortion]
+    return int(distortions.get(config.data.distortion).canvas_size)
 
 
 def build_model(config, mesh: Mesh):
     """`(graphdef, replicated param state, input size)` for the config's model and seed."""
     if is_sequence_task(config):
-        from stn.data import svhn_input
-        from stn.models import svhn
         shape = svhn_input.input_shape(config)
         size = shape[0]
         model = svhn.get_model(config.model, shape, nnx.Rngs(params=config.seed))
@@ -228,9 +208,7 @@ def _transformer_view(graphdef):
 def load_test_set(config) -> dict[str, np.ndarray]:
     """The fixed distorted test set of the config (numpy, on every host)."""
     if is_sequence_task(config):
-        from stn.data import svhn_input
         return svhn_input.load(config).test
-    from stn.data import distortions, pipeline, sources
     digits = sources.load_digits(config.data.source)
     return pipeline.test_set(digits, distortions.get(config.data.distortion),
                              seed=config.data.get("test_seed", 0))
@@ -291,7 +269,6 @@ def train_and_evaluate(config, workdir: str, *,
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
-    from stn.data import distortions, pipeline, sources, svhn_input  # layer 4
     if is_sequence_task(config):  # SVHN or its stand-in: batch maker and test set from there
         data = svhn_input.load(config)
         train_arrays, batch_fn, test = (data.train_images, data.train_labels), data.train_batch, \
