@@ -1,0 +1,77 @@
+"""The SVHN input path on a written miniature: crops, batches, and a smoke run of train.py's loop."""
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets")
+
+from stn.data import svhn_input  # noqa: E402
+from test_svhn_builder import EXPECTED, manual_dir  # noqa: E402,F401  (fixture)
+
+
+def _config(manual, data_dir, **data):
+    import configs.svhn as svhn_config  # noqa: PLC0415
+    c = svhn_config.get_config("64px,st_cnn_single,smoke")
+    c.data.manual_dir = manual
+    c.data.tfds_data_dir = str(data_dir)
+    c.data.train_split = "train"
+    c.train.batch_size = 2  # the miniature holds 3 training images
+    for key, value in data.items():
+        c.data[key] = value
+    return c
+
+
+def test_random_and_centre_crops():
+    images = np.arange(2 * 8 * 8 * 1, dtype=np.uint8).reshape(2, 8, 8, 1)
+    crops = np.asarray(svhn_input.random_crops(images, jax.random.PRNGKey(0), 5))
+    assert crops.shape == (2, 5, 5, 1) and crops.dtype == np.float32
+    for crop, image in zip(crops, images):  # every crop is a window of its own image
+        hits = [(r, c) for r in range(4) for c in range(4)
+                if np.allclose(image[r:r + 5, c:c + 5] / 255.0, crop)]
+        assert len(hits) == 1
+    centre = svhn_input.centre_crops(images, 4)
+    np.testing.assert_allclose(centre, images[:, 2:6, 2:6] / 255.0)
+
+
+def test_load_builds_from_manual_dir_and_batches(manual_dir, tmp_path):
+    data = svhn_input.load(_config(manual_dir, tmp_path))
+    assert data.input_shape == (54, 54, 3)
+    assert data.train_images.shape == (3, 64, 64, 3) and data.train_labels.shape == (3, 5)
+    assert data.test["image"].shape == (2, 54, 54, 3) and data.test["image"].dtype == np.float32
+    assert sorted(map(tuple, data.test["label"].tolist())) == sorted(
+        tuple(d + [10] * (5 - len(d))) for d in EXPECTED["test"].values())
+    a = data.train_batch(data.train_images, data.train_labels, 0, 5)
+    b = data.train_batch(data.train_images, data.train_labels, 0, 5)
+    assert a["image"].shape == (2, 54, 54, 3) and a["label"].shape == (2, 5)
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_bad_variant_and_manual_dir_raise(tmp_path):
+    c = _config(str(tmp_path / "nowhere"), tmp_path)
+    with pytest.raises(ValueError, match="manual_dir"):
+        svhn_input.validate_config(c)
+    c = _config("", tmp_path, variant="32px")
+    with pytest.raises(ValueError, match="variant"):
+        svhn_input.validate_config(c)
+
+
+def test_train_and_evaluate_smoke_on_miniature(manual_dir, tmp_path):
+    """The whole SVHN path through stn.training: builds, trains 3 steps, writes results.json."""
+    from stn import training
+    c = _config(manual_dir, tmp_path / "tfds")
+    c.model.features = (4, 4, 8, 8, 8, 8, 8, 8)
+    c.model.fc_widths = (16,)
+    c.train.steps = 3
+    c.train.log_every = 3
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.eval.batch_size = 2
+    results = training.train_and_evaluate(c, str(tmp_path / "run"))
+    assert results["num_test_examples"] == 2
+    assert 0.0 <= results["test_error"] <= 1.0
+    with open(tmp_path / "run" / "results.json") as f:
+        assert json.load(f)["steps"] == 3
+    assert (tmp_path / "run" / "images" / "transformer_latest.png").exists()
