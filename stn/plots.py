@@ -1,8 +1,8 @@
 """Pictures of what a spatial transformer does, with Pillow.
 
-`transformer_grid_png` lays out, for each example, the input (with the outline of the sampling
+`transformer_grid_image` lays out, for each example, the input (with the outline of the sampling
 grid `T_theta(G)` drawn on it, as in the paper's Table 1 (right) column (b)) beside the
-transformer's output. Inputs and outputs are float images in [0, 1], NHWC, 1 or 3 channels.
+transformer's output; with several transformers, one outline and one output for each. Inputs and outputs are float images in [0, 1], NHWC, 1 or 3 channels.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 OUTLINE = (255, 64, 64)
+# one colour per transformer when several are drawn (red, green, blue, yellow, ...)
+OUTLINES = (OUTLINE, (64, 220, 64), (80, 140, 255), (255, 220, 40), (220, 80, 255))
 BACKGROUND = (40, 40, 40)
 FRAME = (90, 90, 90)
 
@@ -44,20 +46,29 @@ def grid_outline(grid: np.ndarray, height: int, width: int, scale: float,
     return [((a + 0.5) * scale, (b + 0.5) * scale) for a, b in zip(px, py)]
 
 
-def transformer_grid_image(inputs: np.ndarray, outputs: np.ndarray,
-                           grids: np.ndarray | None = None, *, columns: int = 4,
+def transformer_grid_image(inputs: np.ndarray, outputs, grids=None, *, columns: int = 4,
                            cell: int = 112, align_corners: bool = False) -> Image.Image:
-    """A PIL image: rows of (input with grid outline | output) pairs, `columns` pairs per row."""
-    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    """A PIL image: rows of (input with grid outlines | output(s)), `columns` examples per row.
+
+    `outputs` is one `[B, h, w, C]` array, or a list of them for several transformers (ST-CNN
+    Multi); `grids` is then the matching list of `[B, h, w, 2]` grids in the input's frame, each
+    outlined in its own colour (`OUTLINES`, in order), and the outputs follow in the same order.
+    """
+    inputs = np.asarray(inputs)
+    outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple))
+                                        else [outputs])]
+    if grids is not None and not isinstance(grids, (list, tuple)):
+        grids = [grids]
     n = inputs.shape[0]
     columns = max(1, min(columns, n))
     rows = (n + columns - 1) // columns
     pad = 4
-    canvas = Image.new("RGB", (columns * (2 * cell + 3 * pad), rows * (cell + 2 * pad)),
-                       BACKGROUND)
+    panels = 1 + len(outputs)
+    block = panels * cell + (panels + 1) * pad
+    canvas = Image.new("RGB", (columns * block, rows * (cell + 2 * pad)), BACKGROUND)
     for i in range(n):
         r, c = divmod(i, columns)
-        x0, y0 = c * (2 * cell + 3 * pad) + pad, r * (cell + 2 * pad) + pad
+        x0, y0 = c * block + pad, r * (cell + 2 * pad) + pad
         h, w = inputs.shape[1:3]
         # The input fills 70% of its cell, so a grid reaching outside it stays visible.
         scale = 0.7 * cell / max(h, w)
@@ -66,18 +77,20 @@ def transformer_grid_image(inputs: np.ndarray, outputs: np.ndarray,
         panel = Image.new("RGB", (cell, cell), (0, 0, 0))
         off = ((cell - inp.width) // 2, (cell - inp.height) // 2)
         panel.paste(inp, off)
-        ImageDraw.Draw(panel).rectangle([off[0] - 1, off[1] - 1, off[0] + inp.width,
-                                         off[1] + inp.height], outline=FRAME)
-        if grids is not None:
-            points = grid_outline(grids[i], h, w, scale, align_corners)
-            ImageDraw.Draw(panel).line([(a + off[0], b + off[1]) for a, b in points],
-                                       fill=OUTLINE, width=2)
+        draw = ImageDraw.Draw(panel)
+        draw.rectangle([off[0] - 1, off[1] - 1, off[0] + inp.width, off[1] + inp.height],
+                       outline=FRAME)
+        for k, grid in enumerate(grids or []):
+            points = grid_outline(np.asarray(grid)[i], h, w, scale, align_corners)
+            draw.line([(a + off[0], b + off[1]) for a, b in points],
+                      fill=OUTLINES[k % len(OUTLINES)], width=2)
         canvas.paste(panel, (x0, y0))
-        oh, ow = outputs.shape[1:3]
-        oscale = cell / max(oh, ow)
-        out = Image.fromarray(_to_rgb(outputs[i])).resize(
-            (round(ow * oscale), round(oh * oscale)), Image.NEAREST)
-        canvas.paste(out, (x0 + cell + pad, y0))
+        for k, output in enumerate(outputs):
+            oh, ow = output.shape[1:3]
+            oscale = cell / max(oh, ow)
+            out = Image.fromarray(_to_rgb(output[i])).resize(
+                (round(ow * oscale), round(oh * oscale)), Image.NEAREST)
+            canvas.paste(out, (x0 + (k + 1) * (cell + pad), y0))
     return canvas
 
 

@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from stn import checkpointing, evaluation, metrics_io, plots, transforms
+from stn import checkpointing, evaluation, metrics_io, plots, sampling, transforms
 from stn.data import distortions, pipeline, sources, svhn_input
 from stn.models import mnist as mnist_models, svhn
 
@@ -195,12 +195,23 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loc_flags: list[
 
 @functools.lru_cache(maxsize=None)
 def _transformer_view(graphdef):
-    """Jitted `(state, images) -> (outputs, grids)` of the model's first spatial transformer."""
+    """Jitted `(state, images) -> (outputs, grids)`: lists, one entry per transformer drawn.
+
+    Grids are in the input's frame (`input_frame_grids` where the model has several
+    transformers in series, else the first transformer's own); each output is the input
+    resampled on its grid, i.e. the region that transformer attends to.
+    """
 
     def view(state, images):
-        transformer = nnx.merge(graphdef, state).transformer
-        _, grid = transformer.params_and_grid(images)
-        return transformer(images), grid
+        model = nnx.merge(graphdef, state)
+        first = model.transformer
+        if hasattr(model, "input_frame_grids"):
+            grids = model.input_frame_grids(images)
+        else:
+            grids = [first.params_and_grid(images)[1]]
+        outputs = [sampling.sample(images, grid, kernel=first.kernel, padding=first.padding,
+                                   align_corners=first.align_corners) for grid in grids]
+        return outputs, grids
 
     return jax.jit(view)
 
@@ -326,8 +337,9 @@ def train_and_evaluate(config, workdir: str, *,
         if has_transformer and is_main and num_images > 0:
             images = jnp.asarray(test["image"][:num_images])
             outputs, grids = _transformer_view(graphdef)(state, images)
-            picture = plots.transformer_grid_image(np.asarray(images), np.asarray(outputs),
-                                                   np.asarray(grids))
+            picture = plots.transformer_grid_image(
+                np.asarray(images), [np.asarray(o) for o in outputs],
+                [np.asarray(g) for g in grids], columns=4 if len(grids) == 1 else 2)
             png = plots.png_bytes(picture)
             os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
             for name in (f"transformer_step_{step:07d}.png", "transformer_latest.png"):
@@ -405,6 +417,7 @@ def train_and_evaluate(config, workdir: str, *,
         "config": config.to_dict(),
         "steps": final_step,
         "test_error": last_metrics["test_error"],
+        "test_loss": last_metrics["test_loss"],
         "num_test_examples": last_metrics["num_examples"],
         "wall_time_s": wall,
         "images_per_second": steps_done * batch_size / train_time if steps_done else 0.0,

@@ -95,6 +95,21 @@ def attention_to_affine(params: jax.Array) -> jax.Array:
     return jnp.stack([jnp.stack([s, zero, t_x], -1), jnp.stack([zero, s, t_y], -1)], axis=1)
 
 
+def compose_affine(outer: jax.Array, inner: jax.Array) -> jax.Array:
+    """The affine map ``p -> T_outer(T_inner(p))`` (paper eq. 1 applied twice), ``[B, 2, 3]``.
+
+    With ``T(p) = A p + t``: ``A = A_outer A_inner`` and ``t = A_outer t_inner + t_outer``. Used
+    to map a transformer's grid that acts on another transformer's output back into the frame of
+    the first one's input (transformers in series, e.g. ST-CNN Multi).
+    """
+    outer, inner = jnp.asarray(outer), jnp.asarray(inner)
+    _check_batch(outer, ((2, 3),), "affine")
+    _check_batch(inner, ((2, 3),), "affine")
+    linear = jnp.einsum("bij,bjk->bik", outer[:, :, :2], inner[:, :, :2])
+    shift = jnp.einsum("bij,bj->bi", outer[:, :, :2], inner[:, :, 2]) + outer[:, :, 2]
+    return jnp.concatenate([linear, shift[:, :, None]], axis=-1)
+
+
 def projective_grid(
     params: jax.Array, height: int, width: int, *, align_corners: bool = False
 ) -> jax.Array:

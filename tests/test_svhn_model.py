@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from stn import transforms
 from stn.models import svhn
 
 SMALL = dict(features=(8, 8, 16, 16, 16, 16, 16, 16), fc_widths=(32, 32))
@@ -81,3 +82,29 @@ def test_sequence_loss_is_length_plus_digit_cross_entropies():
                                [np.log(6) + 5 * np.log(11)], rtol=1e-6)
     confident = _one_hot_outputs([1], [[3, 10, 10, 10, 10]])
     assert float(svhn.per_example_loss(confident, labels)[0]) < 1e-2  # 6 heads at ~4e-4 each
+
+
+def test_multi_grids_compose_back_into_the_input_frame():
+    """Transformer 0 zooms in 2x, transformer 1 shifts right by 0.2 of its input's frame: in
+    image coordinates transformer 1 samples `0.5 * p + (0.1, 0)` (a shift of 0.2 at half scale);
+    transformers 2, 3 are still the identity, so they repeat transformer 1's map."""
+    model = svhn.create("st_cnn_multi", (32, 32, 1), **SMALL, rngs=nnx.Rngs(3))
+    model.transformers[0].loc_net.regression.bias.value = jnp.array([0.5, 0, 0, 0, 0.5, 0.0])
+    model.transformers[1].loc_net.regression.bias.value = jnp.array([1.0, 0, 0.2, 0, 1, 0])
+    x = jax.random.uniform(jax.random.PRNGKey(3), (2, 32, 32, 1))
+    grids = model.input_frame_grids(x)
+    sizes = [g.shape[1:3] for g in grids]
+    assert sizes == [(32, 32), (16, 16), (16, 16), (8, 8)]
+    base = lambda n: transforms.base_grid(n, n)[None]  # noqa: E731
+    np.testing.assert_allclose(grids[0], jnp.broadcast_to(0.5 * base(32), grids[0].shape),
+                               atol=1e-6)
+    shifted = lambda n: 0.5 * base(n) + jnp.array([[[[0.1, 0.0]]]])  # noqa: E731
+    for grid, n in zip(grids[1:], (16, 16, 8)):
+        np.testing.assert_allclose(grid, jnp.broadcast_to(shifted(n), grid.shape), atol=1e-6)
+
+
+def test_single_input_frame_grid_is_its_own_grid():
+    model = svhn.create("st_cnn_single", (32, 32, 1), **SMALL, rngs=nnx.Rngs(4))
+    x = jax.random.uniform(jax.random.PRNGKey(4), (2, 32, 32, 1))
+    (grid,) = model.input_frame_grids(x)
+    np.testing.assert_array_equal(grid, model.transformer.params_and_grid(x)[1])

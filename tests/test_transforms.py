@@ -158,3 +158,17 @@ def test_unknown_transform_and_bad_shapes_raise_value_error():
         transforms.tps_grid(jnp.zeros((2, 5, 2)), 4, 4)
     with pytest.raises(ValueError, match="grid size must be positive"):
         transforms.base_grid(0, 4)
+
+
+def test_compose_affine_is_the_outer_map_applied_to_the_inner_grid():
+    """grid(compose(o, i)) == o applied (eq. 1) to the points of grid(i)."""
+    key_o, key_i = jax.random.split(jax.random.PRNGKey(7))
+    outer = jax.random.normal(key_o, (3, 2, 3))
+    inner = jax.random.normal(key_i, (3, 2, 3))
+    inner_grid = transforms.affine_grid(inner, 5, 6)
+    expected = (jnp.einsum("bij,bhwj->bhwi", outer[:, :, :2], inner_grid)
+                + outer[:, None, None, :, 2])
+    np.testing.assert_allclose(transforms.affine_grid(transforms.compose_affine(outer, inner), 5, 6),
+                               expected, rtol=1e-5, atol=1e-5)
+    identity = jnp.broadcast_to(jnp.eye(2, 3), (3, 2, 3))
+    np.testing.assert_allclose(transforms.compose_affine(identity, inner), inner, atol=1e-6)

@@ -133,16 +133,49 @@ class SequenceCNN(nnx.Module):
             return self.transformers[0]
         return None
 
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        """`[B, H, W, C]` -> `{"length": [B, L + 1], "digits": [B, L, 11]}` logits."""
+    def _conv_features(self, x: jax.Array, thetas: list | None = None) -> jax.Array:
+        """The conv stack (with its transformers); appends their parameters to `thetas`."""
         stn_of = dict(zip(self.transformer_at, self.transformers))
         h = x
         for i, conv in enumerate(self.convs):
             if i in stn_of:
-                h = stn_of[i](h)
+                h, theta = stn_of[i](h, return_params=True)
+                if thetas is not None:
+                    thetas.append(theta)
             h = jax.nn.relu(conv(h))
             if i in self.pool_after:
                 h = _pool_same(h)
+        return h
+
+    def input_frame_grids(self, x: jax.Array) -> list[jax.Array]:
+        """Each transformer's sampling grid in the input image's frame, `[B, h_k, w_k, 2]`.
+
+        The transformer before conv k samples feature maps in the frame of the previous
+        transformer's output (SAME convolutions and 2x2 pools keep the normalised frame), so in
+        image coordinates its grid is its affine map composed with every earlier one
+        (`transforms.compose_affine`). Only affine and attention maps compose in closed form;
+        for other transforms just the first transformer's grid is returned.
+        """
+        thetas: list[jax.Array] = []
+        self._conv_features(x, thetas)
+        first = self.transformers[0]
+        name = first.transform.name
+        if len(thetas) == 1 or name not in ("affine", "attention"):
+            return [first.transform.grid(thetas[0], *first.output_size,
+                                         align_corners=first.align_corners)]
+        grids, composed = [], None
+        for transformer, theta in zip(self.transformers, thetas):
+            theta = (transforms.attention_to_affine(theta) if name == "attention"
+                     else theta.reshape(theta.shape[0], 2, 3))
+            composed = theta if composed is None else transforms.compose_affine(composed, theta)
+            height, width = transformer.output_size
+            grids.append(transforms.affine_grid(composed, height, width,
+                                                align_corners=transformer.align_corners))
+        return grids
+
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        """`[B, H, W, C]` -> `{"length": [B, L + 1], "digits": [B, L, 11]}` logits."""
+        h = self._conv_features(x)
         h = h.reshape(h.shape[0], -1)
         for fc in self.fcs:
             h = jax.nn.relu(fc(h))
