@@ -10,7 +10,11 @@ the reported step time is the median over rounds of each process's median.
     python benchmarks/train_step.py --variants xla,patches --malloc tuned
 
 JAX variants (``--variants``): ``xla`` (the model as it is), ``patches`` (every conv of the model
-run as image patches + one matmul; forward and gradients are the same convolution).
+run as image patches + one matmul; forward and gradients are the same convolution), ``sharded2``
+(the model as it is, the batch split over two XLA CPU devices, one per core, as
+``train.py`` does over every device), ``lax`` (every conv through plain
+``lax.conv_general_dilated``, i.e. without ``stn.layers.conv_general_dilated``'s XLA:CPU
+VALID-convolution fix: the step as it was before it).
 Also printed: peak RSS growth of the first step (and XLA's temp + output bytes for JAX).
 """
 from __future__ import annotations
@@ -74,6 +78,12 @@ def build_jax_model(variant: str):
     from stn.models import mnist
 
     model = mnist.create("st_cnn", (SIZE, SIZE, 1), transform="affine", rngs=nnx.Rngs(0))
+    convs = [*model.transformer.loc_net.convs, model.classifier.conv1, model.classifier.conv2]
+    if variant == "lax":
+        import jax
+
+        for conv in convs:
+            conv.conv_general_dilated = jax.lax.conv_general_dilated
     if variant == "patches":
         patch_conv = _patch_conv_class()
         loc = model.transformer.loc_net
@@ -85,6 +95,9 @@ def build_jax_model(variant: str):
 
 def worker_jax(variant: str) -> dict:
     """Median step time of a jitted functional train step (split/merge, donated state)."""
+    if variant == "sharded2":  # before JAX starts: two host devices, the batch split over them
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_force_host_platform_device_count=2")
     import jax
     import jax.numpy as jnp
     import optax
@@ -95,6 +108,13 @@ def worker_jax(variant: str) -> dict:
     tx = optax.sgd(LR)
     opt_state = tx.init(state)
     images, labels = (jnp.asarray(a) for a in make_batch())
+    if variant == "sharded2":
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(jax.devices(), ("data",))
+        state, opt_state = jax.device_put((state, opt_state), NamedSharding(mesh, PartitionSpec()))
+        images, labels = jax.device_put((images, labels),
+                                        NamedSharding(mesh, PartitionSpec("data")))
 
     def loss_fn(state, images, labels):
         logits = nnx.merge(graphdef, state)(images)

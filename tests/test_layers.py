@@ -100,3 +100,27 @@ def test_parallel_requires_one_output_size():
            for s in (12, 6)]
     with pytest.raises(ValueError, match="output sizes must match"):
         layers.ParallelTransformers(sts)
+
+
+@pytest.mark.parametrize("shape,kernel", [((3, 11, 9, 2), (4, 3, 2, 5)), ((2, 8, 8, 1), (5, 5, 1, 3))])
+def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel):
+    """The XLA:CPU padded-and-cropped VALID convolution: same values and both gradients."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), kernel)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), "VALID", dimension_numbers=dn)))
+
+    ours = layers.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn)
+    reference = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss(layers.conv_general_dilated), argnums=(0, 1))(x, w),
+                    jax.grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # strided and padded convolutions pass straight through
+    for strides, padding in (((2, 2), "VALID"), ((1, 1), "SAME")):
+        np.testing.assert_array_equal(
+            layers.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+            jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))

@@ -47,9 +47,9 @@ class CNN(nnx.Module):
     def __init__(self, input_shape: Sequence[int], *, features: Sequence[int] = CNN_FEATURES,
                  num_classes: int = NUM_CLASSES, rngs: nnx.Rngs):
         height, width, channels = (int(d) for d in input_shape)
-        self.conv1 = nnx.Conv(channels, features[0], (9, 9), padding="VALID", rngs=rngs)
+        self.conv1 = layers.valid_conv(channels, features[0], 9, rngs=rngs)
         height, width = (height - 8) // 2, (width - 8) // 2
-        self.conv2 = nnx.Conv(features[0], features[1], (7, 7), padding="VALID", rngs=rngs)
+        self.conv2 = layers.valid_conv(features[0], features[1], 7, rngs=rngs)
         height, width = (height - 6) // 2, (width - 6) // 2
         if height < 1 or width < 1:
             raise ValueError(f"CNN: input {tuple(input_shape)} is too small (needs at least 22x22)")
