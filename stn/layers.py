@@ -28,26 +28,84 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(height), int(width))
 
 
+NHWC = ("NHWC", "HWIO", "NHWC")
+# Below this many input channels the input gradient of a VALID convolution is computed as one
+# matmul and an overlap-add (`_few_channel_conv`): XLA:CPU's transposed convolution with that
+# few output channels runs as matrix-vector products (the MNIST CNN's 9x9 conv on 1 channel:
+# 351 -> 92 ms).
+FEW_INPUT_CHANNELS = 4
+
+
+def _valid_conv_padded(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Stride-1 VALID NHWC convolution computed padded by one pixel at the high ends, cropped.
+
+    The first `H - kh + 1` outputs of a stride-1 convolution do not depend on high-end padding,
+    so this equals the VALID convolution in value and gradients; XLA:CPU runs the padded
+    convolution on a much faster path (the MNIST CNN's 7x7 conv: forward 313 -> 76 ms, forward
+    + backward 822 -> 358 ms; `benchmarks/convolutions.py`, docs/performance.md).
+    """
+    kh, kw = w.shape[:2]
+    out = jax.lax.conv_general_dilated(x, w, (1, 1), [(0, 1), (0, 1)], dimension_numbers=NHWC)
+    return out[:, :x.shape[1] - kh + 1, :x.shape[2] - kw + 1]
+
+
+def _overlap_add(dy: jax.Array, w: jax.Array) -> jax.Array:
+    """Input gradient of a stride-1 VALID convolution (the adjoint of im2col):
+    `dx[b, i + a, j + c, ci] = sum_co dy[b, i, j, co] w[a, c, ci, co]`, one matmul, then each
+    kernel tap's slice added at its offset."""
+    kh, kw, cin, cout = w.shape
+    batch, out_h, out_w, _ = dy.shape
+    taps = (dy.reshape(-1, cout) @ w.reshape(-1, cout).T).reshape(
+        batch, out_h, out_w, kh, kw, cin)
+    in_h, in_w = out_h + kh - 1, out_w + kw - 1
+    return sum(jnp.pad(taps[:, :, :, a, c], ((0, 0), (a, in_h - out_h - a),
+                                             (c, in_w - out_w - c), (0, 0)))
+               for a in range(kh) for c in range(kw))
+
+
+@jax.custom_vjp
+def _few_channel_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`_valid_conv_padded` whose input gradient is `_overlap_add` (reverse mode only)."""
+    return _valid_conv_padded(x, w)
+
+
+def _few_channel_conv_fwd(x, w):
+    return _valid_conv_padded(x, w), (x, w)
+
+
+def _few_channel_conv_bwd(residuals, dy):
+    x, w = residuals
+    _, kernel_vjp = jax.vjp(lambda w_: _valid_conv_padded(x, w_), w)
+    return _overlap_add(dy, w), kernel_vjp(dy)[0]
+
+
+_few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding, **kwargs) -> jax.Array:
-    """`jax.lax.conv_general_dilated`, with stride-1 VALID convolutions made fast on XLA:CPU.
+    """`jax.lax.conv_general_dilated`, with plain VALID 2-D convolutions made fast on XLA:CPU.
 
-    On the CPU backend a stride-1 VALID convolution is computed padded by one pixel at the high
-    end of every spatial axis and cropped back: the first outputs of a stride-1 convolution do
-    not depend on high-end padding, so values and gradients are the same, but XLA:CPU runs the
-    padded convolution on a much faster path (the MNIST CNN's 7x7 conv: forward 313 -> 76 ms,
-    forward + backward 822 -> 358 ms; `benchmarks/convolutions.py`, docs/performance.md).
-    Other backends and other convolutions go straight to `lax.conv_general_dilated`.
+    On the CPU backend, a stride-1, undilated, ungrouped VALID NHWC convolution runs as
+    `_valid_conv_padded` (or `_few_channel_conv` below `FEW_INPUT_CHANNELS` input channels,
+    whose gradient is reverse-mode only). Same values and gradients up to float rounding. Every
+    other convolution, and every other backend, goes straight to `lax.conv_general_dilated`.
     """
-    spatial = len(window_strides)
-    is_valid = (padding == "VALID") if isinstance(padding, str) else all(
-        tuple(pair) == (0, 0) for pair in padding)
-    if not is_valid or any(s != 1 for s in window_strides) or jax.default_backend() != "cpu":
+    plain = (jax.default_backend() == "cpu" and lhs.ndim == 4
+             and (padding == "VALID" if isinstance(padding, str)
+                  else all(tuple(pair) == (0, 0) for pair in padding))
+             and all(s == 1 for s in window_strides)
+             and kwargs.get("dimension_numbers") in (NHWC, jax.lax.conv_dimension_numbers(
+                 lhs.shape, rhs.shape, NHWC))
+             and all(kwargs.get(k) in (None, 1, (1, 1)) for k in (
+                 "lhs_dilation", "rhs_dilation", "feature_group_count", "batch_group_count"))
+             and kwargs.get("preferred_element_type") is None
+             and kwargs.get("precision") is None)
+    if not plain:
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
-    want = jax.eval_shape(lambda: jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, "VALID", **kwargs)).shape
-    out = jax.lax.conv_general_dilated(lhs, rhs, window_strides, [(0, 1)] * spatial, **kwargs)
-    return out[tuple(slice(0, size) for size in want)]
+    if lhs.shape[-1] < FEW_INPUT_CHANNELS:
+        return _few_channel_conv(lhs, rhs)
+    return _valid_conv_padded(lhs, rhs)
 
 
 def valid_conv(in_features: int, out_features: int, kernel_size: int, *,

@@ -102,9 +102,11 @@ def test_parallel_requires_one_output_size():
         layers.ParallelTransformers(sts)
 
 
-@pytest.mark.parametrize("shape,kernel", [((3, 11, 9, 2), (4, 3, 2, 5)), ((2, 8, 8, 1), (5, 5, 1, 3))])
+@pytest.mark.parametrize("shape,kernel", [((3, 11, 9, 5), (4, 3, 5, 2)),  # padded and cropped
+                                          ((2, 8, 8, 1), (5, 5, 1, 3)),  # + overlap-add dx
+                                          ((2, 9, 7, 3), (3, 2, 3, 4))])
 def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel):
-    """The XLA:CPU padded-and-cropped VALID convolution: same values and both gradients."""
+    """Both XLA:CPU paths for VALID convolutions: same values and both gradients as lax."""
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     w = jax.random.normal(jax.random.PRNGKey(1), kernel)
     dn = ("NHWC", "HWIO", "NHWC")
