@@ -83,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.learning_rate = 0.005
     c.train.momentum = 0.9
     c.train.weight_decay = 0.0
+    # Global-norm clipping: typical norms are 10-25 early on; without it a short-preset ST-CNN
+    # Single run threw its transformer off the canvas at step ~2,200 and never came back.
+    c.train.grad_clip_norm = 10.0
     c.train.lr_decay_every = 8_000
     c.train.lr_decay_factor = 0.1
     c.train.log_every = 100

@@ -107,6 +107,9 @@ def _validate_train_config(config) -> None:
             raise ValueError(f"config.train.{key}={config.train[key]} must be a positive integer")
     if not config.train.learning_rate > 0:
         raise ValueError(f"config.train.learning_rate={config.train.learning_rate} must be > 0")
+    if not float(config.train.get("grad_clip_norm", 0.0)) >= 0:
+        raise ValueError(f"config.train.grad_clip_norm={config.train.grad_clip_norm} must be >= 0 "
+                         f"(0 turns clipping off)")
     n_dev = jax.device_count()
     if config.train.batch_size % n_dev:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
@@ -140,7 +143,8 @@ def build_model(config, mesh: Mesh):
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """SGD (optional momentum) with the lr divided by `1/lr_decay_factor` every N steps.
 
-    `train.weight_decay > 0` adds `weight_decay * w` to every gradient (L2; the SVHN recipe).
+    `train.weight_decay > 0` adds `weight_decay * w` to every gradient (L2; the SVHN recipe);
+    `train.grad_clip_norm > 0` first rescales the gradient to at most that global norm.
     """
     schedule = optax.exponential_decay(
         config.train.learning_rate, transition_steps=config.train.lr_decay_every,
@@ -150,6 +154,9 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     weight_decay = float(config.train.get("weight_decay", 0.0))
     if weight_decay > 0:
         tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+    clip = float(config.train.get("grad_clip_norm", 0.0))
+    if clip > 0:  # one bad batch cannot throw a transformer off the canvas for good
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     return tx, schedule
 
 
@@ -188,7 +195,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loc_flags: list[
         updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
         accuracy = jnp.mean(correct(logits, batch["label"]))
-        return state, opt_state, {"loss": loss, "accuracy": accuracy}
+        return state, opt_state, {"loss": loss, "accuracy": accuracy,
+                                  "grad_norm": optax.global_norm(grads)}
 
     return step
 
@@ -353,7 +361,7 @@ def train_and_evaluate(config, workdir: str, *,
     def save(step: int) -> None:
         checkpointing.save(mngr, step, state, opt_state, names)
 
-    window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+    window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
     t_loop = time.time()
     t_after_first = None
     steps_done = 0
@@ -377,6 +385,7 @@ def train_and_evaluate(config, workdir: str, *,
                 t_after_first = time.time()
             window["loss"] += loss
             window["accuracy"] += float(metrics["accuracy"])
+            window["grad_norm"] = max(window["grad_norm"], float(metrics["grad_norm"]))
             window["n"] += 1
             if step_callback is not None:
                 step_callback(done, {"loss": loss, "accuracy": float(metrics["accuracy"])})
@@ -385,14 +394,16 @@ def train_and_evaluate(config, workdir: str, *,
                 mean_loss = window["loss"] / window["n"]
                 mean_acc = window["accuracy"] / window["n"]
                 writer.write_scalars(done, {"train_loss": mean_loss, "train_accuracy": mean_acc,
-                                            "learning_rate": lr})
+                                            "learning_rate": lr,
+                                            "max_grad_norm": window["grad_norm"]})
                 rate = (steps_done - 1) / max(time.time() - t_after_first, 1e-9)
                 eta = (total_steps - done) / rate if rate > 0 else float("nan")
                 print(f"step {done}/{total_steps} ({100 * done / total_steps:.0f}%) "
-                      f"loss {mean_loss:.4f} acc {mean_acc:.3f} lr {lr:.3g} | "
+                      f"loss {mean_loss:.4f} acc {mean_acc:.3f} lr {lr:.3g} "
+                      f"|g|max {window['grad_norm']:.3g} | "
                       f"{rate * batch_size:.0f} img/s | ETA "
                       f"{_format_seconds(eta) if np.isfinite(eta) else '?'}", flush=True)
-                window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+                window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
             if done % config.train.checkpoint_every == 0 or done == total_steps:
                 save(done)
             if done % config.train.eval_every == 0 and done != total_steps:

@@ -12,7 +12,10 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from stn import checkpointing, evaluation, metrics_io, training
@@ -163,6 +166,7 @@ def test_eight_simulated_devices_match_one(data_dir, tmp_path):
     ("data.distortion", "x", "config.data.distortion='x' is unknown; set it to one of"),
     ("data.source", "idx:/nonexistent/mnist", "directory /nonexistent/mnist does not exist"),
     ("train.steps", 0, "config.train.steps=0 must be a positive integer"),
+    ("train.grad_clip_norm", -1.0, "config.train.grad_clip_norm=-1.0 must be >= 0"),
 ])
 def test_bad_config_messages(data_dir, tmp_path, field, value, message):
     config = small_config(data_dir)
@@ -204,3 +208,20 @@ def test_loc_lr_multiplier_scales_only_the_loc_net(data_dir, tmp_path):
     assert any(not np.array_equal(np.asarray(b), a) for f, b, a in
                zip(flags, jax.tree.leaves(fresh), final_params(tmp_path / "frozen_loc", config))
                if not f)
+
+
+def test_grad_clip_norm_bounds_the_update():
+    """With `grad_clip_norm` c, plain SGD moves the parameters by at most lr * c; without it the
+    update is lr times the whole gradient."""
+    config = ml_collections.ConfigDict({"train": {
+        "learning_rate": 0.5, "lr_decay_every": 100, "lr_decay_factor": 0.1, "momentum": 0.0,
+        "grad_clip_norm": 2.0}})
+    tx, _ = training.make_optimizer(config)
+    params = {"w": jnp.zeros(4)}
+    grads = {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(optax.global_norm(updates)) == pytest.approx(0.5 * 2.0, rel=1e-6)
+    config.train.grad_clip_norm = 0.0
+    tx, _ = training.make_optimizer(config)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(optax.global_norm(updates)) == pytest.approx(0.5 * 50.0, rel=1e-6)
