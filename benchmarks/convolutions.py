@@ -2,8 +2,9 @@
 
 For every convolution of the ST-CNN of ``benchmarks/train_step.py`` (batch 256, 42x42x1 input),
 times the forward ``y = conv(x, w)``, the input gradient ``dL/dx`` and the kernel gradient
-``dL/dw`` separately: XLA's jitted ``lax.conv_general_dilated`` (NHWC, as ``nnx.Conv``) and its
-VJPs against ``torch.nn.functional.conv2d`` (NCHW) and ``torch.autograd.grad``. Each side runs
+``dL/dw`` separately: ``lax`` (XLA's jitted ``lax.conv_general_dilated``, NHWC, and its VJPs),
+``stn`` (``stn.layers.conv_general_dilated``, what the models use) and torch
+(``torch.nn.functional.conv2d``, NCHW, and ``torch.autograd.grad``). Each side runs
 in its own subprocess, alternating over ``--rounds``; the table gives medians in milliseconds.
 
     python benchmarks/convolutions.py --rounds 3
@@ -31,13 +32,16 @@ CONVS = (
 PARTS = ("fwd", "d_input", "d_kernel")
 
 
-def worker_jax() -> dict:
+def worker_jax(side: str) -> dict:
     import jax
-    import jax.numpy as jnp
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from stn import layers
+
+    conv_fn = jax.lax.conv_general_dilated if side == "lax" else layers.conv_general_dilated
 
     def conv(x, w):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv_fn(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     results = {}
     for name, side, cin, cout, k in CONVS:
@@ -92,9 +96,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker_torch() if args.worker == "torch" else worker_jax()))
+        print(json.dumps(worker_torch() if args.worker == "torch" else worker_jax(args.worker)))
         return
-    sides = ["jax"]
+    sides = ["lax", "stn"]
     if subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0:
         sides.append("torch")
     else:
@@ -112,8 +116,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; batch {BATCH}; "
           f"{args.rounds} rounds; ms (median)\n")
-    header = " | ".join(f"{p} jax" + (f" | {p} torch" if "torch" in median else "")
-                        for p in PARTS)
+    header = " | ".join(f"{p} {side}" for p in PARTS for side in sides)
     print(f"| conv (in side, C_in -> C_out, k) | {header} |")
     print("| --- " * (1 + len(PARTS) * len(sides)) + "|")
     totals = {side: 0.0 for side in sides}
