@@ -12,9 +12,10 @@ the reported step time is the median over rounds of each process's median.
 JAX variants (``--variants``): ``xla`` (the model as it is), ``patches`` (every conv of the model
 run as image patches + one matmul; forward and gradients are the same convolution), ``sharded2``
 (the model as it is, the batch split over two XLA CPU devices, one per core, as
-``train.py`` does over every device), ``lax`` (every conv through plain
-``lax.conv_general_dilated``, i.e. without ``stn.layers.conv_general_dilated``'s XLA:CPU
-VALID-convolution fix: the step as it was before it).
+``train.py`` does over every device), ``nnx_pool`` (the max-pools through ``nnx.max_pool``
+instead of ``stn.layers.max_pool``), ``lax`` (``nnx_pool`` and every conv through plain
+``lax.conv_general_dilated`` instead of ``stn.layers.conv_general_dilated``: the step before
+either XLA:CPU fix).
 Also printed: peak RSS growth of the first step (and XLA's temp + output bytes for JAX).
 """
 from __future__ import annotations
@@ -79,6 +80,13 @@ def build_jax_model(variant: str):
 
     model = mnist.create("st_cnn", (SIZE, SIZE, 1), transform="affine", rngs=nnx.Rngs(0))
     convs = [*model.transformer.loc_net.convs, model.classifier.conv1, model.classifier.conv2]
+    if variant in ("lax", "nnx_pool"):  # the pools as plain nnx.max_pool (select-and-scatter)
+        from stn import layers
+
+        def nnx_max_pool(x, size=2, padding="VALID"):
+            return nnx.max_pool(x, (size, size), strides=(size, size), padding=padding)
+
+        layers.max_pool = nnx_max_pool  # mnist and the loc net look it up at call time
     if variant == "lax":
         import jax
 

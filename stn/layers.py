@@ -29,11 +29,16 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-# Below this many input channels the input gradient of a VALID convolution is computed as one
-# matmul and an overlap-add (`_few_channel_conv`): XLA:CPU's transposed convolution with that
-# few output channels runs as matrix-vector products (the MNIST CNN's 9x9 conv on 1 channel:
-# 351 -> 92 ms).
+# XLA:CPU runs a VALID convolution on a slow path unless it has at least this many input
+# channels; below it, the plain VALID convolution is still the faster forward (the MNIST CNN's
+# 9x9 conv on 1 channel: 45 ms VALID vs 66 ms padded-and-cropped).
 FEW_INPUT_CHANNELS = 4
+# The input gradient is one matmul and an overlap-add (`_overlap_add`) when its tap tensor has
+# at most this many elements per example: XLA:CPU's transposed convolution runs as
+# matrix-vector products for few input channels or tiny maps (MNIST CNN 9x9 conv, 1 channel:
+# 184 -> 51 ms; the loc net's 5x5 conv on 8x8x20: 11.8 -> 1.2 ms), while for big tap tensors
+# (the 7x7 conv on 17x17x64: 379k per example) the overlap-add loses (83 -> 190 ms).
+OVERLAP_ADD_MAX_TAPS = 2**17
 
 
 def _valid_conv_padded(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -41,12 +46,19 @@ def _valid_conv_padded(x: jax.Array, w: jax.Array) -> jax.Array:
 
     The first `H - kh + 1` outputs of a stride-1 convolution do not depend on high-end padding,
     so this equals the VALID convolution in value and gradients; XLA:CPU runs the padded
-    convolution on a much faster path (the MNIST CNN's 7x7 conv: forward 313 -> 76 ms, forward
+    convolution on a much faster path (the MNIST CNN's 7x7 conv: forward 295 -> 79 ms, forward
     + backward 822 -> 358 ms; `benchmarks/convolutions.py`, docs/performance.md).
     """
     kh, kw = w.shape[:2]
     out = jax.lax.conv_general_dilated(x, w, (1, 1), [(0, 1), (0, 1)], dimension_numbers=NHWC)
     return out[:, :x.shape[1] - kh + 1, :x.shape[2] - kw + 1]
+
+
+def _valid_conv_forward(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The faster forward on XLA:CPU: plain VALID below `FEW_INPUT_CHANNELS`, else padded."""
+    if x.shape[-1] < FEW_INPUT_CHANNELS:
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
+    return _valid_conv_padded(x, w)
 
 
 def _overlap_add(dy: jax.Array, w: jax.Array) -> jax.Array:
@@ -63,23 +75,30 @@ def _overlap_add(dy: jax.Array, w: jax.Array) -> jax.Array:
                for a in range(kh) for c in range(kw))
 
 
+def _taps_per_example(x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
+    """Elements of `_overlap_add`'s tap tensor per example: `out_h * out_w * kh * kw * C_in`."""
+    kh, kw, cin, _ = w_shape
+    return (x_shape[1] - kh + 1) * (x_shape[2] - kw + 1) * kh * kw * cin
+
+
 @jax.custom_vjp
-def _few_channel_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`_valid_conv_padded` whose input gradient is `_overlap_add` (reverse mode only)."""
-    return _valid_conv_padded(x, w)
+def _overlap_add_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`_valid_conv_forward` whose input gradient is `_overlap_add` (reverse mode only)."""
+    return _valid_conv_forward(x, w)
 
 
-def _few_channel_conv_fwd(x, w):
-    return _valid_conv_padded(x, w), (x, w)
+def _overlap_add_conv_fwd(x, w):
+    return _valid_conv_forward(x, w), (x, w)
 
 
-def _few_channel_conv_bwd(residuals, dy):
+def _overlap_add_conv_bwd(residuals, dy):
     x, w = residuals
+    # The kernel gradient of the padded form is the faster one for every shape measured.
     _, kernel_vjp = jax.vjp(lambda w_: _valid_conv_padded(x, w_), w)
     return _overlap_add(dy, w), kernel_vjp(dy)[0]
 
 
-_few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
+_overlap_add_conv.defvjp(_overlap_add_conv_fwd, _overlap_add_conv_bwd)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -87,8 +106,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """`jax.lax.conv_general_dilated`, with plain VALID 2-D convolutions made fast on XLA:CPU.
 
     On the CPU backend, a stride-1, undilated, ungrouped VALID NHWC convolution runs as
-    `_valid_conv_padded` (or `_few_channel_conv` below `FEW_INPUT_CHANNELS` input channels,
-    whose gradient is reverse-mode only). Same values and gradients up to float rounding. Every
+    `_valid_conv_padded`, or as `_overlap_add_conv` when its input gradient's tap tensor is
+    small (at most `OVERLAP_ADD_MAX_TAPS` per example; that path's gradient is reverse-mode
+    only). Same values and gradients up to float rounding. Every
     other convolution, and every other backend, goes straight to `lax.conv_general_dilated`.
     """
     plain = (jax.default_backend() == "cpu" and lhs.ndim == 4
@@ -103,8 +123,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
              and kwargs.get("precision") is None)
     if not plain:
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
-    if lhs.shape[-1] < FEW_INPUT_CHANNELS:
-        return _few_channel_conv(lhs, rhs)
+    if _taps_per_example(lhs.shape, rhs.shape) <= OVERLAP_ADD_MAX_TAPS:
+        return _overlap_add_conv(lhs, rhs)
     return _valid_conv_padded(lhs, rhs)
 
 
@@ -113,6 +133,28 @@ def valid_conv(in_features: int, out_features: int, kernel_size: int, *,
     """An `nnx.Conv` (stride 1, VALID) that computes through `conv_general_dilated` above."""
     return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), padding="VALID",
                     conv_general_dilated=conv_general_dilated, rngs=rngs)
+
+
+def max_pool(x: jax.Array, size: int = 2, padding: str = "VALID") -> jax.Array:
+    """Max over non-overlapping `size x size` windows of an NHWC map (stride = `size`).
+
+    Same values as `nnx.max_pool(x, (size, size), strides=(size, size), padding=padding)`,
+    computed as a reshape and a max: its gradient is elementwise, where `max_pool`'s
+    select-and-scatter runs element by element on XLA:CPU (the MNIST CNN's first pool,
+    256x34x34x64, backward 231 -> 87 ms). Ties share the gradient equally (a valid subgradient;
+    after a ReLU the usual ties are zeros, whose gradient the ReLU drops anyway).
+    """
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"max_pool padding must be 'VALID' or 'SAME', got {padding!r}")
+    batch, height, width, channels = x.shape
+    if padding == "SAME":  # pad the high ends to a multiple of `size` with -inf, as XLA does
+        pad_h, pad_w = -height % size, -width % size
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+        height, width = height + pad_h, width + pad_w
+    out_h, out_w = height // size, width // size
+    windows = x[:, :out_h * size, :out_w * size].reshape(batch, out_h, size, out_w, size,
+                                                           channels)
+    return windows.max(axis=(2, 4))
 
 
 def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -> nnx.Linear:
@@ -207,7 +249,7 @@ class ConvLocNet(nnx.Module):
         for i, conv in enumerate(self.convs):
             h = jax.nn.relu(conv(h))
             if i < len(self.convs) - 1:
-                h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+                h = max_pool(h)
         h = jax.nn.relu(self.fc(h.reshape(h.shape[0], -1)))
         return self.regression(h)
 

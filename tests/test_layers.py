@@ -102,11 +102,14 @@ def test_parallel_requires_one_output_size():
         layers.ParallelTransformers(sts)
 
 
-@pytest.mark.parametrize("shape,kernel", [((3, 11, 9, 5), (4, 3, 5, 2)),  # padded and cropped
-                                          ((2, 8, 8, 1), (5, 5, 1, 3)),  # + overlap-add dx
-                                          ((2, 9, 7, 3), (3, 2, 3, 4))])
-def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel):
-    """Both XLA:CPU paths for VALID convolutions: same values and both gradients as lax."""
+@pytest.mark.parametrize("shape,kernel,overlap_add", [
+    ((1, 40, 36, 8), (9, 7, 8, 2), False),  # padded and cropped, autodiff
+    ((3, 11, 9, 5), (4, 3, 5, 2), True),  # padded forward, overlap-add dx
+    ((2, 8, 8, 1), (5, 5, 1, 3), True),  # VALID forward (few channels), overlap-add dx
+    ((2, 9, 7, 3), (3, 2, 3, 4), True)])
+def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel, overlap_add):
+    """Every XLA:CPU path for VALID convolutions: same values and both gradients as lax."""
+    assert (layers._taps_per_example(shape, kernel) <= layers.OVERLAP_ADD_MAX_TAPS) == overlap_add
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     w = jax.random.normal(jax.random.PRNGKey(1), kernel)
     dn = ("NHWC", "HWIO", "NHWC")
@@ -126,3 +129,28 @@ def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel):
         np.testing.assert_array_equal(
             layers.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
             jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 11, 7, 2)])
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_max_pool_equals_nnx_max_pool(shape, padding):
+    """Values and (tie-free) gradients of the reshape max-pool equal nnx.max_pool's, odd sizes
+    included (VALID drops the last row/column, SAME pads it)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+
+    def reference(x):
+        return nnx.max_pool(x, (2, 2), strides=(2, 2), padding=padding)
+
+    ours = layers.max_pool(x, 2, padding=padding)
+    assert ours.shape == reference(x).shape
+    np.testing.assert_array_equal(ours, reference(x))
+    np.testing.assert_array_equal(
+        jax.grad(lambda x: jnp.sum(jnp.sin(layers.max_pool(x, 2, padding=padding))))(x),
+        jax.grad(lambda x: jnp.sum(jnp.sin(reference(x))))(x))
+
+
+def test_max_pool_shares_the_gradient_of_ties_and_rejects_bad_padding():
+    x = jnp.zeros((1, 2, 2, 1))
+    np.testing.assert_allclose(jax.grad(lambda x: layers.max_pool(x).sum())(x), 0.25)
+    with pytest.raises(ValueError, match="padding must be"):
+        layers.max_pool(x, 2, padding="FULL")

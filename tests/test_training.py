@@ -225,3 +225,24 @@ def test_grad_clip_norm_bounds_the_update():
     tx, _ = training.make_optimizer(config)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(optax.global_norm(updates)) == pytest.approx(0.5 * 50.0, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
+    """`train.py --cpu_devices=2` trains data-parallel over two CPU devices; 0 is a clear error."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    args = [sys.executable, "train.py", "--config=configs/mnist.py:none,st_fcn,affine",
+            f"--config.data.source=idx:{data_dir}", "--config.data.distortion=none",
+            "--config.train.steps=4", "--config.train.batch_size=32",
+            "--config.train.eval_every=4", "--config.train.checkpoint_every=4"]
+    workdir = tmp_path / "two"
+    proc = subprocess.run(args + [f"--workdir={workdir}", "--cpu_devices=2"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((workdir / "results.json").read_text())["num_devices"] == 2
+    proc = subprocess.run(args + [f"--workdir={tmp_path / 'zero'}", "--cpu_devices=0"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train.py: the number of CPU devices must be >= 1, got 0")

@@ -57,8 +57,8 @@ class CNN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> logits `[B, num_classes]`."""
-        h = nnx.max_pool(jax.nn.relu(self.conv1(x)), (2, 2), strides=(2, 2))
-        h = nnx.max_pool(jax.nn.relu(self.conv2(h)), (2, 2), strides=(2, 2))
+        h = layers.max_pool(jax.nn.relu(self.conv1(x)))
+        h = layers.max_pool(jax.nn.relu(self.conv2(h)))
         return self.classifier(h.reshape(h.shape[0], -1))
 
 

@@ -45,7 +45,7 @@ NUM_MULTI_TRANSFORMERS = 4
 
 
 def _pool_same(x: jax.Array) -> jax.Array:
-    return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    return layers.max_pool(x, 2, padding="SAME")
 
 
 def _feature_shapes(input_shape: Sequence[int], features: Sequence[int],
