@@ -29,9 +29,9 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-# XLA:CPU runs a VALID convolution on a slow path unless it has at least this many input
-# channels; below it, the plain VALID convolution is still the faster forward (the MNIST CNN's
-# 9x9 conv on 1 channel: 45 ms VALID vs 66 ms padded-and-cropped).
+# From this many input channels up, the padded-and-cropped forward (`_valid_conv_padded`) beats
+# XLA:CPU's VALID convolution; below it, the plain VALID forward is the faster one (the MNIST
+# CNN's 9x9 conv on 1 channel: 45 ms VALID vs 66 ms padded-and-cropped).
 FEW_INPUT_CHANNELS = 4
 # The input gradient is one matmul and an overlap-add (`_overlap_add`) when its tap tensor has
 # at most this many elements per example: XLA:CPU's transposed convolution runs as
@@ -108,8 +108,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     On the CPU backend, a stride-1, undilated, ungrouped VALID NHWC convolution runs as
     `_valid_conv_padded`, or as `_overlap_add_conv` when its input gradient's tap tensor is
     small (at most `OVERLAP_ADD_MAX_TAPS` per example; that path's gradient is reverse-mode
-    only). Same values and gradients up to float rounding. Every
-    other convolution, and every other backend, goes straight to `lax.conv_general_dilated`.
+    only). Same values and gradients up to float rounding. Every other convolution, and every
+    other backend, goes straight to `lax.conv_general_dilated`.
     """
     plain = (jax.default_backend() == "cpu" and lhs.ndim == 4
              and (padding == "VALID" if isinstance(padding, str)
