@@ -16,6 +16,8 @@ config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs
 flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, images, results).")
 flags.DEFINE_integer("cpu_devices", 1, "Run JAX's CPU backend as this many devices (e.g. one per "
                      "core): the batch is split over them, faster on CPU (docs/performance.md).")
+flags.DEFINE_bool("deterministic", False, "On a GPU: bit-identical gradients run after run "
+                  "(XLA's deterministic scatter and reductions; slower, docs/performance.md).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,6 +29,8 @@ def main(argv):
     try:
         if FLAGS.cpu_devices != 1:
             host.split_cpu(FLAGS.cpu_devices)
+        if FLAGS.deterministic:
+            host.deterministic_gpu_ops()
         training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, training.NonFiniteLoss, training.TrainingInterrupted) as e:
         print(f"train.py: {e}", file=sys.stderr)

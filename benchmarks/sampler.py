@@ -10,11 +10,14 @@ one process JAX's and torch's thread pools disturb each other, so they are never
 
 Also printed: peak extra memory of forward+backward (JAX: XLA's compiled memory analysis, temp +
 output bytes; torch: growth of the process's peak RSS over the inputs), and the distance from the
-memory-bandwidth floor (bytes a sampler must move / measured copy bandwidth).
+memory-bandwidth floor (bytes a sampler must move / measured copy bandwidth: the host's, or the
+accelerator's when the JAX workers run on one), whether repeated backward passes are bit-identical,
+and how far each side's gradients are from torch's.
 
     python benchmarks/sampler.py                      # all shapes, all sides, 3 rounds
     python benchmarks/sampler.py --rounds 5 --sides stn,torch
-    python benchmarks/sampler.py --methods gather,separable   # stn's internal methods too
+    python benchmarks/sampler.py --methods gather,window   # stn's internal methods too
+    python benchmarks/sampler.py --sides stn,stn_det,torch   # on a GPU: XLA's deterministic ops
 
 The inputs are identical on every side: a fixed-seed image and affine grids near the identity
 (bilinear, zeros padding, align_corners=False, output size = input size).
@@ -140,15 +143,72 @@ def peak_rss_growth_mb(fn) -> float | None:
     return (_status_kib("VmHWM") - before) / 1024
 
 
+REPEATS_FOR_DETERMINISM = 5
+
+
+def grad_digest(d_image: np.ndarray, d_grid: np.ndarray) -> list[float]:
+    """Four numbers that identify a pair of gradients (norms and fixed random projections).
+
+    Compared across sides (NHWC image gradient, [B, H, W, 2] grid gradient), they show that a
+    fast or deterministic path computes the same gradients as torch, without shipping arrays.
+    """
+    rng = np.random.default_rng(1)
+    d_image, d_grid = np.asarray(d_image, np.float64), np.asarray(d_grid, np.float64)
+    return [float(np.linalg.norm(d_image)), float(np.linalg.norm(d_grid)),
+            float(np.vdot(d_image, rng.normal(size=d_image.shape))),
+            float(np.vdot(d_grid, rng.normal(size=d_grid.shape)))]
+
+
+def digest_error(digest: list[float], reference: list[float]) -> float:
+    """Largest difference of two ``grad_digest``s, relative to the reference gradient's norm."""
+    image_norm, grid_norm = max(reference[0], 1e-30), max(reference[1], 1e-30)
+    return max(abs(digest[0] - reference[0]) / image_norm, abs(digest[2] - reference[2]) / image_norm,
+               abs(digest[1] - reference[1]) / grid_norm, abs(digest[3] - reference[3]) / grid_norm)
+
+
+def is_deterministic(run_grads) -> bool:
+    """Whether ``run_grads()`` (numpy image and grid gradients) repeats bit for bit."""
+    first = run_grads()
+    return all(all(np.array_equal(a, b) for a, b in zip(first, run_grads()))
+               for _ in range(REPEATS_FOR_DETERMINISM - 1))
+
+
+def jax_device_peak_growth_mb(fn) -> float | None:
+    """Growth of the accelerator's peak bytes in use over the resident inputs, for ``fn()``."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    before = stats["bytes_in_use"]
+    fn()
+    return (jax.devices()[0].memory_stats()["peak_bytes_in_use"] - before) / 2**20
+
+
+def jax_copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes/s of ``x + 1`` over a large float32 array on the default JAX device (read + write)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(nbytes // 4, jnp.float32)
+    add_one = jax.jit(lambda a: a + 1.0)
+    return 2 * nbytes / (time_ms(lambda: add_one(x).block_until_ready(), min_runs=10) / 1e3)
+
+
 def worker_jax(side: str, shape, method: str | None) -> dict:
-    """Times stn.sampling.sample (``side == "stn"``) or vmapped map_coordinates in this process."""
+    """Times stn.sampling.sample (``side == "stn"``; ``"stn_det"``: the same under XLA's
+    deterministic-ops flag, which matters on GPU only) or vmapped map_coordinates."""
     sys.path.insert(0, ROOT)
+    if side == "stn_det":  # before JAX starts
+        from stn import host
+
+        host.deterministic_gpu_ops()
     import jax
     import jax.numpy as jnp
 
     image, grid, cotangent = (jnp.asarray(a) for a in make_inputs(shape))
     _, _, height, width = shape
-    if side == "stn":
+    if side in ("stn", "stn_det"):
         from stn import sampling
 
         def forward(u, g):
@@ -178,13 +238,22 @@ def worker_jax(side: str, shape, method: str | None) -> dict:
     xla_mb = None
     if memory is not None:
         xla_mb = (memory.temp_size_in_bytes + memory.output_size_in_bytes) / 2**20
-    peak_mb = peak_rss_growth_mb(lambda: jax.block_until_ready(fwdbwd(image, grid, cotangent)))
+    platform = str(jax.devices()[0].platform)
+    first_call = lambda: jax.block_until_ready(fwdbwd(image, grid, cotangent))  # noqa: E731
+    if platform == "cpu":
+        peak_mb = peak_rss_growth_mb(first_call)
+    else:
+        peak_mb = jax_device_peak_growth_mb(first_call)
+    grads = lambda: [np.asarray(g) for g in fwdbwd(image, grid, cotangent)]  # noqa: E731
     return {
         "xla_mb": xla_mb,
         "fwd_ms": time_ms(lambda: fwd(image, grid).block_until_ready()),
         "fwdbwd_ms": time_ms(lambda: jax.block_until_ready(fwdbwd(image, grid, cotangent))),
         "peak_mb": peak_mb,
-        "device": str(jax.devices()[0].platform),
+        "device": platform,
+        "deterministic": is_deterministic(grads),
+        "digest": grad_digest(*grads()),
+        "copy_bytes_per_s": None if platform == "cpu" else jax_copy_bandwidth(),
     }
 
 
@@ -223,8 +292,16 @@ def worker_torch(shape) -> dict:
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak_mb = peak_rss_growth_mb(forward_backward)
+
+    def grads():
+        out = F.grid_sample(image_r, grid_r, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        d_image, d_grid = torch.autograd.grad(out, (image_r, grid_r), cotangent)
+        return [d_image.permute(0, 2, 3, 1).cpu().numpy(), d_grid.cpu().numpy()]
+
     return {"fwd_ms": time_ms(forward), "fwdbwd_ms": time_ms(forward_backward),
-            "peak_mb": peak_mb, "device": device}
+            "peak_mb": peak_mb, "device": device, "deterministic": is_deterministic(grads),
+            "digest": grad_digest(*grads())}
 
 
 # ---------------------------------------------------------------- driver
@@ -285,46 +362,68 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     env = TUNED_MALLOC_ENV if args.malloc == "tuned" else None
 
-    results = {}  # (variant, shape) -> list of per-round dicts
+    results = {}  # (variant, shape) -> list of per-round dicts (a failed worker adds nothing)
     for round_index in range(args.rounds):
         for shape in shapes:
             order = variants if round_index % 2 == 0 else variants[::-1]
             for variant in order:
-                results.setdefault((variant, shape), []).append(run_worker(variant[0], shape, variant[1], env))
+                runs = results.setdefault((variant, shape), [])
+                try:
+                    runs.append(run_worker(variant[0], shape, variant[1], env))
+                except RuntimeError as error:  # one broken side must not lose the others
+                    print(error, file=sys.stderr)
+    device_bandwidths = [r["copy_bytes_per_s"] for runs in results.values() for r in runs
+                         if r.get("copy_bytes_per_s")]
+    if device_bandwidths:  # an accelerator: its own memory is what the sampler moves
+        bandwidth = statistics.median(device_bandwidths)
 
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; copy bandwidth "
-          f"{bandwidth / 1e9:.1f} GB/s; {args.rounds} rounds, each side in its own process; "
-          f"malloc {args.malloc}\n")
+          f"{bandwidth / 1e9:.1f} GB/s ({'device' if device_bandwidths else 'host'}); "
+          f"{args.rounds} rounds, each side in its own process; malloc {args.malloc}\n")
     print("| (B, C, H, W) | side | device | fwd ms | fwd+bwd ms | fwd / torch | fwd+bwd / torch "
-          "| fwd / floor | fwd+bwd / floor | peak MiB fwd+bwd | XLA MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| fwd / floor | fwd+bwd / floor | peak MiB fwd+bwd | XLA MiB | deterministic "
+          "| grads vs torch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for shape in shapes:
         fwd_bytes, total_bytes = floor_bytes(shape)
         floor_fwd, floor_total = 1e3 * fwd_bytes / bandwidth, 1e3 * total_bytes / bandwidth
         summary = {}
         for variant in variants:
             runs = results[(variant, shape)]
+            if not runs:
+                continue
             summary[variant] = {
                 "fwd": statistics.median(r["fwd_ms"] for r in runs),
                 "fwdbwd": statistics.median(r["fwdbwd_ms"] for r in runs),
                 "peak": runs[-1]["peak_mb"],
                 "xla": runs[-1].get("xla_mb"),
                 "device": runs[-1]["device"],
+                "deterministic": all(r["deterministic"] for r in runs),
+                "digest": runs[-1]["digest"],
             }
         ref = summary.get(("torch", None))
         for variant in variants:
-            row = summary[variant]
             name = variant[0] if variant[1] is None else f"{variant[0]}[{variant[1]}]"
+            row = summary.get(variant)
+            if row is None:
+                print(f"| {shape} | {name} | failed (see stderr) |")
+                continue
             ratio_f = row["fwd"] / ref["fwd"] if ref else None
             ratio_b = row["fwdbwd"] / ref["fwdbwd"] if ref else None
+            grads_error = digest_error(row["digest"], ref["digest"]) if ref else None
             print(f"| {shape} | {name} | {row['device']} | {row['fwd']:.2f} | "
                   f"{row['fwdbwd']:.2f} | {_fmt(ratio_f)} | {_fmt(ratio_b)} | "
                   f"{row['fwd'] / floor_fwd:.1f} | {row['fwdbwd'] / floor_total:.1f} | "
-                  f"{_fmt(row['peak'], 1)} | {_fmt(row['xla'], 1)} |")
+                  f"{_fmt(row['peak'], 1)} | {_fmt(row['xla'], 1)} | "
+                  f"{'yes' if row['deterministic'] else 'NO'} | "
+                  f"{'-' if grads_error is None else f'{grads_error:.1e}'} |")
     print("\nfloor = bytes moved / copy bandwidth. peak MiB = growth of the process's peak RSS "
-          "during the first fwd+bwd call over the resident inputs (CUDA: of allocated memory); "
-          "XLA MiB = temp + output bytes of the compiled fwd+bwd (XLA's memory analysis).")
+          "during the first fwd+bwd call over the resident inputs (on an accelerator: of its "
+          "allocated memory); XLA MiB = temp + output bytes of the compiled fwd+bwd (XLA's "
+          f"memory analysis). deterministic = {REPEATS_FOR_DETERMINISM} fwd+bwd calls gave "
+          "bit-identical gradients. grads vs torch = largest relative difference of the gradient "
+          "digests (norms and random projections of both gradients).")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ run as image patches + one matmul; forward and gradients are the same convolutio
 ``train.py`` does over every device), ``nnx_pool`` (the max-pools through ``nnx.max_pool``
 instead of ``stn.layers.max_pool``), ``lax`` (``nnx_pool`` and every conv through plain
 ``lax.conv_general_dilated`` instead of ``stn.layers.conv_general_dilated``: the step before
-either XLA:CPU fix).
-Also printed: peak RSS growth of the first step (and XLA's temp + output bytes for JAX).
+either XLA:CPU fix), ``deterministic`` (the model as it is under XLA's
+``--xla_gpu_deterministic_ops=true``; a GPU's cost of bit-identical steps).
+Also printed: peak RSS growth of the first step, or on an accelerator peak growth of its
+allocated memory (and XLA's temp + output bytes for JAX).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sampler import TUNED_MALLOC_ENV, peak_rss_growth_mb, time_ms  # noqa: E402
+from sampler import (TUNED_MALLOC_ENV, jax_device_peak_growth_mb, peak_rss_growth_mb,  # noqa: E402
+                     time_ms)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, SIZE, CLASSES, LR = 256, 42, 10, 0.01
@@ -106,6 +109,11 @@ def worker_jax(variant: str) -> dict:
     if variant == "sharded2":  # before JAX starts: two host devices, the batch split over them
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_force_host_platform_device_count=2")
+    if variant == "deterministic":  # XLA:GPU's deterministic scatter and reductions
+        sys.path.insert(0, ROOT)
+        from stn import host
+
+        host.deterministic_gpu_ops()
     import jax
     import jax.numpy as jnp
     import optax
@@ -145,10 +153,10 @@ def worker_jax(variant: str) -> dict:
         carry[0], carry[1], loss = compiled(carry[0], carry[1], images, labels)
         loss.block_until_ready()
 
-    peak = peak_rss_growth_mb(run)
+    platform = jax.devices()[0].platform
+    peak = peak_rss_growth_mb(run) if platform == "cpu" else jax_device_peak_growth_mb(run)
     ms = time_ms(run, min_runs=10, min_seconds=3.0)
-    return {"step_ms": ms, "peak_mb": peak, "xla_mb": xla_mb,
-            "device": jax.devices()[0].platform}
+    return {"step_ms": ms, "peak_mb": peak, "xla_mb": xla_mb, "device": platform}
 
 
 # ---------------------------------------------------------------- torch side
@@ -214,7 +222,13 @@ def worker_torch() -> dict:
 
     with torch.no_grad():
         model(images)  # start the thread pool before measuring memory
-    peak = peak_rss_growth_mb(run)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = peak_rss_growth_mb(run)
     ms = time_ms(run, min_runs=10, min_seconds=3.0)
     return {"step_ms": ms, "peak_mb": peak, "xla_mb": None, "device": device}
 
@@ -257,7 +271,10 @@ def main() -> None:
     results = {side: [] for side in sides}
     for round_index in range(args.rounds):
         for side in (sides if round_index % 2 == 0 else sides[::-1]):
-            results[side].append(run_worker(side, env))
+            try:
+                results[side].append(run_worker(side, env))
+            except RuntimeError as error:  # one broken side must not lose the others
+                print(error, file=sys.stderr)
 
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; batch {BATCH}, "
@@ -265,17 +282,21 @@ def main() -> None:
     print("| side | device | step ms | images/s | vs torch | peak MiB | XLA MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     torch_ms = (statistics.median(r["step_ms"] for r in results["torch"])
-                if "torch" in results else None)
+                if results.get("torch") else None)
     for side in sides:
         runs = results[side]
+        if not runs:
+            print(f"| {side} | failed (see stderr) |")
+            continue
         ms = statistics.median(r["step_ms"] for r in runs)
         ratio = f"{torch_ms / ms:.2f}" if torch_ms else "-"
-        xla = runs[-1]["xla_mb"]
+        xla, peak = runs[-1]["xla_mb"], runs[-1]["peak_mb"]
         name = side if side == "torch" else f"stn[{side}]"
         print(f"| {name} | {runs[-1]['device']} | {ms:.1f} | {1e3 * BATCH / ms:.0f} | {ratio} | "
-              f"{runs[-1]['peak_mb']:.0f} | {'-' if xla is None else f'{xla:.0f}'} |")
+              f"{'-' if peak is None else f'{peak:.0f}'} | {'-' if xla is None else f'{xla:.0f}'} |")
     print("\nvs torch = images/s ratio (>1: stn faster). peak MiB: growth of peak RSS during the "
-          "first step; XLA MiB: temp + output bytes of the compiled step.")
+          "first step (accelerator: of its allocated memory); XLA MiB: temp + output bytes of "
+          "the compiled step.")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
    The batch depends only on `(seed, step)`, so a resumed run sees the same data.
 4. Every `log_every` steps: loss, accuracy, lr to stdout (with an ETA), TensorBoard and
    `metrics.jsonl`. Every `eval_every` steps and at the end: test error, and a PNG of test
-   inputs (with the sampling grid's outline) beside the transformer's outputs.
+   inputs (with the sampling grid's outline) beside the transformer's outputs. The step's
+   metrics stay on the device until such a step, so the host never waits on every step.
 5. Checkpoints (orbax) every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT; a
    rerun with the same workdir resumes. A NaN/inf loss stops the run naming the step.
 6. `workdir/results.json` (see docs/CONTRACTS.md).
@@ -42,6 +43,10 @@ class TrainingInterrupted(RuntimeError):
 
 class NonFiniteLoss(FloatingPointError):
     """Raised when the training loss becomes NaN or inf."""
+
+
+# Most steps dispatched before the loop reads their metrics (and so waits for the device).
+MAX_STEPS_IN_FLIGHT = 50
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -362,6 +367,31 @@ def train_and_evaluate(config, workdir: str, *,
         checkpointing.save(mngr, step, state, opt_state, names)
 
     window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
+    # Steps whose metrics are still on the device. Reading a metric waits for its step, so the
+    # loop reads them in one go at log, checkpoint and eval steps (and every MAX_STEPS_IN_FLIGHT
+    # steps) instead of after every step: the host keeps dispatching while the device computes.
+    pending: list[tuple[int, dict]] = []
+
+    def read_pending() -> None:
+        """Moves the pending steps' metrics to the host; stops the run on a non-finite loss."""
+        for done_i, host in zip([d for d, _ in pending], jax.device_get([m for _, m in pending])):
+            loss = float(host["loss"])
+            if not np.isfinite(loss):
+                last_good = mngr.latest_step()
+                writer.close()
+                raise NonFiniteLoss(
+                    f"training loss is {loss} at step {done_i}; stopped. The last good checkpoint "
+                    f"(step {last_good}) is kept in {mngr.directory}; lower "
+                    f"config.train.learning_rate (now {config.train.learning_rate}) or "
+                    f"config.model.loc_lr_multiplier and rerun")
+            window["loss"] += loss
+            window["accuracy"] += float(host["accuracy"])
+            window["grad_norm"] = max(window["grad_norm"], float(host["grad_norm"]))
+            window["n"] += 1
+            if step_callback is not None:
+                step_callback(done_i, {"loss": loss, "accuracy": float(host["accuracy"])})
+        pending.clear()
+
     t_loop = time.time()
     t_after_first = None
     steps_done = 0
@@ -370,26 +400,18 @@ def train_and_evaluate(config, workdir: str, *,
         for step in range(start_step, total_steps):
             batch = make_batch(train_images, train_labels, config.seed, step)
             state, opt_state, metrics = train_step(state, opt_state, batch)
-            loss = float(metrics["loss"])
             done = step + 1
-            if not np.isfinite(loss):
-                last_good = mngr.latest_step()
-                writer.close()
-                raise NonFiniteLoss(
-                    f"training loss is {loss} at step {done}; stopped. The last good checkpoint "
-                    f"(step {last_good}) is kept in {mngr.directory}; lower "
-                    f"config.train.learning_rate (now {config.train.learning_rate}) or "
-                    f"config.model.loc_lr_multiplier and rerun")
+            pending.append((done, metrics))
             steps_done += 1
             if t_after_first is None:
                 t_after_first = time.time()
-            window["loss"] += loss
-            window["accuracy"] += float(metrics["accuracy"])
-            window["grad_norm"] = max(window["grad_norm"], float(metrics["grad_norm"]))
-            window["n"] += 1
-            if step_callback is not None:
-                step_callback(done, {"loss": loss, "accuracy": float(metrics["accuracy"])})
-            if done % config.train.log_every == 0 or done == total_steps:
+            log_now = done % config.train.log_every == 0 or done == total_steps
+            save_now = done % config.train.checkpoint_every == 0 or done == total_steps
+            eval_now = done % config.train.eval_every == 0 and done != total_steps
+            if (log_now or save_now or eval_now or stop.signum is not None
+                    or step_callback is not None or len(pending) >= MAX_STEPS_IN_FLIGHT):
+                read_pending()  # before any save, so a non-finite state is never checkpointed
+            if log_now:
                 lr = float(schedule(step))
                 mean_loss = window["loss"] / window["n"]
                 mean_acc = window["accuracy"] / window["n"]
@@ -404,9 +426,9 @@ def train_and_evaluate(config, workdir: str, *,
                       f"{rate * batch_size:.0f} img/s | ETA "
                       f"{_format_seconds(eta) if np.isfinite(eta) else '?'}", flush=True)
                 window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
-            if done % config.train.checkpoint_every == 0 or done == total_steps:
+            if save_now:
                 save(done)
-            if done % config.train.eval_every == 0 and done != total_steps:
+            if eval_now:
                 last_metrics = run_eval(done)
             if stop.signum is not None:
                 save(done)

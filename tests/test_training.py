@@ -237,7 +237,8 @@ def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
             "--config.train.steps=4", "--config.train.batch_size=32",
             "--config.train.eval_every=4", "--config.train.checkpoint_every=4"]
     workdir = tmp_path / "two"
-    proc = subprocess.run(args + [f"--workdir={workdir}", "--cpu_devices=2"], env=env, cwd=ROOT,
+    proc = subprocess.run(args + [f"--workdir={workdir}", "--cpu_devices=2", "--deterministic"],
+                          env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text())["num_devices"] == 2
