@@ -9,8 +9,8 @@ runs on a CPU; `full` uses the paper's SVHN widths (an accelerator).
 
 `arg` is comma-separated: a model (cnn, st_cnn_single, st_cnn_multi), a canvas (64px, 128px),
 `small` (default) or `full`, and a length: the default (20k steps of 128), `short` (4,000 steps
-of 64: 7-20 minutes on a 2-core CPU with --cpu_devices=2, the comparison in docs/svhn.md) or `quick` (600 steps of
-32, a check that the loss falls).
+of 64: 7-20 minutes on a 2-core CPU with --cpu_devices=2, the comparison in docs/svhn.md) or
+`quick` (600 steps of 32, a check that the loss falls).
 
 The learning rate is 0.005: at 0.02 this deep plain ReLU stack (no normalisation) dies in the
 first steps and stays at the label prior's loss (10.87) with 100% sequence error.
