@@ -9,8 +9,9 @@
    The batch depends only on `(seed, step)`, so a resumed run sees the same data.
 4. Every `log_every` steps: loss, accuracy, lr to stdout (with an ETA), TensorBoard and
    `metrics.jsonl`. Every `eval_every` steps and at the end: test error, and a PNG of test
-   inputs (with the sampling grid's outline) beside the transformer's outputs. The step's
-   metrics stay on the device until such a step, so the host never waits on every step.
+   inputs (with the sampling grid's outline) beside the transformer's outputs. On a GPU or TPU
+   the step's metrics stay on the device until such a step, so the host does not wait on each
+   step (on the CPU it reads every step: `max_steps_in_flight`).
 5. Checkpoints (orbax) every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT; a
    rerun with the same workdir resumes. A NaN/inf loss stops the run naming the step.
 6. `workdir/results.json` (see docs/CONTRACTS.md).
@@ -45,8 +46,19 @@ class NonFiniteLoss(FloatingPointError):
     """Raised when the training loss becomes NaN or inf."""
 
 
-# Most steps dispatched before the loop reads their metrics (and so waits for the device).
+# Most steps dispatched on an accelerator before the loop reads their metrics (and so waits).
 MAX_STEPS_IN_FLIGHT = 50
+
+
+def max_steps_in_flight() -> int:
+    """`MAX_STEPS_IN_FLIGHT` on a GPU or TPU; 1 (read every step) on the CPU.
+
+    On the CPU a step takes tens of milliseconds, so waiting for each costs nothing, and XLA:CPU's
+    collectives are not safe with many multi-device steps queued: `train.py --cpu_devices=2` on
+    `configs/mnist.py:quick` with 50 steps in flight hung in an all-gather rendezvous until XLA
+    aborted the process (20 steps in flight did not).
+    """
+    return 1 if jax.default_backend() == "cpu" else MAX_STEPS_IN_FLIGHT
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -367,10 +379,11 @@ def train_and_evaluate(config, workdir: str, *,
         checkpointing.save(mngr, step, state, opt_state, names)
 
     window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
-    # Steps whose metrics are still on the device. Reading a metric waits for its step, so the
-    # loop reads them in one go at log, checkpoint and eval steps (and every MAX_STEPS_IN_FLIGHT
-    # steps) instead of after every step: the host keeps dispatching while the device computes.
+    # Steps whose metrics are still on the device. Reading a metric waits for its step, so on an
+    # accelerator the loop reads them in one go at log, checkpoint and eval steps (and every
+    # `max_steps_in_flight()` steps): the host keeps dispatching while the device computes.
     pending: list[tuple[int, dict]] = []
+    in_flight = max_steps_in_flight()
 
     def read_pending() -> None:
         """Moves the pending steps' metrics to the host; stops the run on a non-finite loss."""
@@ -409,7 +422,7 @@ def train_and_evaluate(config, workdir: str, *,
             save_now = done % config.train.checkpoint_every == 0 or done == total_steps
             eval_now = done % config.train.eval_every == 0 and done != total_steps
             if (log_now or save_now or eval_now or stop.signum is not None
-                    or step_callback is not None or len(pending) >= MAX_STEPS_IN_FLIGHT):
+                    or step_callback is not None or len(pending) >= in_flight):
                 read_pending()  # before any save, so a non-finite state is never checkpointed
             if log_now:
                 lr = float(schedule(step))

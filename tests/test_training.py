@@ -228,6 +228,23 @@ def test_grad_clip_norm_bounds_the_update():
 
 
 @pytest.mark.slow
+def test_train_py_on_two_cpu_devices_with_many_steps_between_logs(data_dir, tmp_path):
+    """60 steps between reads of the metrics on two CPU devices finish (with up to 50 steps in
+    flight, XLA:CPU's all-gather rendezvous hung and aborted the process)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/mnist.py:quick",
+         f"--config.data.source=idx:{data_dir}", "--config.train.steps=60",
+         "--config.train.log_every=60", "--config.train.eval_every=60",
+         "--config.train.checkpoint_every=60", f"--workdir={workdir}", "--cpu_devices=2"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((workdir / "results.json").read_text())["steps"] == 60
+
+
+@pytest.mark.slow
 def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
     """`train.py --cpu_devices=2` trains data-parallel over two CPU devices; 0 is a clear error."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
