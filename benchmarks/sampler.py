@@ -185,6 +185,18 @@ def jax_device_peak_growth_mb(fn) -> float | None:
     return (jax.devices()[0].memory_stats()["peak_bytes_in_use"] - before) / 2**20
 
 
+def torch_peak_growth_mb(fn, device: str) -> float | None:
+    """Peak memory growth (MiB) of ``fn()``: of CUDA's allocated bytes, or else of the RSS."""
+    if device != "cuda":
+        return peak_rss_growth_mb(fn)
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def jax_copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Bytes/s of ``x + 1`` over a large float32 array on the default JAX device (read + write)."""
     import jax
@@ -285,13 +297,7 @@ def worker_torch(shape) -> dict:
         sync()
 
     forward()  # start torch's thread pool before measuring memory
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        forward_backward()
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mb = peak_rss_growth_mb(forward_backward)
+    peak_mb = torch_peak_growth_mb(forward_backward, device)
 
     def grads():
         out = F.grid_sample(image_r, grid_r, mode="bilinear", padding_mode="zeros",

@@ -31,7 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sampler import (TUNED_MALLOC_ENV, jax_device_peak_growth_mb, peak_rss_growth_mb,  # noqa: E402
-                     time_ms)
+                     time_ms, torch_peak_growth_mb)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, SIZE, CLASSES, LR = 256, 42, 10, 0.01
@@ -222,13 +222,7 @@ def worker_torch() -> dict:
 
     with torch.no_grad():
         model(images)  # start the thread pool before measuring memory
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        run()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = peak_rss_growth_mb(run)
+    peak = torch_peak_growth_mb(run, device)
     ms = time_ms(run, min_runs=10, min_seconds=3.0)
     return {"step_ms": ms, "peak_mb": peak, "xla_mb": None, "device": device}
 
