@@ -387,8 +387,9 @@ def train_and_evaluate(config, workdir: str, *,
 
     def read_pending() -> None:
         """Moves the pending steps' metrics to the host; stops the run on a non-finite loss."""
-        for done_i, host in zip([d for d, _ in pending], jax.device_get([m for _, m in pending])):
-            loss = float(host["loss"])
+        for done_i, values in zip([d for d, _ in pending],
+                                  jax.device_get([m for _, m in pending])):
+            loss = float(values["loss"])
             if not np.isfinite(loss):
                 last_good = mngr.latest_step()
                 writer.close()
@@ -398,11 +399,11 @@ def train_and_evaluate(config, workdir: str, *,
                     f"config.train.learning_rate (now {config.train.learning_rate}) or "
                     f"config.model.loc_lr_multiplier and rerun")
             window["loss"] += loss
-            window["accuracy"] += float(host["accuracy"])
-            window["grad_norm"] = max(window["grad_norm"], float(host["grad_norm"]))
+            window["accuracy"] += float(values["accuracy"])
+            window["grad_norm"] = max(window["grad_norm"], float(values["grad_norm"]))
             window["n"] += 1
             if step_callback is not None:
-                step_callback(done_i, {"loss": loss, "accuracy": float(host["accuracy"])})
+                step_callback(done_i, {"loss": loss, "accuracy": float(values["accuracy"])})
         pending.clear()
 
     t_loop = time.time()
