@@ -173,10 +173,13 @@ def is_deterministic(run_grads) -> bool:
                for _ in range(REPEATS_FOR_DETERMINISM - 1))
 
 
-def jax_device_peak_growth_mb(fn) -> float | None:
-    """Growth of the accelerator's peak bytes in use over the resident inputs, for ``fn()``."""
+def jax_peak_growth_mb(fn) -> float | None:
+    """Peak memory growth (MiB) of ``fn()`` on the default JAX device: of the process's RSS on
+    the CPU, else of the accelerator's bytes in use over the resident inputs."""
     import jax
 
+    if jax.devices()[0].platform == "cpu":
+        return peak_rss_growth_mb(fn)
     stats = jax.devices()[0].memory_stats()
     if not stats or "peak_bytes_in_use" not in stats:
         return None
@@ -251,11 +254,7 @@ def worker_jax(side: str, shape, method: str | None) -> dict:
     if memory is not None:
         xla_mb = (memory.temp_size_in_bytes + memory.output_size_in_bytes) / 2**20
     platform = str(jax.devices()[0].platform)
-    first_call = lambda: jax.block_until_ready(fwdbwd(image, grid, cotangent))  # noqa: E731
-    if platform == "cpu":
-        peak_mb = peak_rss_growth_mb(first_call)
-    else:
-        peak_mb = jax_device_peak_growth_mb(first_call)
+    peak_mb = jax_peak_growth_mb(lambda: jax.block_until_ready(fwdbwd(image, grid, cotangent)))
     grads = lambda: [np.asarray(g) for g in fwdbwd(image, grid, cotangent)]  # noqa: E731
     return {
         "xla_mb": xla_mb,
@@ -290,19 +289,20 @@ def worker_torch(shape) -> dict:
     image_r = image.clone().requires_grad_(True)
     grid_r = grid.clone().requires_grad_(True)
 
-    def forward_backward():
+    def gradients():
         out = F.grid_sample(image_r, grid_r, mode="bilinear", padding_mode="zeros",
                             align_corners=False)
-        torch.autograd.grad(out, (image_r, grid_r), cotangent)
+        return torch.autograd.grad(out, (image_r, grid_r), cotangent)
+
+    def forward_backward():
+        gradients()
         sync()
 
     forward()  # start torch's thread pool before measuring memory
     peak_mb = torch_peak_growth_mb(forward_backward, device)
 
-    def grads():
-        out = F.grid_sample(image_r, grid_r, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-        d_image, d_grid = torch.autograd.grad(out, (image_r, grid_r), cotangent)
+    def grads():  # as numpy, the image gradient in NHWC like the JAX side's
+        d_image, d_grid = gradients()
         return [d_image.permute(0, 2, 3, 1).cpu().numpy(), d_grid.cpu().numpy()]
 
     return {"fwd_ms": time_ms(forward), "fwdbwd_ms": time_ms(forward_backward),

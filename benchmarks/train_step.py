@@ -30,8 +30,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sampler import (TUNED_MALLOC_ENV, jax_device_peak_growth_mb, peak_rss_growth_mb,  # noqa: E402
-                     time_ms, torch_peak_growth_mb)
+from sampler import (TUNED_MALLOC_ENV, jax_peak_growth_mb, time_ms,  # noqa: E402
+                     torch_peak_growth_mb)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, SIZE, CLASSES, LR = 256, 42, 10, 0.01
@@ -153,10 +153,10 @@ def worker_jax(variant: str) -> dict:
         carry[0], carry[1], loss = compiled(carry[0], carry[1], images, labels)
         loss.block_until_ready()
 
-    platform = jax.devices()[0].platform
-    peak = peak_rss_growth_mb(run) if platform == "cpu" else jax_device_peak_growth_mb(run)
+    peak = jax_peak_growth_mb(run)
     ms = time_ms(run, min_runs=10, min_seconds=3.0)
-    return {"step_ms": ms, "peak_mb": peak, "xla_mb": xla_mb, "device": platform}
+    return {"step_ms": ms, "peak_mb": peak, "xla_mb": xla_mb,
+            "device": jax.devices()[0].platform}
 
 
 # ---------------------------------------------------------------- torch side
