@@ -2,7 +2,7 @@
 
     python train.py --config=configs/mnist.py:quick --workdir=/tmp/quick
 gives about 13% test error (measured: 13.40% on the 2,000 test digits; ST-CNN affine on RTS,
-the embedded 10k-digit sample, 400 SGD steps of batch 64; 48-90 s wall on a 2-core CPU),
+the embedded 10k-digit sample, 400 SGD steps of batch 64; 48-97 s wall on a 2-core CPU),
 against 90% for chance; and writes the transformer picture to /tmp/quick/images/.
 The localisation net learns at 0.1x the base rate: at the full rate (lr 0.05) the same run
 diverged once the transformer moved (loss back to 2.30 by step 250, 87.75% error).
