@@ -14,7 +14,7 @@ run as image patches + one matmul; forward and gradients are the same convolutio
 (the model as it is, the batch split over two XLA CPU devices, one per core, as
 ``train.py`` does over every device), ``nnx_pool`` (the max-pools through ``nnx.max_pool``
 instead of ``stn.layers.max_pool``), ``lax`` (``nnx_pool`` and every conv through plain
-``lax.conv_general_dilated`` instead of ``stn.layers.conv_general_dilated``: the step before
+``lax.conv_general_dilated`` instead of ``stn.xla_cpu.conv_general_dilated``: the step before
 either XLA:CPU fix), ``deterministic`` (the model as it is under XLA's
 ``--xla_gpu_deterministic_ops=true``; a GPU's cost of bit-identical steps).
 Also printed: peak RSS growth of the first step, or on an accelerator peak growth of its

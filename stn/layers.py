@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stn import sampling, transforms
+from stn import sampling, transforms, xla_cpu
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -28,111 +28,12 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(height), int(width))
 
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-# From this many input channels up, the padded-and-cropped forward (`_valid_conv_padded`) beats
-# XLA:CPU's VALID convolution; below it, the plain VALID forward is the faster one (the MNIST
-# CNN's 9x9 conv on 1 channel: 45 ms VALID vs 66 ms padded-and-cropped).
-FEW_INPUT_CHANNELS = 4
-# The input gradient is one matmul and an overlap-add (`_overlap_add`) when its tap tensor has
-# at most this many elements per example: XLA:CPU's transposed convolution runs as
-# matrix-vector products for few input channels or tiny maps (MNIST CNN 9x9 conv, 1 channel:
-# 184 -> 51 ms; the loc net's 5x5 conv on 8x8x20: 11.8 -> 1.2 ms), while for big tap tensors
-# (the 7x7 conv on 17x17x64: 379k per example) the overlap-add loses (83 -> 190 ms).
-OVERLAP_ADD_MAX_TAPS = 2**17
-
-
-def _valid_conv_padded(x: jax.Array, w: jax.Array) -> jax.Array:
-    """Stride-1 VALID NHWC convolution computed padded by one pixel at the high ends, cropped.
-
-    The first `H - kh + 1` outputs of a stride-1 convolution do not depend on high-end padding,
-    so this equals the VALID convolution in value and gradients; XLA:CPU runs the padded
-    convolution on a much faster path (the MNIST CNN's 7x7 conv: forward 295 -> 79 ms, forward
-    + backward 822 -> 358 ms; `benchmarks/convolutions.py`, docs/performance.md).
-    """
-    kh, kw = w.shape[:2]
-    out = jax.lax.conv_general_dilated(x, w, (1, 1), [(0, 1), (0, 1)], dimension_numbers=NHWC)
-    return out[:, :x.shape[1] - kh + 1, :x.shape[2] - kw + 1]
-
-
-def _valid_conv_forward(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The faster forward on XLA:CPU: plain VALID below `FEW_INPUT_CHANNELS`, else padded."""
-    if x.shape[-1] < FEW_INPUT_CHANNELS:
-        return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
-    return _valid_conv_padded(x, w)
-
-
-def _overlap_add(dy: jax.Array, w: jax.Array) -> jax.Array:
-    """Input gradient of a stride-1 VALID convolution (the adjoint of im2col):
-    `dx[b, i + a, j + c, ci] = sum_co dy[b, i, j, co] w[a, c, ci, co]`, one matmul, then each
-    kernel tap's slice added at its offset."""
-    kh, kw, cin, cout = w.shape
-    batch, out_h, out_w, _ = dy.shape
-    taps = (dy.reshape(-1, cout) @ w.reshape(-1, cout).T).reshape(
-        batch, out_h, out_w, kh, kw, cin)
-    in_h, in_w = out_h + kh - 1, out_w + kw - 1
-    return sum(jnp.pad(taps[:, :, :, a, c], ((0, 0), (a, in_h - out_h - a),
-                                             (c, in_w - out_w - c), (0, 0)))
-               for a in range(kh) for c in range(kw))
-
-
-def _taps_per_example(x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
-    """Elements of `_overlap_add`'s tap tensor per example: `out_h * out_w * kh * kw * C_in`."""
-    kh, kw, cin, _ = w_shape
-    return (x_shape[1] - kh + 1) * (x_shape[2] - kw + 1) * kh * kw * cin
-
-
-@jax.custom_vjp
-def _overlap_add_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`_valid_conv_forward` whose input gradient is `_overlap_add` (reverse mode only)."""
-    return _valid_conv_forward(x, w)
-
-
-def _overlap_add_conv_fwd(x, w):
-    return _valid_conv_forward(x, w), (x, w)
-
-
-def _overlap_add_conv_bwd(residuals, dy):
-    x, w = residuals
-    # The kernel gradient of the padded form is the faster one for every shape measured.
-    _, kernel_vjp = jax.vjp(lambda w_: _valid_conv_padded(x, w_), w)
-    return _overlap_add(dy, w), kernel_vjp(dy)[0]
-
-
-_overlap_add_conv.defvjp(_overlap_add_conv_fwd, _overlap_add_conv_bwd)
-
-
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                         padding, **kwargs) -> jax.Array:
-    """`jax.lax.conv_general_dilated`, with plain VALID 2-D convolutions made fast on XLA:CPU.
-
-    On the CPU backend, a stride-1, undilated, ungrouped VALID NHWC convolution runs as
-    `_valid_conv_padded`, or as `_overlap_add_conv` when its input gradient's tap tensor is
-    small (at most `OVERLAP_ADD_MAX_TAPS` per example; that path's gradient is reverse-mode
-    only). Same values and gradients up to float rounding. Every other convolution, and every
-    other backend, goes straight to `lax.conv_general_dilated`.
-    """
-    plain = (jax.default_backend() == "cpu" and lhs.ndim == 4
-             and (padding == "VALID" if isinstance(padding, str)
-                  else all(tuple(pair) == (0, 0) for pair in padding))
-             and all(s == 1 for s in window_strides)
-             and kwargs.get("dimension_numbers") in (NHWC, jax.lax.conv_dimension_numbers(
-                 lhs.shape, rhs.shape, NHWC))
-             and all(kwargs.get(k) in (None, 1, (1, 1)) for k in (
-                 "lhs_dilation", "rhs_dilation", "feature_group_count", "batch_group_count"))
-             and kwargs.get("preferred_element_type") is None
-             and kwargs.get("precision") is None)
-    if not plain:
-        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
-    if _taps_per_example(lhs.shape, rhs.shape) <= OVERLAP_ADD_MAX_TAPS:
-        return _overlap_add_conv(lhs, rhs)
-    return _valid_conv_padded(lhs, rhs)
-
-
 def valid_conv(in_features: int, out_features: int, kernel_size: int, *,
                rngs: nnx.Rngs) -> nnx.Conv:
-    """An `nnx.Conv` (stride 1, VALID) that computes through `conv_general_dilated` above."""
+    """An `nnx.Conv` (stride 1, VALID) through `xla_cpu.conv_general_dilated`: the same
+    convolution, on XLA:CPU's faster paths when running on the CPU."""
     return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), padding="VALID",
-                    conv_general_dilated=conv_general_dilated, rngs=rngs)
+                    conv_general_dilated=xla_cpu.conv_general_dilated, rngs=rngs)
 
 
 def max_pool(x: jax.Array, size: int = 2, padding: str = "VALID") -> jax.Array:

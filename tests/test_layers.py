@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stn import layers, transforms
+from stn import layers, transforms, xla_cpu
 
 
 def _images(batch=3, size=12, channels=1, seed=0):
@@ -109,7 +109,7 @@ def test_parallel_requires_one_output_size():
     ((2, 9, 7, 3), (3, 2, 3, 4), True)])
 def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel, overlap_add):
     """Every XLA:CPU path for VALID convolutions: same values and both gradients as lax."""
-    assert (layers._taps_per_example(shape, kernel) <= layers.OVERLAP_ADD_MAX_TAPS) == overlap_add
+    assert (xla_cpu._taps_per_example(shape, kernel) <= xla_cpu.OVERLAP_ADD_MAX_TAPS) == overlap_add
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     w = jax.random.normal(jax.random.PRNGKey(1), kernel)
     dn = ("NHWC", "HWIO", "NHWC")
@@ -117,17 +117,17 @@ def test_conv_general_dilated_equals_lax_for_valid_convolutions(shape, kernel, o
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), "VALID", dimension_numbers=dn)))
 
-    ours = layers.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn)
+    ours = xla_cpu.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn)
     reference = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn)
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.grad(loss(layers.conv_general_dilated), argnums=(0, 1))(x, w),
+    for a, b in zip(jax.grad(loss(xla_cpu.conv_general_dilated), argnums=(0, 1))(x, w),
                     jax.grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # strided and padded convolutions pass straight through
     for strides, padding in (((2, 2), "VALID"), ((1, 1), "SAME")):
         np.testing.assert_array_equal(
-            layers.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+            xla_cpu.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
             jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))
 
 
