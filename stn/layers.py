@@ -58,20 +58,52 @@ def max_pool(x: jax.Array, size: int = 2, padding: str = "VALID") -> jax.Array:
     return windows.max(axis=(2, 4))
 
 
-def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -> nnx.Linear:
+class RegressionLayer(nnx.Linear):
     """The loc net's last layer: zero kernel, bias = the transform's identity parameters.
 
     With a zero kernel the output is the bias whatever the input, so the transformer starts at
-    the identity warp and its gradient w.r.t. the kernel is still non-zero (it is the input).
+    the identity warp, and the kernel's gradient (the layer's input) is still non-zero. Its own
+    type lets the optimizer exempt the bias from weight decay (it encodes the identity, and
+    decaying it would pull the transform towards the degenerate theta = 0).
     """
-    identity = jnp.asarray(identity, jnp.float32).reshape(-1)
 
-    def bias_init(key, shape, dtype=jnp.float32):
-        del key
-        return identity.reshape(shape).astype(dtype)
+    def __init__(self, in_features: int, identity: jax.Array, *, rngs: nnx.Rngs):
+        identity = jnp.asarray(identity, jnp.float32).reshape(-1)
 
-    return nnx.Linear(in_features, identity.shape[0], kernel_init=nnx.initializers.zeros,
-                      bias_init=bias_init, rngs=rngs)
+        def bias_init(key, shape, dtype=jnp.float32):
+            del key
+            return identity.reshape(shape).astype(dtype)
+
+        super().__init__(in_features, identity.shape[0], kernel_init=nnx.initializers.zeros,
+                         bias_init=bias_init, rngs=rngs)
+
+
+def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -> RegressionLayer:
+    """A `RegressionLayer` regressing `identity.size` parameters from `in_features`."""
+    return RegressionLayer(in_features, identity, rngs=rngs)
+
+
+class LocalisationNet(nnx.Module):
+    """Base type of every localisation net `f_loc(U) -> theta` (paper section 3.1).
+
+    The trainer finds the loc nets' parameters by this type (`localisation_paths`), e.g. to give
+    them their own learning rate; a subclass maps `[B, ...]` inputs to flat `[B, P]` parameters
+    and ends in a `RegressionLayer`.
+    """
+
+
+def _paths_of_type(model: nnx.Module, kind: type) -> list[tuple]:
+    return [tuple(path) for path, node in nnx.iter_graph(model) if isinstance(node, kind)]
+
+
+def localisation_paths(model: nnx.Module) -> list[tuple]:
+    """Graph paths (tuples of attribute names and indices) of every `LocalisationNet` in model."""
+    return _paths_of_type(model, LocalisationNet)
+
+
+def regression_paths(model: nnx.Module) -> list[tuple]:
+    """Graph paths of every `RegressionLayer` in `model`."""
+    return _paths_of_type(model, RegressionLayer)
 
 
 class ReluStack(nnx.Module):
@@ -95,7 +127,7 @@ class ReluStack(nnx.Module):
         return h
 
 
-class FullyConnectedLocNet(nnx.Module):
+class FullyConnectedLocNet(LocalisationNet):
     """Localisation net of fully connected ReLU layers, then the identity-initialised regression.
 
     The paper's ST-FCN uses 32-unit layers (appendix A.1).
@@ -112,7 +144,7 @@ class FullyConnectedLocNet(nnx.Module):
         return self.regression(self.hidden(x))
 
 
-class ConvLocNet(nnx.Module):
+class ConvLocNet(LocalisationNet):
     """Convolutional localisation net (the paper's ST-CNN loc net, appendix A.1).
 
     2x down-sampling (2x2 average pool) -> conv 5x5 (VALID) -> ReLU -> 2x2 max-pool ->

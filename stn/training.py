@@ -228,14 +228,8 @@ def _transformer_view(graphdef):
     """
 
     def view(state, images):
-        model = nnx.merge(graphdef, state)
-        first = model.transformer
-        if hasattr(model, "input_frame_grids"):
-            grids = model.input_frame_grids(images)
-        else:
-            grids = [first.params_and_grid(images)[1]]
-        outputs = [sampling.sample(images, grid, kernel=first.kernel, padding=first.padding,
-                                   align_corners=first.align_corners) for grid in grids]
+        grids = nnx.merge(graphdef, state).transformer_grids(images)
+        outputs = [sampling.sample(images, grid) for grid in grids]
         return outputs, grids
 
     return jax.jit(view)

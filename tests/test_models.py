@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stn.models import get_model, mnist, num_params
+from stn.models import mnist, num_params
+from stn.models.mnist import get_model
 
 
 @pytest.mark.parametrize("name,transform", [("st_fcn", "affine"), ("st_fcn", "tps"),

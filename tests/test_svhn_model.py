@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from stn import transforms
-from stn.models import svhn
+from stn.models import num_params, svhn
 
 SMALL = dict(features=(8, 8, 16, 16, 16, 16, 16, 16), fc_widths=(32, 32))
 
@@ -37,7 +37,7 @@ def test_paper_sized_models_parameter_counts():
     counts = {}
     for name in svhn.MODEL_NAMES:
         abstract = nnx.eval_shape(lambda: svhn.create(name, (54, 54, 3), rngs=nnx.Rngs(0)))
-        counts[name] = svhn.num_params(abstract)
+        counts[name] = num_params(abstract)
     convs = sum(5 * 5 * c_in * c_out + c_out for c_in, c_out in
                 zip((3,) + svhn.CONV_FEATURES[:-1], svhn.CONV_FEATURES))
     fcs = 4 * 4 * 192 * 3072 + 3072 + 2 * (3072 * 3072 + 3072)
@@ -92,7 +92,7 @@ def test_multi_grids_compose_back_into_the_input_frame():
     model.transformers[0].loc_net.regression.bias.value = jnp.array([0.5, 0, 0, 0, 0.5, 0.0])
     model.transformers[1].loc_net.regression.bias.value = jnp.array([1.0, 0, 0.2, 0, 1, 0])
     x = jax.random.uniform(jax.random.PRNGKey(3), (2, 32, 32, 1))
-    grids = model.input_frame_grids(x)
+    grids = model.transformer_grids(x)
     sizes = [g.shape[1:3] for g in grids]
     assert sizes == [(32, 32), (16, 16), (16, 16), (8, 8)]
     base = lambda n: transforms.base_grid(n, n)[None]  # noqa: E731
@@ -106,5 +106,5 @@ def test_multi_grids_compose_back_into_the_input_frame():
 def test_single_input_frame_grid_is_its_own_grid():
     model = svhn.create("st_cnn_single", (32, 32, 1), **SMALL, rngs=nnx.Rngs(4))
     x = jax.random.uniform(jax.random.PRNGKey(4), (2, 32, 32, 1))
-    (grid,) = model.input_frame_grids(x)
+    (grid,) = model.transformer_grids(x)
     np.testing.assert_array_equal(grid, model.transformer.params_and_grid(x)[1])

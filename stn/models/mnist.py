@@ -40,6 +40,10 @@ class FCN(nnx.Module):
         """`[B, H, W, C]` -> logits `[B, num_classes]`."""
         return self.classifier(self.hidden(x))
 
+    def transformer_grids(self, x: jax.Array) -> list[jax.Array]:
+        """No transformer: an empty list (the model contract, `stn.models`)."""
+        return []
+
 
 class CNN(nnx.Module):
     """9x9 conv -> max-pool -> 7x7 conv -> max-pool -> linear classifier (appendix A.1)."""
@@ -61,6 +65,10 @@ class CNN(nnx.Module):
         h = layers.max_pool(jax.nn.relu(self.conv2(h)))
         return self.classifier(h.reshape(h.shape[0], -1))
 
+    def transformer_grids(self, x: jax.Array) -> list[jax.Array]:
+        """No transformer: an empty list (the model contract, `stn.models`)."""
+        return []
+
 
 class STClassifier(nnx.Module):
     """A spatial transformer at the input, then a classification network (ST-FCN, ST-CNN)."""
@@ -72,6 +80,10 @@ class STClassifier(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> logits `[B, num_classes]`."""
         return self.classifier(self.transformer(x))
+
+    def transformer_grids(self, x: jax.Array) -> list[jax.Array]:
+        """The transformer's sampling grid `[B, H_out, W_out, 2]` (it sits on the input)."""
+        return [self.transformer.params_and_grid(x)[1]]
 
 
 MODEL_NAMES = ("fcn", "cnn", "st_fcn", "st_cnn")
@@ -128,7 +140,3 @@ def get_model(model_config, input_size: int | Sequence[int], rngs: nnx.Rngs,
         rngs=rngs,
     )
 
-
-def num_params(model: nnx.Module) -> int:
-    """Number of trainable scalars in `model`."""
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

@@ -147,7 +147,7 @@ class SequenceCNN(nnx.Module):
                 h = _pool_same(h)
         return h
 
-    def input_frame_grids(self, x: jax.Array) -> list[jax.Array]:
+    def transformer_grids(self, x: jax.Array) -> list[jax.Array]:
         """Each transformer's sampling grid in the input image's frame, `[B, h_k, w_k, 2]`.
 
         The transformer before conv k samples feature maps in the frame of the previous
@@ -156,6 +156,8 @@ class SequenceCNN(nnx.Module):
         (`transforms.compose_affine`). Only affine and attention maps compose in closed form;
         for other transforms just the first transformer's grid is returned.
         """
+        if not self.transformers:
+            return []
         thetas: list[jax.Array] = []
         self._conv_features(x, thetas)
         first = self.transformers[0]
@@ -239,7 +241,3 @@ def sequence_correct(outputs: dict[str, jax.Array], labels: jax.Array) -> jax.Ar
     digits_right = jnp.all((digits == labels) | ~in_sequence, axis=-1)
     return (length == true_length) & digits_right
 
-
-def num_params(model: nnx.Module) -> int:
-    """Number of trainable scalars in `model`."""
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
