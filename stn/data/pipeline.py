@@ -7,10 +7,12 @@ Random streams (all from `jax.random.key(seed)`, split by a stream tag so they n
   endless sequence of epochs;
 - training distortions: `fold_in(fold_in(key(seed), 1), t)`;
 - the fixed test set: `fold_in(fold_in(key(seed), 2), chunk)` for chunks of `TEST_CHUNK`
-  consecutive test digits (the chunk size is fixed, so the set does not depend on memory).
+  consecutive test digits (the chunk size is fixed, so the set does not depend on memory);
+- the fixed validation set: the same with stream tag 4, on digits carved from the training set
+  by `split_validation` (a numpy permutation of a fixed seed).
 
-So a resumed run sees exactly the batches of an uninterrupted one, and the test set is the same
-on every machine and every run.
+So a resumed run sees exactly the batches of an uninterrupted one, and the validation and test
+sets are the same on every machine and every run.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 from stn.data import distortions as distortions_lib
 from stn.data.sources import DigitSet
 
-_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION = 0, 1, 2
+_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION, _VALIDATION_DISTORTION = 0, 1, 2, 4
 #: Test digits distorted together (TC cuts its clutter from the other digits of a chunk).
 TEST_CHUNK = 500
 
@@ -68,8 +70,8 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
     """The training batch of `step`: `{"image": f32 [B, S, S, 1], "label": int32 [B]}`.
 
     Pure and jittable with `batch_size` and `distortion` static; a function of `(seed, step)`
-    only. `images` are the training digits (uint8 `[N, 28, 28]`, ideally already on device, see
-    `device_digits`), `labels` int `[N]`.
+    only. `images` are the training digits (uint8 `[N, 28, 28]`, ideally already on device),
+    `labels` int `[N]`.
     """
     distortion = _distortion(distortion)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
@@ -82,19 +84,16 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
             "label": labels[index].astype(jnp.int32)}
 
 
-def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
-             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
-    """The fixed distorted test set: `{"image": f32 [N, S, S, 1], "label": int32 [N]}` (numpy).
+def fixed_set(images: np.ndarray, labels: np.ndarray,
+              distortion: str | distortions_lib.Distortion, *, seed: int = 0,
+              stream: int = _TEST_DISTORTION) -> dict[str, np.ndarray]:
+    """Distorts `images` once, deterministically: `{"image": f32 [N, S, S, 1], "label": int32}`.
 
-    Generated from `digits.test_images` in chunks of `TEST_CHUNK` with keys from `seed` and the
-    chunk index, so it is identical on every machine and every run. `limit` keeps only the
-    first `limit` test digits (same bytes as the start of the full set).
+    Chunks of `TEST_CHUNK` digits get the keys `fold_in(fold_in(key(seed), stream), chunk)`, so
+    the set is identical on every machine and every run whatever the memory.
     """
     distortion = _distortion(distortion)
-    images, labels = digits.test_images, digits.test_labels
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    base = jax.random.fold_in(jax.random.key(seed), _TEST_DISTORTION)
+    base = jax.random.fold_in(jax.random.key(seed), stream)
     apply = jax.jit(distortion.apply)
     chunks = []
     for number, start in enumerate(range(0, len(images), TEST_CHUNK)):
@@ -105,16 +104,43 @@ def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
     return {"image": image, "label": np.asarray(labels, np.int32)}
 
 
+def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
+             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The fixed distorted test set of `digits.test_images` (`fixed_set`, test stream).
+
+    `limit` keeps only the first `limit` test digits (same bytes as the start of the full set).
+    """
+    images, labels = digits.test_images, digits.test_labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return fixed_set(images, labels, distortion, seed=seed, stream=_TEST_DISTORTION)
+
+
 test_set.__test__ = False  # not a pytest test, despite its name
 
 
-def device_digits(digits: DigitSet, mesh: jax.sharding.Mesh | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
-    """The training digits as device arrays (uint8 images, int32 labels), replicated over `mesh`
-    when given, so `train_batch` gathers on device; shard the batch itself with the jitted
-    step's `out_shardings`."""
-    arrays = (np.asarray(digits.train_images, np.uint8), np.asarray(digits.train_labels, np.int32))
-    if mesh is None:
-        return tuple(jax.device_put(a) for a in arrays)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return tuple(jax.device_put(a, replicated) for a in arrays)
+def validation_set(images: np.ndarray, labels: np.ndarray,
+                   distortion: str | distortions_lib.Distortion, *,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """The fixed distorted validation set (`fixed_set` on its own stream, apart from test's)."""
+    return fixed_set(images, labels, distortion, seed=seed, stream=_VALIDATION_DISTORTION)
+
+
+def split_validation(digits: DigitSet, size: int, *, seed: int = 0,
+                     field: str = "validation size") -> tuple[DigitSet, np.ndarray, np.ndarray]:
+    """Carves `size` training digits out as a validation split.
+
+    Returns `(digits without them, validation images, validation labels)`. The split is a numpy
+    `default_rng(seed)` permutation of the training indices (PCG64: the same on every machine);
+    both parts keep the training set's order. `size=0` returns the digits unchanged and empty
+    validation arrays. `field` names the setting in the one-line error for a bad size.
+    """
+    count = len(digits.train_images)
+    if not 0 <= size < count:
+        raise ValueError(f"{field}={size} must be in 0..{count - 1} (the {count} "
+                         f"training examples of {digits.name})")
+    held_out = np.zeros(count, bool)
+    held_out[np.random.default_rng(seed).permutation(count)[:size]] = True
+    remaining = digits._replace(train_images=digits.train_images[~held_out],
+                                train_labels=digits.train_labels[~held_out])
+    return remaining, digits.train_images[held_out], digits.train_labels[held_out]
