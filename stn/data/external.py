@@ -79,7 +79,8 @@ def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_idx_test(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """The test split of an MNIST-format folder: uint8 `[N, H, W]`, labels as stored (`[N]`).
+    """The test split of an MNIST-format folder (`DIR` or `idx:DIR`): uint8 `[N, H, W]`, labels
+    as stored (`[N]`).
 
     The folder check is `sources.idx_directory`'s (a plain file is named as one); an empty
     split is refused.
@@ -104,7 +105,7 @@ def load(spec: str, *, num_classes: int, label_shape: tuple[int | None, ...] = (
       shape (`[N, H, W]` or `[N, H, W, C]`): fitting them to the model is the caller's step.
     """
     if spec.startswith("idx:") and len(spec) > 4:
-        images, labels = read_idx_test(spec[4:])
+        images, labels = read_idx_test(spec)
         what = f"IDX test split in {spec[4:]}"
         tag = "idx_" + os.path.basename(os.path.normpath(os.path.expanduser(spec[4:])))
     elif spec.startswith("npz:") and len(spec) > 4:
