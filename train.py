@@ -3,8 +3,6 @@
 Any field can be overridden, e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`.
 Rerunning with the same --workdir resumes from its newest good checkpoint.
 """
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -131,6 +131,39 @@ def test_unknown_source_lists_forms(source):
     assert "\n" not in message and "idx:DIR" in message and "sample" in message
 
 
-def test_idx_source_not_a_directory(tmp_path):
-    with pytest.raises(ValueError, match="not a directory"):
-        load_digits(f"idx:{os.path.join(tmp_path, 'nope')}")
+def test_idx_source_missing_or_a_plain_file(tmp_path):
+    missing = os.path.join(tmp_path, "nope")
+    with pytest.raises(ValueError, match="does not exist") as e:
+        load_digits(f"idx:{missing}")
+    _one_line(e, missing)
+    plain = tmp_path / "train-images-idx3-ubyte"
+    plain.write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file, not a directory") as e:
+        load_digits(f"idx:{plain}")
+    _one_line(e, plain)
+
+
+@pytest.mark.parametrize("bad", [200, 12, 10])
+def test_idx_labels_outside_the_digits_are_refused_at_load(tmp_path, bad):
+    """IDX labels are bytes: 200 or 10 would pass as classes and give NaN losses later."""
+    images, labels = _digits(5)
+    idx.write_split(tmp_path, "train", images, labels)
+    labels = labels.copy()
+    labels[3] = bad
+    idx.write_split(tmp_path, "test", images, labels)
+    with pytest.raises(ValueError) as e:
+        load_digits(f"idx:{tmp_path}")
+    message = _one_line(e, tmp_path / "t10k-labels-idx1-ubyte.gz")
+    assert f"{bad} at index 3" in message and "0..9" in message
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_idx_empty_split_is_refused_at_load(tmp_path, split):
+    images, labels = _digits(4)
+    for s in ("train", "test"):
+        n = 0 if s == split else 4
+        idx.write_split(tmp_path, s, images[:n], labels[:n])
+    with pytest.raises(ValueError, match="is empty") as e:
+        load_digits(f"idx:{tmp_path}")
+    _one_line(e, tmp_path)
+    assert f"{split} images" in str(e.value)

@@ -55,3 +55,29 @@ def test_host_reachable_is_true_for_a_listening_local_port():
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         assert sources.host_reachable("127.0.0.1", port=s.getsockname()[1], timeout=1.0)
+
+
+@pytest.mark.parametrize("split", [0, 1])
+def test_tfds_labels_outside_the_digits_and_empty_splits_are_refused(tmp_path, monkeypatch,
+                                                                      split):
+    """A tfds set whose labels are not 0..9 (or a split with no examples) fails at load time."""
+    real = sources._tfds_split_to_numpy
+    calls = []
+
+    def spoiled(source, what, spoil):
+        images, labels = real(source, what)
+        calls.append(what)
+        return spoil(images, labels) if len(calls) == split + 1 else (images, labels)
+
+    cases = [(lambda i, l: (i, np.where(np.arange(len(l)) == 2, 12, l)), "12 at index 2"),
+             (lambda i, l: (i[:0], l[:0]), "is empty")]
+    for spoil, needle in cases:
+        calls.clear()
+        monkeypatch.setattr(sources, "_tfds_split_to_numpy",
+                            lambda source, what: spoiled(source, what, spoil))
+        with tfds.testing.mock_data(num_examples=6):
+            with pytest.raises(ValueError) as e:
+                sources.load_digits("tfds:mnist", data_dir=str(tmp_path))
+        message = str(e.value)
+        assert "\n" not in message and needle in message
+        assert f"tfds:mnist/{['train', 'test'][split]}" in message

@@ -31,14 +31,20 @@ EXPECTED = {  # filename -> digits
 }
 
 
+def _pixels(entries):
+    """The random RGB pixels of each image of a split, by file name (the same on every call)."""
+    rng = np.random.default_rng(len(entries))
+    return {name: rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            for name, (h, w), _ in entries}
+
+
 def _write_split(root, split, entries):
     folder = os.path.join(root, split)
     os.makedirs(folder)
-    rng = np.random.default_rng(len(entries))
+    pixels = _pixels(entries)
     records = []
-    for name, (h, w), boxes in entries:
-        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(os.path.join(folder, name))
+    for name, _, boxes in entries:
+        Image.fromarray(pixels[name]).save(os.path.join(folder, name))
         array = np.array(boxes, np.float64)
         records.append(digit_struct.ImageBoxes(name, array[:, :4], array[:, 4].astype(np.int32)))
     digit_struct.write_digit_struct(os.path.join(folder, "digitStruct.mat"), records)
@@ -96,6 +102,17 @@ def test_crop_matches_box_content():
     assert out[2:-2, 1:6].min() == 255 and out[2:-2, 10:].max() == 0
 
 
+def _expected_box(boxes, context):
+    """The crop the paper describes, written out: the union of the digit boxes grown by 30%
+    (times `context`) about its centre, as `(x0, y0, x1, y1)`."""
+    boxes = np.array(boxes, np.float64)[:, :4]
+    x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
+    x1, y1 = (boxes[:, 0] + boxes[:, 2]).max(), (boxes[:, 1] + boxes[:, 3]).max()
+    cx, cy, grow = (x0 + x1) / 2, (y0 + y1) / 2, 1.3 * context
+    return np.array([cx - (cx - x0) * grow, cy - (cy - y0) * grow,
+                     cx + (x1 - cx) * grow, cy + (y1 - cy) * grow])
+
+
 @pytest.mark.parametrize("config,size", [("64px", 64), ("128px", 128)])
 def test_builder_from_manual_dir(manual_dir, tmp_path, config, size):
     builder = SvhnMultidigit(config=config, data_dir=str(tmp_path))
@@ -115,6 +132,12 @@ def test_builder_from_manual_dir(manual_dir, tmp_path, config, size):
             name = name.decode() if isinstance(name, bytes) else name
             assert example["image"].shape == (size, size, 3)
             assert example["image"].dtype == np.uint8
+            # The image is the crop around its digits, not e.g. the whole picture resized.
+            entries = {"train": TRAIN, "test": TEST}[split]
+            boxes = {n: b for n, _, b in entries}[name]
+            box = _expected_box(boxes, {"64px": 1.0, "128px": 2.0}[config])
+            want = crops.crop_and_resize(_pixels(entries)[name], box, size)
+            np.testing.assert_array_equal(example["image"], want)
             digits = expected[name]
             want = digits + [10] * (5 - len(digits))
             np.testing.assert_array_equal(example["label"], want)

@@ -38,6 +38,65 @@ def test_random_and_centre_crops():
     np.testing.assert_allclose(centre, images[:, 2:6, 2:6] / 255.0)
 
 
+def test_train_batches_pair_each_image_with_its_own_label():
+    """Image i is filled with a value computed from label i; every batch row must agree.
+
+    Catches labels gathered with other indices than the images (e.g. reversed), which
+    shape-only tests cannot see.
+    """
+    n = 20
+    labels = np.full((n, 5), 10, np.int32)
+    labels[:, 0], labels[:, 1] = np.arange(n) // 10, np.arange(n) % 10
+    code = lambda label: 10 * label[..., 0] + label[..., 1] + 1  # noqa: E731  in 1..20
+    images = np.broadcast_to(code(labels).astype(np.uint8)[:, None, None, None],
+                             (n, 8, 8, 3)).copy()
+    seen = []
+    for step in range(7):  # 7 batches of 6 cross two epochs of 20
+        batch = svhn_input.svhn_train_batch(jax.numpy.asarray(images), jax.numpy.asarray(labels),
+                                            3, step, batch_size=6, crop_size=5)
+        pixels = np.asarray(batch["image"]) * 255.0
+        np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
+        from_image = np.round(pixels[:, 0, 0, 0]).astype(int)
+        assert (pixels.min(axis=(1, 2, 3)) == pixels.max(axis=(1, 2, 3))).all()
+        np.testing.assert_array_equal(from_image, code(np.asarray(batch["label"])))
+        seen += from_image.tolist()
+    assert sorted(seen[:n]) == list(range(1, n + 1))  # the first epoch visits every example
+
+
+class _FakeBuilder:
+    """The few parts of a prepared tfds builder that `read_split` reads."""
+
+    name = "svhn_multidigit"
+
+    def __init__(self, labels):
+        self.builder_config = type("Config", (), {"name": "64px", "size": 4})()
+        self._examples = [{"image": np.zeros((4, 4, 3), np.uint8), "label": np.asarray(l)}
+                          for l in labels]
+
+    def as_data_source(self, split):
+        examples = self._examples
+
+        class Source(list):
+            def __getitems__(self, keys):
+                return [self[k] for k in keys]
+
+        return Source(examples)
+
+
+@pytest.mark.parametrize("labels,needle", [
+    ([[1, 2, 10, 10, 10], [3, 11, 10, 10, 10]], "11 at index [1, 1]"),
+    ([[1, 2, 10, 10, 10], [-1, 10, 10, 10, 10]], "-1 at index [1, 0]"),
+    ([[1, 2, 10, 10, 10], [2 ** 40, 10, 10, 10, 10]], f"{2 ** 40} at index [1, 0]"),
+    ([], "is empty"),
+])
+def test_read_split_refuses_bad_labels_and_empty_splits(labels, needle):
+    with pytest.raises(ValueError) as e:
+        svhn_input.read_split(_FakeBuilder(labels), "test", 0)
+    message = str(e.value)
+    assert "\n" not in message and needle in message
+    assert "svhn_multidigit/64px split 'test'" in message
+
+
 def test_load_builds_from_manual_dir_and_batches(manual_dir, tmp_path):
     data = sequences.load_data(_config(manual_dir, tmp_path, validation_size=0))
     assert data.input_shape == (54, 54, 3)

@@ -3,6 +3,8 @@
 - `stn.data.sources.load_digits(source)`: `tfds:NAME`, `idx:DIR` or `sample` -> `DigitSet`.
 - `stn.data.distortions.get(name)`: `none`, `r`, `rts`, `p`, `e`, `tc` -> `Distortion`.
 - `stn.data.pipeline.train_batch` / `test_set`: deterministic batches from `(seed, step)`.
+- `stn.data.arrays.check_*`: label, image and emptiness checks where data enters (one line).
+- `stn.data.external.load(spec, num_classes=...)`: checked `npz:FILE` / `idx:DIR` for eval.
 """
 from stn.data.sources import DigitSet, load_digits
 

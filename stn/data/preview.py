@@ -65,6 +65,19 @@ def render_grid(rows: list[np.ndarray], names: list[str], zoom: int = 2) -> Imag
     return canvas
 
 
+def check_flags(num: int, zoom: int, names: list[str]) -> None:
+    """One-line ValueErrors for flags that would draw nothing or something absurd.
+
+    (A negative `--num` used to slice from the end, `[:-3]`, drawing every digit but three.)
+    """
+    if num < 1:
+        raise ValueError(f"--num={num}: expected a positive number of examples per row")
+    if zoom < 1:
+        raise ValueError(f"--zoom={zoom}: expected a positive integer upscaling")
+    if not names:
+        raise ValueError(f"--distortions is empty: expected some of {', '.join(distortions.NAMES)}")
+
+
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
@@ -73,9 +86,13 @@ def main(argv: list[str]) -> None:
     else:
         source, names = _SOURCE.value or "sample", list(_DISTORTIONS.value)
     try:
+        check_flags(_NUM.value, _ZOOM.value, names)
         for name in names:
             distortions.recipe(name)  # one-line error for an unknown name, before loading data
         digits = sources.load_digits(source)
+        if _NUM.value > len(digits.test_images):
+            raise ValueError(f"--num={_NUM.value}: {source} has only {len(digits.test_images)} "
+                             f"test digits")
     except ValueError as e:  # a one-line message, not a traceback
         raise SystemExit(f"error: {e}") from None
     rows = distortion_rows(digits.test_images[: _NUM.value], names, _SEED.value)

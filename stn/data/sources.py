@@ -20,12 +20,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stn.data import idx
+from stn.data import arrays, idx
 
 #: The embedded sample's directory (package data next to this module).
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
 
 ACCEPTED_FORMS = "'tfds:NAME' (e.g. tfds:mnist, tfds:fashion_mnist, tfds:kmnist), 'idx:DIR' or 'sample'"
+#: Digit classes 0..9: every source's labels must lie in this range.
+NUM_CLASSES = 10
 
 # Where tfds downloads each set from; used only for a quick reachability check.
 _DOWNLOAD_HOSTS = {
@@ -59,7 +61,7 @@ def load_digits(source: str, *, data_dir: str | None = None) -> DigitSet:
     if source == "sample":
         return _load_idx_dir(SAMPLE_DIR, "sample")
     if source.startswith("idx:"):
-        return _load_idx_dir(os.path.expanduser(source[4:]), source)
+        return _load_idx_dir(idx_directory(source), source)
     return _load_tfds(source[5:], data_dir=data_dir)
 
 
@@ -69,19 +71,45 @@ def check_source(source: str, *, field: str = "data source") -> None:
     if not isinstance(source, str):
         raise ValueError(f"{field} must be a string, one of {ACCEPTED_FORMS}; got {source!r}")
     if source.startswith("idx:") and len(source) > 4:
-        directory = os.path.expanduser(source[4:])
-        if not os.path.isdir(directory):
-            raise ValueError(f"{field}={source!r}: directory {directory} does not exist; point "
-                             f"idx: at a folder of MNIST IDX files, or use 'sample'")
+        idx_directory(source, field=field)
     elif source != "sample" and not (source.startswith("tfds:") and len(source) > 5):
         raise ValueError(f"{field}={source!r} is unknown: expected {ACCEPTED_FORMS}")
 
 
+def idx_directory(source: str, *, field: str = "data source") -> str:
+    """The folder of an `idx:DIR` source (`~` expanded), or a one-line error saying what it is.
+
+    The one place that checks an `idx:` path: a missing path and a plain file get different
+    messages, since "does not exist" about a file that exists sends the user looking elsewhere.
+    `field` names the setting in the message.
+    """
+    directory = os.path.expanduser(source[4:] if source.startswith("idx:") else source)
+    hint = "point idx: at a folder holding the four MNIST-format IDX files, or use 'sample'"
+    if os.path.isfile(directory):
+        raise ValueError(f"{field}={source!r}: {directory} is a file, not a directory; {hint}")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{field}={source!r}: directory {directory} does not exist; {hint}")
+    return directory
+
+
+def check_split(images: np.ndarray, labels: np.ndarray, *, images_what: str,
+                labels_what: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a digit set as loaded: non-empty, and int32 labels in 0..9 (or ValueError)."""
+    arrays.check_not_empty(images, what=images_what)
+    arrays.check_same_length(images, labels, what=f"{images_what} and {labels_what}")
+    return images, arrays.check_labels(labels, NUM_CLASSES, what=labels_what)
+
+
 def _load_idx_dir(directory: str, name: str) -> DigitSet:
-    """Reads both splits of an MNIST-format directory."""
-    train_images, train_labels = idx.read_split(directory, "train")
-    test_images, test_labels = idx.read_split(directory, "test")
-    return DigitSet(train_images, train_labels, test_images, test_labels, name)
+    """Reads both splits of an MNIST-format directory, checking each at load time."""
+    loaded = []
+    for split in ("train", "test"):
+        images, labels = idx.read_split(directory, split)
+        files = [idx.find_file(directory, idx.STANDARD_FILES[(split, kind)])
+                 for kind in ("images", "labels")]
+        loaded += check_split(images, labels, images_what=f"{name} {split} images {files[0]}",
+                              labels_what=f"{name} {split} labels {files[1]}")
+    return DigitSet(*loaded, name)
 
 
 def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
@@ -136,7 +164,9 @@ def _load_tfds(name: str, *, data_dir: str | None) -> DigitSet:
             raise _offline_error(name, data_dir, host) from None
         sources = tfds.data_source(name, split=splits, data_dir=data_dir, download=True)
     (train_images, train_labels), (test_images, test_labels) = [
-        _tfds_split_to_numpy(src, f"tfds:{name}/{s}") for src, s in zip(sources, splits)]
+        check_split(*_tfds_split_to_numpy(src, f"tfds:{name}/{s}"),
+                    images_what=f"tfds:{name}/{s} images", labels_what=f"tfds:{name}/{s} labels")
+        for src, s in zip(sources, splits)]
     return DigitSet(train_images, train_labels, test_images, test_labels, f"tfds:{name}")
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn.data import pipeline
+from stn.data import arrays, mnist_sequences, pipeline
 
 SVHN_VARIANTS = {"64px": 64, "128px": 128}
 _SVHN_CROP_STREAM = 3  # random-stream tag, apart from pipeline's 0..2 and 4
@@ -76,15 +76,21 @@ def svhn_builder(variant: str, *, data_dir: str | None = None, manual_dir: str |
 
 
 def read_split(builder, split: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images `[N, S, S, 3]` and int32 labels `[N, 5]` of a split (`a+b` allowed)."""
+    """uint8 images `[N, S, S, 3]` and int32 labels `[N, 5]` of a split (`a+b` allowed).
+
+    Refuses (one line) an empty split and labels outside 0..9 and the blank class 10.
+    """
     source = builder.as_data_source(split=split)
     n = len(source) if not limit else min(limit, len(source))
     size = builder.builder_config.size
     images = np.empty((n, size, size, 3), np.uint8)
-    labels = np.empty((n, 5), np.int32)
+    labels = np.empty((n, 5), np.int64)  # as stored; checked, then int32
     for start in range(0, n, 2048):
         keys = list(range(start, min(n, start + 2048)))
         for k, example in zip(keys, source.__getitems__(keys)):
             images[k] = example["image"]
             labels[k] = example["label"]
-    return images, labels
+    what = f"{builder.name}/{builder.builder_config.name} split {split!r}"
+    arrays.check_not_empty(images, what=f"{what} images")
+    return images, arrays.check_labels(labels, mnist_sequences.BLANK + 1, what=f"{what} labels",
+                                       example_shape=(mnist_sequences.MAX_DIGITS,))

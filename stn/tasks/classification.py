@@ -8,14 +8,13 @@ Config fields read here (configs/mnist.py): `data.source`, `data.distortion`,
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import numpy as np
 import optax
 
 from stn import sampling, transforms
-from stn.data import distortions, pipeline, sources
+from stn.data import arrays, distortions, external, pipeline, sources
 from stn.models import mnist
 from stn.tasks import Data, Task
 
@@ -93,9 +92,11 @@ def metrics(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
 
 
 def centre_on_canvas(images: np.ndarray, size: int, channels: int = 1) -> np.ndarray:
-    """uint8/float `[N,H,W]` or `[N,H,W,C]` -> float32 `[N,S,S,C]` in [0, 1], centred on zeros.
+    """uint8 (or float in [0, 1]) `[N,H,W]` or `[N,H,W,C]` -> float32 `[N,S,S,C]` in [0, 1],
+    centred on zeros.
 
-    Raises ValueError for images larger than the model's input or with the wrong channels.
+    Raises ValueError for images larger than the model's input, with the wrong channels, or of
+    another kind (`stn.data.arrays.check_images`).
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -104,8 +105,7 @@ def centre_on_canvas(images: np.ndarray, size: int, channels: int = 1) -> np.nda
         raise ValueError(f"images must be [N,H,W] or [N,H,W,C], got shape {images.shape}")
     if images.shape[-1] != channels:
         raise ValueError(f"images have {images.shape[-1]} channels; the model expects {channels}")
-    images = (images.astype(np.float32) / 255.0 if images.dtype == np.uint8
-              else images.astype(np.float32))
+    images = arrays.check_images(images, what="images")
     n, h, w, c = images.shape
     if h > size or w > size:
         raise ValueError(f"images are {h}x{w}, larger than the model's {size}x{size} input; "
@@ -114,22 +114,6 @@ def centre_on_canvas(images: np.ndarray, size: int, channels: int = 1) -> np.nda
     top, left = (size - h) // 2, (size - w) // 2
     canvas[:, top:top + h, left:left + w] = images
     return canvas
-
-
-def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """`image` and `label` arrays of an `.npz` file."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file {path}")
-    with np.load(path) as f:
-        missing = {"image", "label"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} must hold arrays 'image' and 'label'; it has "
-                             f"{sorted(f.files)}")
-        images, labels = f["image"], f["label"]
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{path}: 'label' must be [N] with N={images.shape[0]}, got "
-                         f"{labels.shape}")
-    return images, labels.astype(np.int32)
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
@@ -144,20 +128,12 @@ def load_eval_set(config, spec: str) -> tuple[dict, str]:
             raise ValueError("the config has no validation split (config.data.validation_size "
                              "is 0)")
         return validation, spec
-    size = input_shape(config)[0]
-    if spec.startswith("idx:"):
-        digits = sources.load_digits(spec)
-        images, labels = digits.test_images, digits.test_labels
-        tag = "idx_" + os.path.basename(os.path.normpath(spec[4:]))
-    elif spec.startswith("npz:"):
-        path = os.path.expanduser(spec[4:])
-        images, labels = _read_npz(path)
-        tag = "npz_" + os.path.splitext(os.path.basename(path))[0]
-    else:
+    if not spec.startswith(("idx:", "npz:")):
         raise ValueError(f"--data must be 'test', 'validation', 'idx:DIR' or 'npz:FILE', got "
                          f"{spec!r}")
-    return {"image": centre_on_canvas(images, size), "label": np.asarray(labels, np.int32)}, tag
-
+    loaded = external.load(spec, num_classes=NUM_CLASSES)
+    return {"image": centre_on_canvas(loaded.images, input_shape(config)[0]),
+            "label": loaded.labels}, loaded.tag
 
 TASK = Task(name="classification", validate_config=validate_config, load_data=load_data,
             input_shape=input_shape, make_model=make_model, loss=loss, metrics=metrics,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stn.data import mnist_sequences, pipeline, sources, svhn_input
+from stn.data import arrays, external, mnist_sequences, pipeline, sources, svhn_input
 from stn.models import svhn
 from stn.tasks import Data, Task
 
@@ -171,23 +171,12 @@ def metrics(outputs: dict[str, jax.Array], batch: dict) -> dict[str, jax.Array]:
     return {"error": 1.0 - sequence_correct(outputs, batch["label"]).astype(jnp.float32)}
 
 
-def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file {path}")
-    with np.load(path) as f:
-        if {"image", "label"} - set(f.files):
-            raise ValueError(f"{path} must hold arrays 'image' and 'label'; it has "
-                             f"{sorted(f.files)}")
-        return f["image"], f["label"]
-
-
 def fit_to_input(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """uint8 or float `[N, H, W, C]` -> float32 `[N, *shape]`: larger images centre-cropped (as
     the test crops), smaller ones centred on a black canvas."""
     if images.ndim != 4 or images.shape[-1] != shape[-1]:
         raise ValueError(f"images must be [N, H, W, {shape[-1]}], got shape {images.shape}")
-    images = (images.astype(np.float32) / 255.0 if images.dtype == np.uint8
-              else images.astype(np.float32))
+    images = arrays.check_images(images, what="images")
     size = shape[0]
     n, h, w, c = images.shape
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
@@ -210,15 +199,10 @@ def load_eval_set(config, spec: str) -> tuple[dict, str]:
     if not spec.startswith("npz:"):
         raise ValueError(f"--data for task 'sequences' must be 'test', 'validation' or "
                          f"'npz:FILE', got {spec!r}")
-    path = os.path.expanduser(spec[4:])
-    images, labels = _read_npz(path)
-    if labels.ndim != 2 or labels.shape != (images.shape[0], svhn.MAX_DIGITS):
-        raise ValueError(f"{path}: 'label' must be [N, {svhn.MAX_DIGITS}] with N="
-                         f"{images.shape[0]} (digits, {svhn.BLANK} after the end), got "
-                         f"{labels.shape}")
-    tag = "npz_" + os.path.splitext(os.path.basename(path))[0]
-    return {"image": fit_to_input(images, input_shape(config)),
-            "label": labels.astype(np.int32)}, tag
+    loaded = external.load(spec, num_classes=svhn.NUM_DIGIT_CLASSES,
+                           label_shape=(svhn.MAX_DIGITS,))
+    return {"image": fit_to_input(loaded.images, input_shape(config)),
+            "label": loaded.labels}, loaded.tag
 
 
 TASK = Task(name="sequences", validate_config=validate_config, load_data=load_data,
