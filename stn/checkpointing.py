@@ -36,9 +36,14 @@ def manager(workdir: str, *, max_to_keep: int | None = 3, read_only: bool = Fals
                                  item_names=("params", "opt_state", "meta"))
 
 
+def _key_name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
 def param_names(params: Any) -> list[str]:
-    """The path of every leaf of a parameter tree, e.g. `['classifier']['kernel'].value`."""
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    """The dotted path of every leaf of a parameter tree, e.g. `classifier.kernel`."""
+    return [".".join(_key_name(k) for k in path if _key_name(k) != "value")
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def digest(leaves: list) -> str:
@@ -82,9 +87,9 @@ def _order_by_name(saved: list[str], wanted: list[str], step: int) -> list[int]:
         extra = [n for n in saved if n not in set(wanted)][:3]
         raise CheckpointError(
             f"checkpoint {step} was saved from another model: the config's model has "
-            f"{missing or 'nothing'} that the checkpoint lacks, and the checkpoint has "
-            f"{extra or 'nothing'} that the model lacks (first differing paths); evaluate or "
-            f"resume with the run's own config")
+            f"{', '.join(missing) or 'nothing'} that the checkpoint lacks, and the checkpoint "
+            f"has {', '.join(extra) or 'nothing'} that the model lacks (first differing paths); "
+            f"evaluate or resume with the run's own config")
     position = {name: i for i, name in enumerate(saved)}
     return [position[name] for name in wanted]
 
@@ -101,8 +106,9 @@ def restore(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any 
     except Exception as e:  # orbax raises many kinds for missing or truncated files
         raise CheckpointError(f"checkpoint {step} is unreadable ({type(e).__name__})") from None
     p_leaves, p_def = jax.tree.flatten(params)
-    order = _order_by_name(meta.get("param_names", param_names(params)), param_names(params),
-                           step)
+    # Checkpoints written before digests were recorded stored other path names: by position.
+    saved_names = meta["param_names"] if "digest" in meta else param_names(params)
+    order = _order_by_name(saved_names, param_names(params), step)
     saved_abstract = [None] * len(p_leaves)
     for i, j in enumerate(order):
         saved_abstract[j] = _abstract([p_leaves[i]])[0]

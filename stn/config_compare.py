@@ -20,7 +20,8 @@ from typing import Any
 #: from the first time the prepared set is built.
 NON_COMPUTATIONAL = frozenset({
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.num_images", "eval.batch_size", "distributed", "data.manual_dir",
+    "train.num_images", "train.max_steps_in_flight", "eval.batch_size",
+    "eval.test_during_training", "distributed", "data.manual_dir",
 })
 STEPS = "train.steps"
 

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from stn import checkpointing, evaluation, layers, metrics_io, parallel, plots, sampling, tasks
+from stn import (checkpointing, config_compare, evaluation, layers, metrics_io, parallel, plots,
+                 sampling, tasks)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -209,6 +210,38 @@ def workdir_lock(workdir: str, enabled: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def divergence_message(step: int, loss: float, params_finite: bool, config, mngr) -> str:
+    """One line: the step, what diverged, what is kept on disk, and what to change."""
+    what = f"the loss is {loss:.4g}" + ("" if params_finite else
+                                       " and the parameters are not finite")
+    newest = mngr.latest_step()
+    kept = (f"the newest checkpoint is step {newest} in {mngr.directory}" if newest is not None
+            else "no checkpoint had been saved yet")
+    return (f"training diverged at step {step}: {what} (train.loss_limit="
+            f"{float(config.train.get('loss_limit', 1e4)):g}); nothing from that step on was saved "
+            f"and {kept}; "
+            f"lower config.train.learning_rate (now {config.train.learning_rate}) or "
+            f"config.model.loc_lr_multiplier, and rerun in a fresh --workdir")
+
+
+def check_same_run(workdir: str, config) -> None:
+    """Refuses (one line) to continue a run in `workdir` made with another config: resuming
+    needs the same computation (`stn.config_compare`; `train.steps` may grow)."""
+    path = os.path.join(workdir, "config.json")
+    started = any(os.path.exists(os.path.join(workdir, name))
+                  for name in ("checkpoints", "metrics.jsonl", "results.json"))
+    if not (started and os.path.exists(path)):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = config.to_dict()
+    fields = config_compare.differing_fields(old, new, steps_may_grow=True)
+    if fields:
+        raise ValueError(f"{workdir} holds a run of another config "
+                         f"({config_compare.describe(old, new, fields)}); rerun with that run's "
+                         f"config to resume it, or start fresh in another --workdir")
+
+
 @functools.lru_cache(maxsize=None)
 def _transformer_view(graphdef):
     """Jitted `(state, images) -> (outputs, grids)`: each transformer's grid in the input frame
@@ -293,9 +326,10 @@ def train_and_evaluate(config, workdir: str, *,
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     with workdir_lock(workdir, enabled=is_main):
+        check_same_run(workdir, config)
         if is_main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+            metrics_io.write_text(os.path.join(workdir, "config.json"),
+                                  json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
         # -- data
         data = task.load_data(config)
@@ -361,16 +395,8 @@ def train_and_evaluate(config, workdir: str, *,
                 loss = float(values["loss"])
                 if not (math.isfinite(loss) and loss <= loss_limit and bool(values["finite"])):
                     writer.close()
-                    what = (f"the loss is {loss}" if math.isfinite(loss) and bool(values["finite"])
-                            else f"the loss is {loss} and the parameters are "
-                                 f"{'finite' if bool(values['finite']) else 'not finite'}")
-                    raise Diverged(
-                        f"training diverged at step {step_i}: {what} (train.loss_limit="
-                        f"{loss_limit:g}); nothing of it was saved; the newest checkpoint is "
-                        f"step {mngr.latest_step()} in {mngr.directory}; lower "
-                        f"config.train.learning_rate (now {config.train.learning_rate}) or "
-                        f"config.model.loc_lr_multiplier, and rerun in a fresh --workdir or "
-                        f"from that checkpoint")
+                    raise Diverged(divergence_message(step_i, loss, bool(values["finite"]),
+                                                      config, mngr))
                 window.add(values)
                 if step_callback is not None:
                     step_callback(step_i, {"loss": loss, "error": float(values["error"])})

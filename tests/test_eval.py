@@ -88,3 +88,33 @@ def test_eval_cli_last_line_is_json(trained):
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["test_error"] == pytest.approx(results["test_error"], abs=1e-9)
     assert last["num_examples"] == 200 and last["step"] == 20
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 1000])
+def test_evaluate_matches_numpy_at_every_eval_batch_size(batch_size):
+    """The metrics of `evaluation.evaluate` equal an independent numpy computation from the
+    model's logits, whatever the batch size (the padded last batch is masked out)."""
+    import jax
+    from flax import nnx
+    from stn import tasks
+
+    config = tt.small_config("unused")
+    task = tasks.for_config(config)
+    model = task.make_model(config, (28, 28, 1), nnx.Rngs(params=3))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(150, 28, 28, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, 150).astype(np.int32)
+    logits = np.asarray(model(images), np.float64) * 40.0  # sharpen: errors and losses vary
+    model.classifier.classifier.kernel.value = model.classifier.classifier.kernel.value * 40.0
+    model.classifier.classifier.bias.value = model.classifier.classifier.bias.value * 40.0
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected_loss = -log_softmax[np.arange(150), labels].mean()
+    expected_error = (logits.argmax(axis=1) != labels).mean()
+    graphdef, state = nnx.split(model)
+    got = evaluation.evaluate(task, graphdef, state, {"image": images, "label": labels},
+                              batch_size=batch_size)
+    assert got["num_examples"] == 150
+    assert got["error"] == pytest.approx(expected_error, abs=1e-9)
+    assert got["loss"] == pytest.approx(expected_loss, rel=1e-4)
+    assert 0.5 < expected_error < 1 and expected_loss > 1  # the check is not trivial

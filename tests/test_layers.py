@@ -154,3 +154,25 @@ def test_max_pool_shares_the_gradient_of_ties_and_rejects_bad_padding():
     np.testing.assert_allclose(jax.grad(lambda x: layers.max_pool(x).sum())(x), 0.25)
     with pytest.raises(ValueError, match="padding must be"):
         layers.max_pool(x, 2, padding="FULL")
+
+
+@pytest.mark.parametrize("kernel,padding,align_corners", [
+    ("nearest", "border", True), ("bilinear", "reflection", False), ("bilinear", "zeros", True)])
+def test_transformer_samples_with_its_kernel_padding_and_align_corners(kernel, padding,
+                                                                       align_corners):
+    """Away from the identity the sampler's settings matter: the module's output is the sampler
+    called with the configured ones, and differs from the default settings'."""
+    from stn import sampling
+    x = _images(batch=2, size=10)
+    t = transforms.get("affine")
+    loc = layers.FullyConnectedLocNet(x.shape[1:], t.identity(), hidden=(4,), rngs=nnx.Rngs(0))
+    theta = jnp.array([1.3, 0.2, 0.37, -0.1, 0.9, -0.45])  # zoom out, shear, shift: off-grid
+    loc.regression.bias.value = theta
+    st = layers.SpatialTransformer(loc, "affine", (9, 11), kernel=kernel, padding=padding,
+                                   align_corners=align_corners)
+    grid = t.grid(jnp.tile(theta, (2, 1)), 9, 11, align_corners=align_corners)
+    expected = sampling.sample(x, grid, kernel=kernel, padding=padding,
+                               align_corners=align_corners)
+    np.testing.assert_allclose(st(x), expected, atol=1e-6)
+    default = sampling.sample(x, t.grid(jnp.tile(theta, (2, 1)), 9, 11))
+    assert float(jnp.abs(st(x) - default).max()) > 1e-2
