@@ -58,26 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Paper, appendix A.1: SGD, batch 256, lr 0.01 divided by 10 every 50k steps, 150k steps,
     # no weight decay, no dropout. Momentum (unstated): 0, plain SGD.
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 150_000
-    c.train.batch_size = 256
-    c.train.learning_rate = 0.01
-    c.train.momentum = 0.0
-    c.train.weight_decay = 0.0
-    c.train.grad_clip_norm = 0.0  # off; > 0 clips the gradient's global norm
-    c.train.lr_decay_every = 50_000
-    c.train.lr_decay_factor = 0.1
-    c.train.loss_limit = 1e4  # a larger (finite) loss stops the run as diverged
-    c.train.log_every = 100
-    c.train.eval_every = 10_000
-    c.train.checkpoint_every = 5_000
-    c.train.keep_checkpoints = 3
-    c.train.num_images = 16  # test inputs shown in the picture at each evaluation
-    c.train.max_steps_in_flight = 0  # 0: 50 on a GPU/TPU, 1 on the CPU
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 1000
-    c.eval.test_during_training = False  # True: the test set too at every evaluation
+    c.train, c.eval = config_args.run_sections(
+        steps=150_000, batch_size=256, learning_rate=0.01, lr_decay_every=50_000,
+        eval_batch_size=1000)
 
     if picked["preset"] == "quick":
         c.data.source = "sample"

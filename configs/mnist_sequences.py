@@ -61,23 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fc_widths = FULL_FC if full else SMALL_FC
     c.model.loc_lr_multiplier = 0.1  # as the paper's SVHN models
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 20_000
-    c.train.batch_size = 128
-    c.train.learning_rate = 0.005
-    c.train.momentum = 0.9
-    c.train.weight_decay = 0.0
-    c.train.grad_clip_norm = 10.0  # keeps one bad batch from throwing a transformer off (docs/svhn.md)
-    c.train.lr_decay_every = 8_000
-    c.train.lr_decay_factor = 0.1
-    c.train.log_every = 100
-    c.train.eval_every = 2_000
-    c.train.checkpoint_every = 2_000
-    c.train.keep_checkpoints = 3
-    c.train.num_images = 16
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 500
+    c.train, c.eval = config_args.run_sections(
+        steps=20_000, batch_size=128, learning_rate=0.005, momentum=0.9, lr_decay_every=8_000,
+        eval_every=2_000, checkpoint_every=2_000,
+        grad_clip_norm=10.0)  # keeps one bad batch from throwing a transformer off (docs/svhn.md)
 
     if picked["length"] == "short":
         c.train.steps = 4_000

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_collections
+
 
 def parse(arg: str | None, *, where: str, choices: Mapping[str, Sequence[str]] | None = None,
           **defaults: Any) -> dict[str, Any]:
@@ -83,3 +85,34 @@ def _scalar(where: str, key: str, text: str, kind: type) -> Any:
         return kind(text)
     except ValueError:
         raise ValueError(f"{where}: {key}={text!r}: expected a {kind.__name__}") from None
+
+
+def run_sections(**train: Any) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """The `train` and `eval` sections every config has, with the trainer's defaults.
+
+    Keyword arguments set `train.*` fields, and `eval_batch_size` sets `eval.batch_size`;
+    `steps`, `batch_size`, `learning_rate` and `lr_decay_every` are required (they are each
+    experiment's recipe). Having every field in every config lets the command line override it.
+    """
+    missing = {"steps", "batch_size", "learning_rate", "lr_decay_every"} - set(train)
+    if missing:
+        raise TypeError(f"run_sections needs {', '.join(sorted(missing))}")
+    evaluation = ml_collections.ConfigDict({
+        "batch_size": train.pop("eval_batch_size", 500),
+        "test_during_training": False,  # True: the test set too at every evaluation
+    })
+    fields = {
+        "momentum": 0.0, "weight_decay": 0.0,
+        "grad_clip_norm": 0.0,  # > 0: rescale the gradient to at most this global norm
+        "lr_decay_factor": 0.1,  # the lr is multiplied by it every lr_decay_every steps
+        "loss_limit": 1e4,  # a larger (finite) training loss stops the run as diverged
+        "log_every": 100, "eval_every": 10_000, "checkpoint_every": 5_000, "keep_checkpoints": 3,
+        "num_images": 16,  # test inputs in the picture at each evaluation
+        "max_steps_in_flight": 0,  # 0: 50 on a GPU/TPU, 1 on the CPU
+    }
+    unknown = set(train) - set(fields) - missing - {"steps", "batch_size", "learning_rate",
+                                                    "lr_decay_every"}
+    if unknown:
+        raise TypeError(f"run_sections got unknown train fields {sorted(unknown)}")
+    fields.update(train)
+    return ml_collections.ConfigDict(fields), evaluation

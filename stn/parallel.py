@@ -7,6 +7,7 @@ passes the same numpy array (all processes read the same data).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -59,3 +60,20 @@ def padded_batch(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.
     padded = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
               for k, v in batch.items()}
     return padded, mask
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize()` for a multi-process run.
+
+    On SLURM, Open MPI, Kubernetes and TPU pods jax finds the coordinator, the process count
+    and this process's id itself. Elsewhere set `JAX_COORDINATOR_ADDRESS` (read by jax) and
+    `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (read here) on every process.
+    """
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    if count is None or index is None:
+        jax.distributed.initialize()
+        return
+    try:
+        jax.distributed.initialize(num_processes=int(count), process_id=int(index))
+    except ValueError as e:
+        raise ValueError(f"JAX_NUM_PROCESSES={count!r}, JAX_PROCESS_ID={index!r}: {e}") from None

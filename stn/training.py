@@ -319,7 +319,7 @@ def train_and_evaluate(config, workdir: str, *,
     # -- setup: check everything before any work; one run per workdir
     t_start = time.time()
     if config.get("distributed", False):
-        jax.distributed.initialize()
+        parallel.initialize_distributed()
     task = tasks.for_config(config)
     task.validate_config(config)
     validate_train_config(config)
