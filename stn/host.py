@@ -22,8 +22,7 @@ def keep_freed_memory() -> bool:
     """Stops glibc from handing XLA's large temporary buffers back to the OS after each call.
 
     By default glibc serves big allocations with mmap and trims freed memory, so every jitted
-    step page-faults its whole working set in again (docs/performance.md measured 18k-24k faults
-    per sampler call; the MNIST train step took 1183 ms instead of 798 ms). This is the in-process
+    step page-faults its whole working set in again (docs/performance.md). This is the in-process
     form of `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647
     MALLOC_ARENA_MAX=1`. Returns False (and changes nothing) where libc has no mallopt.
     """
@@ -41,9 +40,8 @@ def split_cpu(devices: int) -> None:
     """Runs JAX's CPU backend as `devices` devices (each taking part of the cores), so that the
     data-parallel training step splits every batch over them.
 
-    XLA:CPU parallelises one convolution poorly over cores; a device per core does better (the
-    MNIST ST-CNN train step on 2 cores: 484 -> 368 ms per batch of 256, `benchmarks/
-    train_step.py --variants xla,sharded2`). Same results up to float rounding (the mean over the
+    XLA:CPU parallelises one convolution poorly over cores; a device per core does better
+    (docs/performance.md). Same results up to float rounding (the mean over the
     batch is summed in another order). Must run before JAX executes anything; only the CPU
     backend changes, a GPU or TPU run is unaffected.
     """
@@ -70,8 +68,7 @@ def deterministic_gpu_ops() -> None:
 
     On a GPU the sampler's backward is a scatter-add with atomics, so its sums land in a
     different order each run (as in torch's CUDA grid_sample backward). The flag makes XLA sort
-    scatters and reduce in a fixed order. Measured on an H200 (docs/performance.md): the sampler's
-    forward+backward 5x to 14x slower, the MNIST ST-CNN train step 2.1 -> 2.8 ms. CPU runs are
+    scatters and reduce in a fixed order, at a cost in speed (docs/performance.md). CPU runs are
     deterministic already and unaffected.
     """
     if _backends_started():

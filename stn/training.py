@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from stn import (checkpointing, config_compare, evaluation, layers, metrics_io, parallel, plots,
-                 sampling, tasks)
+from stn import (checkpointing, config_compare, evaluation, layers, metrics_io, models, parallel,
+                 plots, sampling, tasks)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -341,8 +341,8 @@ def train_and_evaluate(config, workdir: str, *,
         # -- model and optimizer
         model = task.make_model(config, data.input_shape, nnx.Rngs(params=config.seed))
         graphdef, state = nnx.split(model)
+        num_params = models.num_params(model)
         tx, schedule = make_optimizer(config, state, model)
-        num_params = int(sum(x.size for x in jax.tree.leaves(state)))
         state = jax.device_put(state, replicated)
         opt_state = jax.jit(tx.init, out_shardings=replicated)(state)
         train_step = jax.jit(make_train_step(graphdef, tx, task),

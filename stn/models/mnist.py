@@ -87,7 +87,6 @@ class STClassifier(nnx.Module):
 
 
 MODEL_NAMES = ("fcn", "cnn", "st_fcn", "st_cnn")
-ST_TRANSFORMS = ("affine", "projective", "tps")
 
 
 def _get(config, key, default):
