@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.kernel = "bilinear"
     c.model.padding = "zeros"
     c.model.st_output_size = 0  # 0: the input's size
+    c.model.st_pool = 1  # > 1: average-pool the transformer's output (paper: 2 for RTS and TC)
     c.model.loc_lr_multiplier = 1.0  # the localisation nets learn at this multiple of the lr
 
     # Paper, appendix A.1: SGD, batch 256, lr 0.01 divided by 10 every 50k steps, 150k steps,

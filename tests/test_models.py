@@ -51,3 +51,18 @@ def test_st_output_size_downsamples():
     x = np.zeros((1, 60, 60, 1), np.float32)
     assert model.transformer(x).shape == (1, 30, 30, 1)
     assert model(x).shape == (1, 10)
+
+
+def test_st_pool_average_pools_the_transformer_output():
+    """`st_pool=2` (the paper's RTS and TC models): the classifier sees the transformer's output
+    average-pooled 2x2; a CNN that no longer fits its input is a one-line error."""
+    model = get_model({"name": "st_fcn", "transform": "affine", "st_pool": 2}, 42, nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (3, 42, 42, 1))
+    pooled = nnx.avg_pool(model.transformer(x), (2, 2), strides=(2, 2))
+    assert pooled.shape == (3, 21, 21, 1)
+    np.testing.assert_allclose(model(x), model.classifier(pooled), rtol=1e-6)
+    assert model.classifier.hidden.layers[0].in_features == 21 * 21
+    with pytest.raises(ValueError, match=r"CNN: input \(21, 21, 1\) is too small"):
+        get_model({"name": "st_cnn", "transform": "affine", "st_pool": 2}, 42, nnx.Rngs(0))
+    assert get_model({"name": "st_cnn", "transform": "affine", "st_pool": 2,
+                      "st_output_size": 52}, 42, nnx.Rngs(0))(x).shape == (3, 10)

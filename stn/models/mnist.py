@@ -56,7 +56,7 @@ class CNN(nnx.Module):
         self.conv2 = layers.valid_conv(features[0], features[1], 7, rngs=rngs)
         height, width = (height - 6) // 2, (width - 6) // 2
         if height < 1 or width < 1:
-            raise ValueError(f"CNN: input {tuple(input_shape)} is too small (needs at least 22x22)")
+            raise ValueError(f"CNN: input {tuple(input_shape)} is too small (needs at least 24x24)")
         self.classifier = nnx.Linear(height * width * features[1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -71,15 +71,24 @@ class CNN(nnx.Module):
 
 
 class STClassifier(nnx.Module):
-    """A spatial transformer at the input, then a classification network (ST-FCN, ST-CNN)."""
+    """A spatial transformer at the input, then a classification network (ST-FCN, ST-CNN).
 
-    def __init__(self, transformer: layers.SpatialTransformer, classifier: nnx.Module):
+    With `pool > 1` the transformer's output is average-pooled `pool x pool` before the
+    classifier (the paper's RTS and TC models: the classifier sees a down-sampled crop).
+    """
+
+    def __init__(self, transformer: layers.SpatialTransformer, classifier: nnx.Module,
+                 pool: int = 1):
         self.transformer = transformer
         self.classifier = classifier
+        self.pool = int(pool)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> logits `[B, num_classes]`."""
-        return self.classifier(self.transformer(x))
+        h = self.transformer(x)
+        if self.pool > 1:
+            h = nnx.avg_pool(h, (self.pool, self.pool), strides=(self.pool, self.pool))
+        return self.classifier(h)
 
     def transformer_grids(self, x: jax.Array) -> list[jax.Array]:
         """The transformer's sampling grid `[B, H_out, W_out, 2]` (it sits on the input)."""
@@ -97,9 +106,13 @@ def _get(config, key, default):
 
 
 def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
-           st_output_size: int | None = None, kernel: str = "bilinear", padding: str = "zeros",
-           rngs: nnx.Rngs) -> nnx.Module:
-    """Builds the model `name` (one of `MODEL_NAMES`) for one example of shape `(H, W, C)`."""
+           st_output_size: int | None = None, st_pool: int = 1, kernel: str = "bilinear",
+           padding: str = "zeros", rngs: nnx.Rngs) -> nnx.Module:
+    """Builds the model `name` (one of `MODEL_NAMES`) for one example of shape `(H, W, C)`.
+
+    ST models: the transformer outputs `st_output_size` squared (default the input's size),
+    average-pooled by `st_pool` before the classifier.
+    """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown MNIST model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     height, width, channels = (int(d) for d in input_shape)
@@ -109,7 +122,9 @@ def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
         return CNN(input_shape, rngs=rngs)
     identity = transforms.get(transform).identity()
     out_hw = (height, width) if not st_output_size else (int(st_output_size),) * 2
-    out_shape = (*out_hw, channels)
+    if st_pool < 1:
+        raise ValueError(f"st_pool must be >= 1, got {st_pool}")
+    out_shape = (out_hw[0] // st_pool, out_hw[1] // st_pool, channels)
     if name == "st_fcn":
         loc_net = layers.FullyConnectedLocNet(input_shape, identity, hidden=ST_FCN_LOC_HIDDEN,
                                               rngs=rngs)
@@ -119,14 +134,15 @@ def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
         classifier = CNN(out_shape, rngs=rngs)
     transformer = layers.SpatialTransformer(loc_net, transform, out_hw, kernel=kernel,
                                             padding=padding)
-    return STClassifier(transformer, classifier)
+    return STClassifier(transformer, classifier, pool=st_pool)
 
 
 def get_model(model_config, input_size: int | Sequence[int], rngs: nnx.Rngs,
               channels: int = 1) -> nnx.Module:
     """The model named by `model_config.name` for square (or `(H, W)`) inputs of `input_size`.
 
-    Reads `name`, and for ST models `transform`, optional `st_output_size`, `kernel`, `padding`.
+    Reads `name`, and for ST models `transform`, optional `st_output_size`, `st_pool`, `kernel`,
+    `padding`.
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
@@ -134,6 +150,7 @@ def get_model(model_config, input_size: int | Sequence[int], rngs: nnx.Rngs,
         _get(model_config, "name", None), (*input_size, channels),
         transform=_get(model_config, "transform", "affine"),
         st_output_size=_get(model_config, "st_output_size", None),
+        st_pool=int(_get(model_config, "st_pool", 1)),
         kernel=_get(model_config, "kernel", "bilinear"),
         padding=_get(model_config, "padding", "zeros"),
         rngs=rngs,

@@ -12,6 +12,7 @@ import functools
 import jax
 import numpy as np
 import optax
+from flax import nnx
 
 from stn import sampling, transforms
 from stn.data import arrays, distortions, external, pipeline, sources
@@ -41,6 +42,13 @@ def validate_config(config) -> None:
     if int(config.data.get("validation_size", 0)) < 0:
         raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
                          f">= 0 (0: no validation split)")
+    try:  # builds nothing: shapes only, so a network too big for its input fails here
+        nnx.eval_shape(lambda: make_model(config, input_shape(config), nnx.Rngs(0)))
+    except ValueError as e:
+        raise ValueError(f"config.model ({config.model.name}, st_output_size="
+                         f"{config.model.get('st_output_size', 0)}, st_pool="
+                         f"{config.model.get('st_pool', 1)}) on {config.data.distortion} "
+                         f"inputs: {e}") from None
 
 
 def input_shape(config) -> tuple[int, int, int]:
