@@ -3,7 +3,7 @@
 
 An argument is comma-separated pieces:
 - a bare word from one of the named `choices` groups picks that group's value
-  (`rts` -> `distortion="rts"`);
+  (`rts` -> `distortion="rts"`; `distortion=rts` says the same);
 - `key=value` sets a key, typed like its default (bool, int, float, str); a list or tuple default
   makes it a list (`lrs=0.01,0.03`);
 - any other bare piece continues the previous `key=value` (list items, or commas inside a string
@@ -39,7 +39,13 @@ def parse(arg: str | None, *, where: str, choices: Mapping[str, Sequence[str]] |
             continue
         if "=" in word:
             last, value = (part.strip() for part in word.split("=", 1))
-            if last not in defaults or last in choices:
+            if last in choices:  # `group=word` picks like the bare word
+                if value.lower() not in choices[last]:
+                    raise ValueError(f"{where}: {last}={value!r}; expected one of "
+                                     f"{', '.join(choices[last])}")
+                picked[last], last = value.lower(), None
+                continue
+            if last not in defaults:
                 raise ValueError(f"{where}: unknown argument {last!r}; expected "
                                  f"{_accepted(choices, defaults)}")
             raw[last] = [value]

@@ -192,11 +192,14 @@ def locate_config(spec: str) -> str:
 
 
 def point_command(p: Mapping[str, Any], workdir: str | os.PathLike, *,
-                  python: str = sys.executable, train_script: str | None = None) -> list[str]:
-    """The argv list that runs one point: python train.py --config=... --workdir=... --config.K=V."""
+                  python: str = sys.executable, train_script: str | None = None,
+                  train_flags: Sequence[str] = ()) -> list[str]:
+    """The argv list that runs one point: python train.py --config=... --workdir=... --config.K=V,
+    then `train_flags` (process settings of train.py that are not config fields, e.g.
+    `--cpu_devices=2`)."""
     return [python, train_script or default_train_script(),
             f"--config={locate_config(p['config'])}", f"--workdir={point_dir(p, workdir)}",
-            *config_compare.override_args(p.get("overrides", {}))]
+            *config_compare.override_args(p.get("overrides", {})), *train_flags]
 
 
 def point_dir(p: Mapping[str, Any], workdir: str | os.PathLike) -> Path:
@@ -427,7 +430,8 @@ def child_env(parallel: int) -> dict[str, str]:
 
 def run_sweep(points: Sequence[dict[str, Any]], workdir: str | os.PathLike, *, parallel: int = 1,
               python: str = sys.executable, train_script: str | None = None,
-              skipped: Sequence[str] = (), log=print) -> dict[str, Any]:
+              skipped: Sequence[str] = (), train_flags: Sequence[str] = (),
+              log=print) -> dict[str, Any]:
     """Run `points`, `parallel` at a time; a failure does not stop the others, a signal does.
 
     `skipped` names the points left out as finished (reported only). On SIGTERM or SIGINT the
@@ -456,7 +460,8 @@ def run_sweep(points: Sequence[dict[str, Any]], workdir: str | os.PathLike, *, p
             with lock:
                 summary["not_started"].append(p["name"])
             return
-        argv = point_command(p, workdir, python=python, train_script=train_script)
+        argv = point_command(p, workdir, python=python, train_script=train_script,
+                             train_flags=train_flags)
         outcome = run_point(argv, point_dir(p, workdir), env=env, stop=stop)
         with lock:
             if outcome.get("not_started"):
@@ -530,6 +535,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     workdir = Path(f.workdir).absolute()
     train_script = f.train_script or default_train_script()
+    train_flags = [f"--cpu_devices={f.cpu_devices}"] if f.cpu_devices != 1 else []
     plan = plan_sweep(points, workdir)
     if plan.changed and not f.rerun_changed:
         raise ValueError(changed_error(plan, workdir))
@@ -542,7 +548,8 @@ def main(argv: Sequence[str]) -> int:
     todo = [p for p in points if p["name"] in run_names]  # in the sweep's order
 
     def command(p):
-        return point_command(p, workdir, python=f.python, train_script=train_script)
+        return point_command(p, workdir, python=f.python, train_script=train_script,
+                             train_flags=train_flags)
 
     if f.dry_run or f.emit:
         lines = [shlex.join(command(p)) for p in todo]
@@ -556,7 +563,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     write_manifest(points, workdir, [command(p) for p in points], f.sweep)
     summary = run_sweep(todo, workdir, parallel=f.parallel, python=f.python,
-                        train_script=train_script, skipped=plan.skipped)
+                        train_script=train_script, skipped=plan.skipped, train_flags=train_flags)
     print(format_summary(summary), flush=True)
     if summary["signal"] is not None:
         print(stopped_message(summary), file=sys.stderr)
@@ -577,6 +584,8 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("rerun_changed", False, "Points whose existing run has another config: "
                          "move those runs to WORKDIR.superseded/ and run the points afresh "
                          "(default: refuse, naming the differing fields).")
+    flags.DEFINE_integer("cpu_devices", 1, "Passed to every train.py as --cpu_devices (JAX's CPU "
+                         "backend as this many devices; faster on a CPU, docs/performance.md).")
     flags.DEFINE_string("python", sys.executable, "Python interpreter for the training processes.")
     flags.DEFINE_string("train_script", None, "Training script each point runs (default: the "
                         "train.py beside the stn package).")

@@ -457,3 +457,9 @@ def test_real_train_py_two_point_sweep(tmp_path):
         assert result["num_test_examples"] == 2000  # the embedded sample's test split
     again = _run_cli(f"--sweep={sweep}", f"--workdir={workdir}", cwd=tmp_path)
     assert again.returncode == 0 and "0 done, 2 skipped" in again.stdout, again.stdout
+
+
+def test_cpu_devices_flag_reaches_every_train_command(tmp_path):
+    p = sweeps.point("a", "configs/mnist.py:quick", {"seed": 1})
+    argv = sweeps.point_command(p, tmp_path, python="py", train_flags=["--cpu_devices=2"])
+    assert argv[-1] == "--cpu_devices=2" and "--config.seed=1" in argv
