@@ -1,6 +1,6 @@
 """Evaluates a run's checkpoint; the last line of stdout is one JSON object.
 
-    python eval.py --config=configs/mnist.py:quick --workdir=/tmp/quick
+    python eval.py --workdir=/tmp/quick                       # the run's own config.json
     python eval.py --config=configs/mnist.py:quick --workdir=/tmp/quick --data=npz:digits.npz
     python eval.py ... --data=idx:/path/to/mnist --checkpoint_step=1000
     python eval.py ... --data=validation
@@ -16,12 +16,13 @@ from ml_collections import config_flags
 from stn import evaluation, host
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The run's config file[:arg].", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "The run's config file[:arg]; default the "
+                                "config.json the run wrote in --workdir.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's workdir (holds checkpoints/).")
 flags.DEFINE_string("data", "test", "test, validation, or external data (e.g. idx:DIR, "
                     "npz:FILE).")
 flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step; default the latest.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -29,7 +30,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only manager saves nothing
     try:
-        result = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir,
+        config = FLAGS.config or evaluation.run_config(FLAGS.workdir)
+        result = evaluation.evaluate_checkpoint(config, FLAGS.workdir,
                                                 step=FLAGS.checkpoint_step, data=FLAGS.data)
     except ValueError as e:
         host.exit_with_message("eval.py", e, 1)

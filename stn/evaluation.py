@@ -9,11 +9,13 @@ This module names no task and does not import the trainer.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -58,6 +60,16 @@ def evaluate(task: tasks.Task, graphdef, state, dataset: dict[str, np.ndarray], 
         for key, value in jax.device_get(totals).items():
             sums[key] = sums.get(key, 0.0) + float(value)
     return {**{k: v / n for k, v in sums.items()}, "num_examples": int(n)}
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run recorded in `workdir/config.json` (what `train.py` resolved)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: pass --config (and the run's overrides), or "
+                         f"point --workdir at a run's folder")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def evaluate_checkpoint(config, workdir: str, *, step: int | None = None,

@@ -118,3 +118,21 @@ def test_evaluate_matches_numpy_at_every_eval_batch_size(batch_size):
     assert got["error"] == pytest.approx(expected_error, abs=1e-9)
     assert got["loss"] == pytest.approx(expected_loss, rel=1e-4)
     assert 0.5 < expected_error < 1 and expected_loss > 1  # the check is not trivial
+
+
+@pytest.mark.slow
+def test_eval_cli_reads_the_runs_own_config(trained):
+    """Without --config, eval.py rebuilds the run from the config.json it wrote."""
+    config, workdir, data_dir, results = trained
+    proc = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}"], cwd=tt.ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["test_error"] == pytest.approx(
+        results["test_error"], abs=1e-9)
+    proc = subprocess.run([sys.executable, "eval.py", f"--workdir={data_dir}"], cwd=tt.ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("eval.py: ") and "config.json" in \
+        proc.stderr

@@ -8,7 +8,10 @@ Argument (all optional, `key=value` joined by commas):
   first_seed=K  seeds K .. K+N-1, default 0 (add seeds to a finished sweep without re-running);
   steps=N       override train.steps, and train.lr_decay_every = N // 3 (default: the config's
                 full recipe, 150k steps);
-  data=SOURCE   override data.source: `idx:DIR`, `tfds:NAME`, `sample`, or a bare folder (= idx:).
+  data=SOURCE   override data.source: `idx:DIR`, `tfds:NAME`, `sample`, or a bare folder (= idx:);
+  columns=r,rts,p,e  the distortions (columns) to run (default all four);
+  eval_every=N  override train.eval_every; test_curves=true  evaluate the test set at every
+                evaluation too (curves of validation and test error against steps).
 """
 from stn import config_args, sweeps
 
@@ -35,7 +38,7 @@ def cell_name(distortion: str, model: str, transform: str | None, seed: int) -> 
 
 def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
                   data: str | None = None, batch_size: int | None = None,
-                  extra: dict | None = None) -> list[dict]:
+                  extra: dict | None = None, distortions=DISTORTIONS) -> list[dict]:
     """Every (distortion, model, seed) point of Table 1, with the shared overrides.
 
     A shorter run keeps the paper's schedule shape (appendix A.1: the learning rate divided by
@@ -52,7 +55,10 @@ def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
     if data is not None:
         common["data.source"] = sweeps.data_source(data)
     points = []
-    for axis in sweeps.product(distortion=DISTORTIONS, model=MODELS,
+    unknown = set(distortions) - set(DISTORTIONS)
+    if unknown:
+        raise ValueError(f"table1: unknown columns {sorted(unknown)}; expected {DISTORTIONS}")
+    for axis in sweeps.product(distortion=distortions, model=MODELS,
                                seed=range(first_seed, first_seed + seeds)):
         (model, transform), d, s = axis["model"], axis["distortion"], axis["seed"]
         points.append(sweeps.point(name=cell_name(d, model, transform, s),
@@ -63,6 +69,12 @@ def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """The Table 1 sweep; see the module docstring for the argument."""
-    opts = config_args.parse(arg, where="configs/sweeps/table1.py", seeds=1, first_seed=0, steps=0, data=None)
+    opts = config_args.parse(arg, where="configs/sweeps/table1.py", seeds=1, first_seed=0,
+                             steps=0, data=None, columns=list(DISTORTIONS), eval_every=0,
+                             test_curves=False)
+    extra = {"eval.test_during_training": True} if opts["test_curves"] else {}
+    if opts["eval_every"]:
+        extra["train.eval_every"] = opts["eval_every"]
     return table1_points(seeds=opts["seeds"], first_seed=opts["first_seed"],
-                         steps=opts["steps"] or None, data=opts["data"])
+                         steps=opts["steps"] or None, data=opts["data"], extra=extra,
+                         distortions=opts["columns"])

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Table 1's RTS column with the paper's recipe on one GPU, its 8 runs side by side, plus the
+# RTS CNN and ST-CNN with the CPU recipe run long (the "one cell followed further" curves).
+#
+#     bash benchmarks/gpu_table1.sh                    # on a machine with a GPU
+#     TRAIN_SECONDS=3600 OUT=runs/gpu_table1 bash benchmarks/gpu_table1.sh
+#
+# Paper recipe (configs/mnist.py defaults): SGD, batch 256, lr 0.01 / 10 every 50k, 150k steps,
+# on the embedded sample (7,000 training digits, 1,000 held out for validation; the GPU machine
+# cannot download full MNIST). Validation and test error every 10k steps. Runs still going after
+# TRAIN_SECONDS are stopped by SIGTERM (each saves its checkpoint) and evaluated with eval.py,
+# so the table says how far each got. Everything lands in $OUT: versions.txt, sweep.log,
+# table1.md, table1.png, runs.tgz (every run's config, metrics, results and pictures).
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-runs/gpu_table1}
+work=${WORKDIR:-/tmp/stn_gpu_table1}
+seconds=${TRAIN_SECONDS:-420}
+mkdir -p "$out" "$work"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  python -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], \
+'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', \
+o.__version__, jax.devices())"
+  nproc
+} | tee "$out/versions.txt"
+
+start=$(date +%s)
+{
+  timeout -s TERM "$seconds" python -m stn.sweeps --parallel=8 --workdir="$work/paper" \
+    --sweep="configs/sweeps/table1.py:data=sample,columns=rts,eval_every=10000,test_curves=true" &
+  timeout -s TERM "$seconds" python -m stn.sweeps --parallel=2 --workdir="$work/cpu_recipe_long" \
+    --sweep="configs/sweeps/table1_long.py" &
+  wait
+} 2>&1 | tee "$out/sweep.log"
+echo "training wall: $(( $(date +%s) - start )) s" | tee -a "$out/sweep.log"
+
+# Runs the time limit stopped: evaluate their last checkpoint on the test set.
+for run in "$work"/*/*/; do
+  [ -f "$run/results.json" ] || [ ! -d "$run/checkpoints" ] && continue
+  echo "== $run stopped early at step $(ls "$run/checkpoints" | sort -n | tail -1)" \
+    | tee -a "$out/sweep.log"
+  timeout 120 python eval.py --workdir="$run" 2>&1 | tail -2 | tee -a "$out/sweep.log"
+done
+
+python -m stn.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
+  | tee -a "$out/sweep.log"
+tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
+ls -la "$out"
