@@ -407,7 +407,11 @@ def run_point(argv: Sequence[str], run_dir: Path, *, env: Mapping[str, str] | No
     outcome.update(returncode=returncode, seconds=time.time() - start,
                    ok=returncode == 0 and is_finished(run_dir))
     if outcome["ok"]:
-        outcome["test_error"] = json.loads((run_dir / RESULTS_FILE).read_text()).get("test_error")
+        # The headline of the progress line: validation error where the run has a validation
+        # split (tuning sweeps choose on it and should not show test error), else test error.
+        record = json.loads((run_dir / RESULTS_FILE).read_text())
+        key = "validation_error" if record.get("validation_error") is not None else "test_error"
+        outcome["metric"] = (key, record.get(key))
     elif stop.signum is not None:
         outcome["stopped"] = True
     elif returncode == 0:
@@ -470,8 +474,8 @@ def run_sweep(points: Sequence[dict[str, Any]], workdir: str | os.PathLike, *, p
             i = next(counter)
             if outcome["ok"]:
                 summary["done"].append(outcome)
-                err = outcome.get("test_error")
-                err = f"test_error={err:.4f}" if isinstance(err, (int, float)) else ""
+                key, value = outcome.get("metric", ("", None))
+                err = f"{key}={value:.4f}" if isinstance(value, (int, float)) else ""
                 log(f"[{i}/{len(points)}] done    {p['name']} ({outcome['seconds']:.0f} s) {err}")
             elif outcome.get("stopped"):
                 summary["stopped"].append(outcome)
