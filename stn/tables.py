@@ -827,6 +827,105 @@ def make_table(workdir: str | os.PathLike, table: str | int, out_dir: str | os.P
     return markdown
 
 
+
+# --------------------------------------------------------------------------------------------
+# Learning curves (`--table=curves`): validation and test error against steps.
+
+CURVE_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189),
+                 (255, 127, 14), (23, 190, 207), (140, 86, 75), (127, 127, 127))
+
+
+def collect_curves(workdir: str | os.PathLike) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """`{run: {metric: [(step, value)]}}` for `validation_error` and `test_error` of every
+    `metrics.jsonl` under `workdir` (a run is its folder, relative to `workdir`)."""
+    from stn import metrics_io
+
+    curves = {}
+    for path in sorted(Path(workdir).rglob("metrics.jsonl")):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for record in metrics_io.read_jsonl(str(path)):
+            for key in ("validation_error", "test_error"):
+                if _is_number(record.get(key)):
+                    series.setdefault(key, []).append((int(record["step"]), float(record[key])))
+        if series:
+            curves[str(path.parent.relative_to(workdir)) or "."] = series
+    return curves
+
+
+def render_curves_markdown(curves: Mapping[str, Mapping[str, list]]) -> str:
+    """One row per (run, evaluation step): validation and test error in %."""
+    lines = ["| run | step | validation error % | test error % |", "| --- | --- | --- | --- |"]
+    for run, series in curves.items():
+        steps = sorted({s for points in series.values() for s, _ in points})
+        by = {k: dict(points) for k, points in series.items()}
+        for step in steps:
+            cells = [f"{100 * by[k][step]:.2f}" if step in by.get(k, {}) else MISSING
+                     for k in ("validation_error", "test_error")]
+            lines.append(f"| {run} | {step} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def draw_curves(curves: Mapping[str, Mapping[str, list]], path: str | os.PathLike) -> None:
+    """A PNG of error (%, log scale when it spans a decade) against steps: one colour per run,
+    validation solid, test dashed."""
+    from PIL import Image, ImageDraw
+
+    points = [(s, 100 * v) for series in curves.values() for pts in series.values()
+              for s, v in pts]
+    if not points:
+        raise ValueError("no run has validation_error or test_error to plot")
+    width, height, left, right, top, bottom = 900, 520, 70, 230, 40, 50
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(15), _font(12)
+    ticks, y_unit, _ = _y_axis([(v, 0.0) for _, v in points])
+    x_ticks = _nice_ticks(max(s for s, _ in points))
+    x_of = lambda s: left + (width - left - right) * s / (x_ticks[-1] or 1)  # noqa: E731
+    y_of = lambda v: height - bottom - (height - top - bottom) * y_unit(v)  # noqa: E731
+    for t in ticks:
+        draw.line([(left, y_of(t)), (width - right, y_of(t))], fill=(225, 225, 225))
+        draw.text((left - 8, y_of(t)), f"{t:g}", fill="black", font=small, anchor="rm")
+    for t in x_ticks:
+        draw.text((x_of(t), height - bottom + 8), f"{t:g}", fill="black", font=small,
+                  anchor="mt")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    draw.text((left, 12), "error % against training steps (validation solid, test dashed)",
+              fill="black", font=font)
+    draw.text(((left + width - right) / 2, height - 18), "training step", fill="black",
+              font=small, anchor="mm")
+    for i, (run, series) in enumerate(curves.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        for key, dashed in (("validation_error", False), ("test_error", True)):
+            xy = [(x_of(s), y_of(100 * v)) for s, v in sorted(series.get(key, []))]
+            for a, b in zip(xy, xy[1:]):
+                if dashed:  # a dash every other tenth of the segment
+                    for k in range(0, 10, 2):
+                        draw.line([(a[0] + (b[0] - a[0]) * k / 10, a[1] + (b[1] - a[1]) * k / 10),
+                                   (a[0] + (b[0] - a[0]) * (k + 1) / 10,
+                                    a[1] + (b[1] - a[1]) * (k + 1) / 10)], fill=colour, width=2)
+                else:
+                    draw.line([a, b], fill=colour, width=2)
+            for x, y in xy:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((width - right + 12, top + 18 * i), run[:28], fill=colour, font=small)
+    img.save(path)
+
+
+def make_curves(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                figure: bool = True) -> str:
+    """Writes `curves.md` and `curves.png` for every run under `workdir`; returns the markdown."""
+    curves = collect_curves(workdir)
+    if not curves:
+        raise ValueError(f"no metrics.jsonl with validation_error or test_error under {workdir}")
+    out = Path(out_dir or workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = render_curves_markdown(curves)
+    (out / "curves.md").write_text(markdown + "\n")
+    if figure:
+        draw_curves(curves, out / "curves.png")
+    return markdown
+
+
 def main(argv: Sequence[str]) -> None:
     """Print the table (a paper table or --table=sweep) and write its files."""
     from absl import flags
@@ -837,7 +936,10 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"error: --workdir {f.workdir!r} is not a folder")
     out = Path(f.out_dir or f.workdir)
     try:
-        if f.table == "sweep":
+        if f.table == "curves":
+            markdown, summary = make_curves(f.workdir, f.out_dir, figure=f.figure), None
+            written = [out / "curves.md"] + ([out / "curves.png"] if f.figure else [])
+        elif f.table == "sweep":
             markdown, summary = make_sweep_summary(
                 f.workdir, f.out_dir, metric=f.metric, figure=f.figure, x=f.x, lines=f.lines,
                 ignore=[k for k in f.ignore_keys.split(",") if k])
@@ -859,7 +961,8 @@ if __name__ == "__main__":
     from absl import app, flags
     flags.DEFINE_string("workdir", None, "Folder searched recursively for results.json files.")
     flags.DEFINE_string("table", "1", "A table of the paper in stn/paper_results.json (1, 2, "
-                        "...), or `sweep` for a summary of any sweep.")
+                        "...), `sweep` for a summary of any sweep, or `curves` for validation "
+                        "and test error against steps of every run.")
     flags.DEFINE_string("out_dir", None, "Where to write the files (default: workdir).")
     flags.DEFINE_boolean("figure", True, "Also draw the PNG.")
     flags.DEFINE_string("metric", "validation_error", "--table=sweep: the validation metric "

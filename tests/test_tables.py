@@ -304,3 +304,22 @@ def test_sweep_cli(lr_sweep, tmp_path):
     out = subprocess.run(cmd[:3] + ["--table=3", f"--workdir={lr_sweep}"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "unknown table '3'" in out.stderr
+
+
+def test_curves_read_every_runs_metrics_and_draw_them(tmp_path):
+    for run, errors in (("a", [0.5, 0.2]), ("b", [0.6, 0.4])):
+        (tmp_path / run).mkdir()
+        lines = [{"step": 10, "train_loss": 1.0}]
+        lines += [{"step": 100 * (i + 1), "validation_error": e} for i, e in enumerate(errors)]
+        lines += [{"step": 200, "test_error": round(errors[-1] + 0.01, 6)}]
+        (tmp_path / run / "metrics.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines))
+    curves = tables.collect_curves(tmp_path)
+    assert curves["a"] == {"validation_error": [(100, 0.5), (200, 0.2)],
+                           "test_error": [(200, 0.21)]}
+    markdown = tables.make_curves(tmp_path)
+    assert "| b | 200 | 40.00 | 41.00 |" in markdown and "| a | 100 | 50.00 | — |" in markdown
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no metrics.jsonl"):
+        tables.make_curves(tmp_path / "empty")
