@@ -302,6 +302,78 @@ def results_record(config, *, steps: int, start_step: int, evaluations: dict[str
     return record
 
 
+class PendingMetrics:
+    """Metrics of dispatched steps not yet read on the host. Reading them waits for their
+    steps, so on an accelerator the loop reads them in groups (and always before a save)."""
+
+    def __init__(self, config, mngr, step_callback=None):
+        self.config, self.mngr, self.step_callback = config, mngr, step_callback
+        self.loss_limit = float(config.train.get("loss_limit", 1e4))
+        self.steps: list[tuple[int, dict]] = []
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.steps.append((step, metrics))
+
+    def read_into(self, window: MetricWindow, writer: metrics_io.MetricWriter) -> None:
+        """Adds every pending step to `window`; raises `Diverged` at the first bad one."""
+        for step, values in zip([s for s, _ in self.steps],
+                                jax.device_get([m for _, m in self.steps])):
+            loss, finite = float(values["loss"]), bool(values["finite"])
+            if not (math.isfinite(loss) and loss <= self.loss_limit and finite):
+                writer.close()
+                raise Diverged(divergence_message(step, loss, finite, self.config, self.mngr))
+            window.add(values)
+            if self.step_callback is not None:
+                self.step_callback(step, {"loss": loss, "error": float(values["error"])})
+        self.steps.clear()
+
+
+def log_progress(writer: metrics_io.MetricWriter, window: MetricWindow, step: int,
+                 total_steps: int, learning_rate: float, steps_per_second: float,
+                 batch_size: int) -> None:
+    """The train metrics since the last log line to the writer, and one line to stdout."""
+    means = window.means()
+    writer.write_scalars(step, {**means, "learning_rate": learning_rate,
+                                "max_grad_norm": window.max_grad_norm,
+                                "window_steps": window.count})
+    eta = (_format_seconds((total_steps - step) / steps_per_second) if steps_per_second > 0
+           else "?")
+    print(f"step {step}/{total_steps} ({100 * step / total_steps:.0f}%) "
+          f"loss {means['train_loss']:.4f} err {means['train_error']:.3f} "
+          f"lr {learning_rate:.3g} |g|max {window.max_grad_norm:.3g} | "
+          f"{steps_per_second * batch_size:.0f} img/s | ETA {eta}", flush=True)
+
+
+def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, mesh,
+                 writer: metrics_io.MetricWriter, workdir: str, step: int, *,
+                 final: bool) -> dict[str, dict]:
+    """The validation set (if any), the test set (at the end, or always with
+    `eval.test_during_training`), metrics written and printed, and the task's picture."""
+    sets = {"validation": data.validation}
+    if final or config.eval.get("test_during_training", False):
+        sets["test"] = data.test
+    done = {}
+    for split, dataset in sets.items():
+        if dataset is None:
+            continue
+        values = evaluation.evaluate(task, graphdef, state, dataset, mesh=mesh,
+                                     batch_size=int(config.eval.batch_size))
+        writer.write_scalars(step, {f"{split}_{k}": v for k, v in values.items()
+                                    if k != "num_examples"})
+        print(f"step {step}: {split} error {values['error']:.4f} "
+              f"({100 * values['error']:.2f}%), loss {values['loss']:.4f} on "
+              f"{values['num_examples']} examples", flush=True)
+        done[split] = values
+    count = int(config.train.get("num_images", 16))
+    if count > 0:
+        draw_transformers(task, graphdef, state, data.test, count, mesh, workdir, step, writer)
+    writer.flush()
+    return done
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -359,77 +431,36 @@ def train_and_evaluate(config, workdir: str, *,
         writer = metrics_io.MetricWriter(workdir)
         writer.truncate_after(start_step)
 
-        def evaluate(split: str, dataset: dict, step: int) -> dict:
-            values = evaluation.evaluate(task, graphdef, state, dataset, mesh=mesh,
-                                         batch_size=int(config.eval.batch_size))
-            writer.write_scalars(step, {f"{split}_{k}": v for k, v in values.items()
-                                        if k != "num_examples"})
-            print(f"step {step}: {split} error {values['error']:.4f} "
-                  f"({100 * values['error']:.2f}%), loss {values['loss']:.4f} on "
-                  f"{values['num_examples']} examples", flush=True)
-            return values
-
-        def evaluate_and_draw(step: int, final: bool) -> dict:
-            done = {}
-            if data.validation is not None:
-                done["validation"] = evaluate("validation", data.validation, step)
-            if final or config.eval.get("test_during_training", False):
-                done["test"] = evaluate("test", data.test, step)
-            if int(config.train.get("num_images", 16)) > 0:
-                draw_transformers(task, graphdef, state, data.test,
-                                  int(config.train.get("num_images", 16)), mesh, workdir, step,
-                                  writer)
-            writer.flush()
-            return done
-
         # -- loop: metrics are read in groups (at most max_steps_in_flight apart), always before
         # a save, so a diverged state is never checkpointed
         total_steps, batch_size = int(config.train.steps), int(config.train.batch_size)
-        window, pending, in_flight = MetricWindow(), [], max_steps_in_flight(config)
-        loss_limit = float(config.train.get("loss_limit", 1e4))
+        window, pending = MetricWindow(), PendingMetrics(config, mngr, step_callback)
+        in_flight = max_steps_in_flight(config)
         t_loop, t_first, steps_done = time.time(), None, 0
-
-        def read_pending() -> None:
-            for step_i, values in zip([s for s, _ in pending],
-                                      jax.device_get([m for _, m in pending])):
-                loss = float(values["loss"])
-                if not (math.isfinite(loss) and loss <= loss_limit and bool(values["finite"])):
-                    writer.close()
-                    raise Diverged(divergence_message(step_i, loss, bool(values["finite"]),
-                                                      config, mngr))
-                window.add(values)
-                if step_callback is not None:
-                    step_callback(step_i, {"loss": loss, "error": float(values["error"])})
-            pending.clear()
 
         with _StopFlag() as stop:
             for step in range(start_step, total_steps):
                 batch = make_batch(train_arrays, config.seed, step)
                 state, opt_state, metrics = train_step(state, opt_state, batch)
                 done, steps_done = step + 1, steps_done + 1
-                pending.append((done, metrics))
+                pending.add(done, metrics)
                 t_first = t_first or time.time()
                 log_now = done % config.train.log_every == 0 or done == total_steps
                 save_now = done % config.train.checkpoint_every == 0 or done == total_steps
                 eval_now = done % config.train.eval_every == 0 and done != total_steps
                 if (log_now or save_now or eval_now or stop.signum is not None
                         or step_callback is not None or len(pending) >= in_flight):
-                    read_pending()
+                    pending.read_into(window, writer)
                 if log_now:
-                    means, lr = window.means(), float(schedule(step))
-                    writer.write_scalars(done, {**means, "learning_rate": lr,
-                                                "max_grad_norm": window.max_grad_norm})
                     rate = (steps_done - 1) / max(time.time() - t_first, 1e-9)
-                    eta = _format_seconds((total_steps - done) / rate) if rate > 0 else "?"
-                    print(f"step {done}/{total_steps} ({100 * done / total_steps:.0f}%) "
-                          f"loss {means['train_loss']:.4f} err {means['train_error']:.3f} "
-                          f"lr {lr:.3g} |g|max {window.max_grad_norm:.3g} | "
-                          f"{rate * batch_size:.0f} img/s | ETA {eta}", flush=True)
+                    log_progress(writer, window, done, total_steps, float(schedule(step)), rate,
+                                 batch_size)
                     window = MetricWindow()
                 if save_now or stop.signum is not None:
                     checkpointing.save(mngr, done, state, opt_state)
                 if eval_now:
-                    evaluate_and_draw(done, final=False)
+                    evaluate_run(task, config, graphdef, state, data, mesh, writer, workdir, done,
+                                 final=False)
                 if stop.signum is not None:
                     writer.close()
                     raise TrainingInterrupted(
@@ -442,7 +473,8 @@ def train_and_evaluate(config, workdir: str, *,
         if start_step >= total_steps:
             print(f"Checkpoint of step {start_step} already reaches train.steps={total_steps}; "
                   f"evaluating only", flush=True)
-        evaluations = evaluate_and_draw(final_step, final=True)
+        evaluations = evaluate_run(task, config, graphdef, state, data, mesh, writer, workdir,
+                                   final_step, final=True)
         writer.close()
         results = results_record(
             config, steps=final_step, start_step=start_step, evaluations=evaluations,
