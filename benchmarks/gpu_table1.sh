@@ -4,6 +4,8 @@
 #
 #     bash benchmarks/gpu_table1.sh                    # on a machine with a GPU
 #     TRAIN_SECONDS=3600 OUT=runs/gpu_table1 bash benchmarks/gpu_table1.sh
+#     PAPER_ARGS=,steps=30,eval_every=10 LONG_ARGS=:steps=20,batch=32 PARALLEL=2 \
+#         TRAIN_SECONDS=60 bash benchmarks/gpu_table1.sh        # a smoke run of the script
 #
 # Paper recipe (configs/mnist.py defaults): SGD, batch 256, lr 0.01 / 10 every 50k, 150k steps,
 # on the embedded sample (7,000 training digits, 1,000 held out for validation; the GPU machine
@@ -29,23 +31,28 @@ o.__version__, jax.devices())"
 
 start=$(date +%s)
 {
-  timeout -s TERM "$seconds" python -m stn.sweeps --parallel=8 --workdir="$work/paper" \
-    --sweep="configs/sweeps/table1.py:data=sample,columns=rts,eval_every=10000,test_curves=true" &
+  timeout -s TERM "$seconds" python -m stn.sweeps --parallel="${PARALLEL:-8}" \
+    --workdir="$work/paper" --sweep="configs/sweeps/table1.py:data=sample,columns=rts,\
+eval_every=10000,test_curves=true${PAPER_ARGS:-}" &
   timeout -s TERM "$seconds" python -m stn.sweeps --parallel=2 --workdir="$work/cpu_recipe_long" \
-    --sweep="configs/sweeps/table1_long.py" &
+    --sweep="configs/sweeps/table1_long.py${LONG_ARGS:-}" &
   wait
 } 2>&1 | tee "$out/sweep.log"
 echo "training wall: $(( $(date +%s) - start )) s" | tee -a "$out/sweep.log"
 
-# Runs the time limit stopped: evaluate their last checkpoint on the test set.
+# Runs the time limit stopped: evaluate their last checkpoint on the test set, all at once.
 for run in "$work"/*/*/; do
   [ -f "$run/results.json" ] || [ ! -d "$run/checkpoints" ] && continue
-  echo "== $run stopped early at step $(ls "$run/checkpoints" | sort -n | tail -1)" \
+  name=$(basename "$run")
+  echo "== $name stopped early at step $(ls "$run/checkpoints" | sort -n | tail -1)" \
     | tee -a "$out/sweep.log"
-  timeout 120 python eval.py --workdir="$run" 2>&1 | tail -2 | tee -a "$out/sweep.log"
+  timeout 150 python eval.py --workdir="$run" > "$run/eval_stopped.log" 2>&1 &
 done
+wait
+tail -n 2 "$work"/*/*/eval_stopped.log 2>/dev/null | tee -a "$out/sweep.log"
 
 python -m stn.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
   | tee -a "$out/sweep.log"
+python -m stn.tables --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"
