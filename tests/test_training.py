@@ -310,3 +310,26 @@ def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "train.py: the number of CPU devices must be >= 1, got 0")
+
+
+def test_validation_split_is_held_out_and_reported(data_dir, tmp_path):
+    """The classification task's validation digits are carved out of the training digits (never
+    in a training batch's source arrays, never a test digit), the same on every load, and the
+    run's validation_error is the error on exactly that set."""
+    config = small_config(data_dir, steps=4, checkpoint_every=4, eval_every=100)
+    task = tasks.for_config(config)
+    data = task.load_data(config)
+    train_images = data.train_arrays[0].reshape(len(data.train_arrays[0]), -1)
+    assert len(train_images) == 512 - 100 and len(data.validation["label"]) == 100
+    held_out = idx.read_split(data_dir, "train")[0].reshape(512, -1)
+    train_rows = {row.tobytes() for row in train_images}
+    test_rows = {row.tobytes() for row in idx.read_split(data_dir, "test")[0].reshape(200, -1)}
+    chosen = [row.tobytes() for row in held_out if row.tobytes() not in train_rows]
+    assert len(chosen) == 100 and not set(chosen) & test_rows
+    again = task.load_data(config)
+    np.testing.assert_array_equal(again.validation["image"], data.validation["image"])
+    results = training.train_and_evaluate(config, str(tmp_path / "run"))
+    evaluated = evaluation.evaluate_checkpoint(config, str(tmp_path / "run"), data="validation")
+    assert results["num_validation_examples"] == 100
+    assert evaluated["validation_error"] == pytest.approx(results["validation_error"], abs=1e-9)
+    assert evaluated["validation_loss"] == pytest.approx(results["validation_loss"], rel=1e-6)
