@@ -82,7 +82,7 @@ def _base_grid_np(size: tuple[int, ...], align_corners: bool) -> np.ndarray:
 
 def _check_batch(params: jax.Array, shapes: tuple[tuple[int, ...], ...], name: str) -> None:
     if params.ndim < 2 or tuple(params.shape[1:]) not in shapes:
-        expected = " or ".join(str(["B", *s]) for s in shapes)
+        expected = " or ".join("[B, " + ", ".join(map(str, shape)) + "]" for shape in shapes)
         raise ValueError(f"{name} parameters must be {expected}, got shape {params.shape}")
 
 
@@ -377,8 +377,8 @@ def displacement_grid(
         raise ValueError(f"units must be one of {UNITS}, got {units!r}")
     size = displacement.shape[1:-1]
     if units == "pixels":
-        displacement = displacement * jnp.asarray(pixel_scale(size, align_corners),
-                                                  displacement.dtype)
+        scale = pixel_scale(size, align_corners).reshape((1,) * (displacement.ndim - 1) + (-1,))
+        displacement = displacement * jnp.asarray(scale, displacement.dtype)
     return base_grid(*size, align_corners=align_corners, dtype=displacement.dtype)[None] + displacement
 
 
