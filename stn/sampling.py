@@ -277,9 +277,22 @@ def _outer(weights: Sequence[jax.Array]) -> jax.Array:
     return product
 
 
-def _window_value(windows: jax.Array):
-    """``t -> windows[..., t_0, .., t_{n-1}, :]``."""
-    return lambda t: windows[(Ellipsis, *t, slice(None))]
+def _contract_axes(windows: jax.Array, weights: Sequence[jax.Array]) -> jax.Array:
+    """``sum_t prod_a w_a[t_a] windows[..., t, :]`` one axis at a time, from the last (x).
+
+    Each step adds ``T`` slices of the window over its last tap axis (vectorised over the
+    others), so the work and the program grow as ``n T`` terms, not ``T^n``.
+    """
+    out = windows
+    for axis_weights in reversed(weights):
+        rest = out.ndim - axis_weights.ndim - 1  # tap axes left before this one (and no channel)
+        total = None
+        for tap in range(axis_weights.shape[-1]):
+            weight = axis_weights[..., tap].reshape(axis_weights.shape[:-1] + (1,) * (rest + 1))
+            term = weight * out[..., tap, :]
+            total = term if total is None else total + term
+        out = total
+    return out
 
 
 def _contract(windows: jax.Array, outer: jax.Array, num_axes: int) -> jax.Array:
@@ -336,12 +349,21 @@ def _tap_value(extended: jax.Array, starts: Sequence[jax.Array]):
     return value
 
 
+# Up to this many taps per point (trilinear: 8) the plain forward gathers each tap on its own,
+# which XLA:CPU fuses with the sums (1 x 3 x 96^3 trilinear: 24 ms against 40 ms through one
+# materialised window array); wider kernels gather windows, which keeps the program small.
+_MAX_SEPARATE_GATHERS = 8
+
+
 @jax.custom_jvp
 def _windowed(extended: jax.Array, starts: tuple, coords: tuple, firsts: tuple,
               kernels: tuple) -> jax.Array:
     """``sum_t prod_a k_a(x_a - first_a - t_a) E[start + t]``: paper eq. 3 on the extended image."""
     weights = _tap_weights(kernels, coords, firsts)
-    return _interpolate(_tap_value(extended, starts), weights)
+    sizes = [w.shape[-1] for w in weights]
+    if math.prod(sizes) <= _MAX_SEPARATE_GATHERS:
+        return _interpolate(_tap_value(extended, starts), weights)
+    return _contract_axes(_gather_windows(extended, starts, sizes), weights)
 
 
 def _windowed_jvp(primals, tangents):
@@ -358,8 +380,8 @@ def _windowed_jvp(primals, tangents):
     d_extended, _, d_coords, _, d_kernels = tangents
     weights, slopes = _weights_and_slopes(kernels, coords, firsts)
     sizes = [w.shape[-1] for w in weights]
-    value = _tap_value(extended, starts)
-    output = _interpolate(value, weights)
+    windows = _gather_windows(extended, starts, sizes)
+    output = _contract_axes(windows, weights)
     tangent = jnp.zeros_like(output)
     if not _is_zero(d_extended):
         # A broadcast product and a sum over the window, so that its transpose is one outer
@@ -369,7 +391,7 @@ def _windowed_jvp(primals, tangents):
     for axis in range(len(weights)):
         before, after = weights[:axis], weights[axis + 1:]
         if not _is_zero(d_coords[axis]):
-            derivative = _interpolate(value, [*before, slopes[axis], *after])
+            derivative = _contract_axes(windows, [*before, slopes[axis], *after])
             tangent = tangent + _scale_channels(derivative, d_coords[axis])
         if not _is_zero(d_kernels[axis]):
             d_kernel = jax.tree_util.tree_map(
@@ -378,7 +400,7 @@ def _windowed_jvp(primals, tangents):
             _, d_weight = jax.jvp(
                 lambda k: k.tap_weights(coords[axis], firsts[axis].astype(coords[axis].dtype)),
                 (kernels[axis],), (d_kernel,))
-            tangent = tangent + _interpolate(value, [*before, d_weight, *after])
+            tangent = tangent + _contract_axes(windows, [*before, d_weight, *after])
     return output, tangent
 
 
