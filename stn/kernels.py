@@ -48,7 +48,7 @@ class Kernel:
         return 2 * math.ceil(self.radius)
 
     def first_tap(self, coordinate: jax.Array) -> jax.Array:
-        """Lowest index ``m`` (as a float) with ``coordinate - m < radius``: ``floor(x) - ceil(r) + 1``."""
+        """Lowest index ``m`` (a float) with ``x - m < radius``: ``floor(x) - ceil(r) + 1``."""
         return jnp.floor(coordinate) - (math.ceil(self.radius) - 1)
 
     def __call__(self, distance: jax.Array) -> jax.Array:

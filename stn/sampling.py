@@ -52,13 +52,11 @@ deterministic on the CPU.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-
 from jax.custom_derivatives import SymbolicZero
 
 from stn import kernels as kernel_lib
@@ -419,7 +417,7 @@ def _sample_window(image: jax.Array, kernels, coords, firsts, paddings,
     return _windowed(extended, tuple(starts), tuple(coords), tuple(firsts), tuple(kernels))
 
 
-# ---------------------------------------------------------------- the 2-D bilinear path ("bilinear2d")
+# ------------------------------------------------------- the 2-D bilinear path ("bilinear2d")
 #
 # One gather of each point's 2x2 neighbourhood from the image padded by one zero pixel (instead
 # of four gathers), and a custom JVP that uses the closed-form grid derivatives of paper eqs. 6-7.

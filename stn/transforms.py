@@ -19,9 +19,10 @@ Transforms and their parameters (batch first):
 
 Volumes (``ndim == 3``):
 
-* ``affine3d``    ``[B, 3, 4]`` (flat ``[B, 12]``): ``(x_s, y_s, z_s)^T = theta (x_t, y_t, z_t, 1)^T``,
-  torch's 5-D ``affine_grid``.
-* ``attention3d`` ``[B, 4]`` = ``(s, t_x, t_y, t_z)``: ``theta = [[s,0,0,t_x],[0,s,0,t_y],[0,0,s,t_z]]``.
+* ``affine3d``    ``[B, 3, 4]`` (flat ``[B, 12]``):
+  ``(x_s, y_s, z_s)^T = theta (x_t, y_t, z_t, 1)^T``, torch's 5-D ``affine_grid``.
+* ``attention3d`` ``[B, 4]`` = ``(s, t_x, t_y, t_z)``:
+  ``theta = [[s, 0, 0, t_x], [0, s, 0, t_y], [0, 0, s, t_z]]``.
 
 Each transform has ``ndim``, ``num_params``, ``identity()`` (flat, used as the localisation net's
 initial bias) and ``grid(params, *size, align_corners=...)`` for any output size ``(height,
@@ -379,7 +380,8 @@ def displacement_grid(
     if units == "pixels":
         scale = pixel_scale(size, align_corners).reshape((1,) * (displacement.ndim - 1) + (-1,))
         displacement = displacement * jnp.asarray(scale, displacement.dtype)
-    return base_grid(*size, align_corners=align_corners, dtype=displacement.dtype)[None] + displacement
+    identity = base_grid(*size, align_corners=align_corners, dtype=displacement.dtype)[None]
+    return identity + displacement
 
 
 def compose_displacements(
@@ -412,10 +414,11 @@ def integrate_velocity(
     """Scaling and squaring (Arsigny et al. 2006): the displacement of ``exp(v)``, the time-1 flow
     of the stationary velocity field ``v``:
 
-        u_0 = v / 2^steps,    u_{k+1} = u_k + u_k(p + u_k(p))  (``compose_displacements(u_k, u_k)``),
+        u_0 = v / 2^steps,    u_{k+1}(p) = u_k(p) + u_k(p + u_k(p))
 
-    so ``u_steps`` is ``2^steps`` small steps composed (a diffeomorphic warp for a smooth enough
-    ``v``, as registration networks such as VoxelMorph use). Same shapes and units as the field.
+    (``compose_displacements(u_k, u_k)``), so ``u_steps`` is ``2^steps`` small steps composed: a
+    diffeomorphic warp for a smooth enough ``v``, as registration networks such as VoxelMorph use.
+    Same shapes and units as the field.
     """
     velocity = jnp.asarray(velocity)
     _check_field(velocity, "velocity")

@@ -1,7 +1,6 @@
 """Layer 2 on volumes and dense flows: identity at initialisation, gradients reach every part,
 kernel objects with learnt Phi, clear errors."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

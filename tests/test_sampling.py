@@ -1,7 +1,5 @@
 """stn.sampling.sample against a literal float64 transcription of paper eq. 3, and its gradients."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
