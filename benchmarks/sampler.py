@@ -1,8 +1,10 @@
-"""Benchmark of the bilinear sampler: stn.sampling.sample vs map_coordinates vs torch grid_sample.
+"""Benchmark of the sampler: stn.sampling.sample vs map_coordinates vs torch grid_sample.
 
 Prints one markdown table of forward and forward+backward (gradients to the image and to the
-grid) milliseconds, medians of many runs after warm-up, for the shapes of issues 2 and 6, with the
-ratios to torch's ``grid_sample`` when torch is importable (its columns are skipped otherwise).
+grid) milliseconds, medians of many runs after warm-up, with the ratios to torch's
+``grid_sample`` when torch is importable (its columns are skipped otherwise). Cases (``--cases``):
+``2d`` the bilinear shapes of issues 2 and 6, ``bicubic`` the same shapes with the bicubic kernel,
+``3d`` trilinear volumes (issue 15).
 
 Each side runs in its OWN subprocess (one per side and shape), and the sides alternate over
 ``--rounds`` rounds; the reported time is the median over rounds of each process's median. In
@@ -18,9 +20,12 @@ and how far each side's gradients are from torch's.
     python benchmarks/sampler.py --rounds 5 --sides stn,torch
     python benchmarks/sampler.py --methods gather,window   # stn's internal methods too
     python benchmarks/sampler.py --sides stn,stn_det,torch   # on a GPU: XLA's deterministic ops
+    python benchmarks/sampler.py --cases 3d,bicubic --sides stn,torch
+    python benchmarks/sampler.py --cases 2d --sides stn,stn_base,torch --base-root /tmp/stn-before
+        # stn_base: the stn package of another checkout (e.g. `git archive` of an older commit)
 
-The inputs are identical on every side: a fixed-seed image and affine grids near the identity
-(bilinear, zeros padding, align_corners=False, output size = input size).
+The inputs are identical on every side: a fixed-seed image (NHWC / NDHWC) and affine grids near
+the identity (zeros padding, align_corners=False, output size = input size).
 """
 from __future__ import annotations
 
@@ -35,6 +40,12 @@ import time
 import numpy as np
 
 SHAPES = ((256, 1, 60, 60), (64, 32, 28, 28), (256, 1, 28, 28))
+VOLUME_SHAPES = ((2, 1, 64, 64, 64), (1, 3, 96, 96, 96))
+CASES = {  # name -> [(shape (B, C, *spatial), kernel)]; torch's mode has the same name
+    "2d": [(shape, "bilinear") for shape in SHAPES],
+    "bicubic": [(shape, "bicubic") for shape in SHAPES],
+    "3d": [(shape, "bilinear") for shape in VOLUME_SHAPES],
+}
 
 # glibc malloc returns every free block larger than its mmap threshold (at most 32 MiB by default;
 # any block over 64 MiB from a thread's arena) to the OS, so an XLA program whose temporary buffer
@@ -53,30 +64,32 @@ ROOT = os.path.dirname(HERE)
 # ---------------------------------------------------------------- inputs (numpy, all sides)
 
 
-def make_inputs(shape: tuple[int, int, int, int], seed: int = 0):
-    """NHWC image, [B, H, W, 2] grid (x, y) of random affine maps near identity, and a cotangent."""
-    batch, channels, height, width = shape
+def make_inputs(shape: tuple[int, ...], seed: int = 0):
+    """Channels-last image, ``[B, *spatial, n]`` grid (x, y[, z]) of random affine maps near the
+    identity, and a cotangent; ``shape`` is torch's ``(B, C, *spatial)``."""
+    batch, channels, *spatial = shape
+    n = len(spatial)
     rng = np.random.default_rng(seed)
-    image = rng.normal(size=(batch, height, width, channels)).astype(np.float32)
-    theta = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (batch, 1, 1))
+    image = rng.normal(size=(batch, *spatial, channels)).astype(np.float32)
+    theta = np.tile(np.eye(n, n + 1), (batch, 1, 1))
     theta = (theta + rng.normal(scale=0.1, size=theta.shape)).astype(np.float32)
-    xs = (2 * np.arange(width) + 1) / width - 1  # align_corners=False pixel centres
-    ys = (2 * np.arange(height) + 1) / height - 1
-    x_t, y_t = np.meshgrid(xs, ys)
-    target = np.stack([x_t, y_t, np.ones_like(x_t)], -1)  # [H, W, 3]
-    grid = np.einsum("bij,hwj->bhwi", theta, target).astype(np.float32)
-    cotangent = rng.normal(size=(batch, height, width, channels)).astype(np.float32)
+    centres = [(2 * np.arange(size) + 1) / size - 1 for size in spatial]  # align_corners=False
+    target = np.stack(np.meshgrid(*centres, indexing="ij")[::-1], -1)  # [*spatial, n]: x, y(, z)
+    target = np.concatenate([target, np.ones(target.shape[:-1] + (1,))], -1)
+    grid = np.einsum("bij,...j->b...i", theta, target).astype(np.float32)
+    cotangent = rng.normal(size=(batch, *spatial, channels)).astype(np.float32)
     return image, grid, cotangent
 
 
-def floor_bytes(shape: tuple[int, int, int, int]) -> tuple[int, int]:
+def floor_bytes(shape: tuple[int, ...]) -> tuple[int, int]:
     """Bytes a float32 sampler must move: forward (read U and grid, write V) and fwd+bwd.
 
     The backward reads the cotangent, U and the grid again and writes dU and the grid gradient.
     """
-    batch, channels, height, width = shape
-    image = batch * height * width * channels * 4
-    grid = batch * height * width * 2 * 4
+    batch, channels, *spatial = shape
+    points = batch * int(np.prod(spatial))
+    image = points * channels * 4
+    grid = points * len(spatial) * 4
     forward = image + grid + image
     backward = image + image + grid + image + grid
     return forward, forward + backward
@@ -210,10 +223,12 @@ def jax_copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (time_ms(lambda: add_one(x).block_until_ready(), min_runs=10) / 1e3)
 
 
-def worker_jax(side: str, shape, method: str | None) -> dict:
+def worker_jax(side: str, shape, kernel: str, method: str | None,
+               base_root: str | None = None) -> dict:
     """Times stn.sampling.sample (``side == "stn"``; ``"stn_det"``: the same under XLA's
-    deterministic-ops flag, which matters on GPU only) or vmapped map_coordinates."""
-    sys.path.insert(0, ROOT)
+    deterministic-ops flag, which matters on GPU only; ``"stn_base"``: the stn package under
+    ``base_root``) or vmapped map_coordinates (linear only)."""
+    sys.path.insert(0, base_root if side == "stn_base" else ROOT)
     if side == "stn_det":  # before JAX starts
         from stn import host
 
@@ -222,26 +237,28 @@ def worker_jax(side: str, shape, method: str | None) -> dict:
     import jax.numpy as jnp
 
     image, grid, cotangent = (jnp.asarray(a) for a in make_inputs(shape))
-    _, _, height, width = shape
-    if side in ("stn", "stn_det"):
+    spatial = shape[2:]
+    if side in ("stn", "stn_det", "stn_base"):
         from stn import sampling
 
         def forward(u, g):
             if method is None:
-                return sampling.sample(u, g)
-            return sampling._sample(u, g, kernel="bilinear", padding="zeros",
+                return sampling.sample(u, g, kernel=kernel)
+            return sampling._sample(u, g, kernel=kernel, padding="zeros",
                                     align_corners=False, method=method)
     else:
+        if kernel != "bilinear":
+            raise RuntimeError("map_coordinates has no bicubic kernel (order <= 1)")
         from jax.scipy.ndimage import map_coordinates
 
-        def one_plane(plane, x, y):  # plane [H, W]; x, y [Ho, Wo] pixel units
-            return map_coordinates(plane, [y, x], order=1, mode="constant", cval=0.0)
+        def one_plane(plane, coords):  # plane [(D,) H, W]; coords (z,) y, x [*out] pixel units
+            return map_coordinates(plane, coords, order=1, mode="constant", cval=0.0)
 
         def forward(u, g):
-            x = ((g[..., 0] + 1) * width - 1) / 2
-            y = ((g[..., 1] + 1) * height - 1) / 2
-            per_channel = jax.vmap(one_plane, in_axes=(2, None, None), out_axes=-1)
-            return jax.vmap(per_channel)(u, x, y)
+            coords = [((g[..., len(spatial) - 1 - a] + 1) * size - 1) / 2
+                      for a, size in enumerate(spatial)]
+            per_channel = jax.vmap(one_plane, in_axes=(-1, None), out_axes=-1)
+            return jax.vmap(per_channel)(u, coords)
 
     def forward_backward(u, g, ct):
         out, vjp = jax.vjp(forward, u, g)
@@ -268,29 +285,30 @@ def worker_jax(side: str, shape, method: str | None) -> dict:
     }
 
 
-def worker_torch(shape) -> dict:
+def worker_torch(shape, kernel: str) -> dict:
     """Times torch.nn.functional.grid_sample (CUDA when available) in this process."""
     import torch
     import torch.nn.functional as F
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     image, grid, cotangent = make_inputs(shape)
-    image = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous().to(device)  # NCHW
+    to_channels_first = (0, image.ndim - 1, *range(1, image.ndim - 1))  # NHWC -> NCHW etc.
+    to_channels_last = (0, *range(2, image.ndim), 1)
+    image = torch.from_numpy(image).permute(*to_channels_first).contiguous().to(device)
     grid = torch.from_numpy(grid).clone().to(device)
-    cotangent = torch.from_numpy(cotangent).permute(0, 3, 1, 2).contiguous().to(device)
+    cotangent = torch.from_numpy(cotangent).permute(*to_channels_first).contiguous().to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward():
         with torch.no_grad():
-            F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
+            F.grid_sample(image, grid, mode=kernel, padding_mode="zeros", align_corners=False)
         sync()
 
     image_r = image.clone().requires_grad_(True)
     grid_r = grid.clone().requires_grad_(True)
 
     def gradients():
-        out = F.grid_sample(image_r, grid_r, mode="bilinear", padding_mode="zeros",
+        out = F.grid_sample(image_r, grid_r, mode=kernel, padding_mode="zeros",
                             align_corners=False)
         return torch.autograd.grad(out, (image_r, grid_r), cotangent)
 
@@ -303,7 +321,7 @@ def worker_torch(shape) -> dict:
 
     def grads():  # as numpy, the image gradient in NHWC like the JAX side's
         d_image, d_grid = gradients()
-        return [d_image.permute(0, 2, 3, 1).cpu().numpy(), d_grid.cpu().numpy()]
+        return [d_image.permute(*to_channels_last).cpu().numpy(), d_grid.cpu().numpy()]
 
     return {"fwd_ms": time_ms(forward), "fwdbwd_ms": time_ms(forward_backward),
             "peak_mb": peak_mb, "device": device, "deterministic": is_deterministic(grads),
@@ -313,12 +331,15 @@ def worker_torch(shape) -> dict:
 # ---------------------------------------------------------------- driver
 
 
-def run_worker(side: str, shape, method: str | None, env: dict | None = None) -> dict:
-    """One fresh subprocess for one side and shape; returns its JSON line."""
+def run_worker(side: str, shape, kernel: str, method: str | None, env: dict | None = None,
+               base_root: str | None = None) -> dict:
+    """One fresh subprocess for one side, shape and kernel; returns its JSON line."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
-           "--shape", ",".join(map(str, shape))]
+           "--shape", ",".join(map(str, shape)), "--kernel", kernel]
     if method:
         cmd += ["--method", method]
+    if base_root:
+        cmd += ["--base-root", base_root]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, **(env or {})})
     if proc.returncode != 0:
@@ -339,7 +360,10 @@ def _fmt(value, digits=2):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--shape", help="B,C,H,W (default: the three of issue 6)")
+    parser.add_argument("--shape", help="B,C,H,W or B,C,D,H,W (default: the shapes of --cases)")
+    parser.add_argument("--kernel", default="bilinear", help="with --shape: bilinear or bicubic")
+    parser.add_argument("--cases", default="2d,bicubic,3d", help=f"comma list of {list(CASES)}")
+    parser.add_argument("--base-root", help="checkout whose stn package the stn_base side times")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
     parser.add_argument("--sides", default="stn,map_coordinates,torch")
@@ -352,13 +376,16 @@ def main() -> None:
     if args.worker:
         shape = tuple(int(s) for s in args.shape.split(","))
         if args.worker == "torch":
-            result = worker_torch(shape)
+            result = worker_torch(shape, args.kernel)
         else:
-            result = worker_jax(args.worker, shape, args.method)
+            result = worker_jax(args.worker, shape, args.kernel, args.method, args.base_root)
         print(json.dumps(result))
         return
 
-    shapes = [tuple(int(s) for s in args.shape.split(","))] if args.shape else list(SHAPES)
+    if args.shape:
+        cases = [(tuple(int(s) for s in args.shape.split(",")), args.kernel)]
+    else:
+        cases = [case for name in args.cases.split(",") if name for case in CASES[name]]
     sides = [s for s in args.sides.split(",") if s]
     if "torch" in sides and not torch_available():
         print("torch is not importable: its columns are skipped", file=sys.stderr)
@@ -368,14 +395,17 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     env = TUNED_MALLOC_ENV if args.malloc == "tuned" else None
 
-    results = {}  # (variant, shape) -> list of per-round dicts (a failed worker adds nothing)
+    results = {}  # (variant, case) -> list of per-round dicts (a failed worker adds nothing)
     for round_index in range(args.rounds):
-        for shape in shapes:
+        for case in cases:
             order = variants if round_index % 2 == 0 else variants[::-1]
             for variant in order:
-                runs = results.setdefault((variant, shape), [])
+                runs = results.setdefault((variant, case), [])
+                if variant[0] == "map_coordinates" and case[1] != "bilinear":
+                    continue  # order <= 1 only
                 try:
-                    runs.append(run_worker(variant[0], shape, variant[1], env))
+                    runs.append(run_worker(variant[0], case[0], case[1], variant[1], env,
+                                           args.base_root))
                 except RuntimeError as error:  # one broken side must not lose the others
                     print(error, file=sys.stderr)
     device_bandwidths = [r["copy_bytes_per_s"] for runs in results.values() for r in runs
@@ -387,16 +417,17 @@ def main() -> None:
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; copy bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s ({'device' if device_bandwidths else 'host'}); "
           f"{args.rounds} rounds, each side in its own process; malloc {args.malloc}\n")
-    print("| (B, C, H, W) | side | device | fwd ms | fwd+bwd ms | fwd / torch | fwd+bwd / torch "
+    print("| (B, C, (D,) H, W) | kernel | side | device | fwd ms | fwd+bwd ms | fwd / torch | fwd+bwd / torch "
           "| fwd / floor | fwd+bwd / floor | peak MiB fwd+bwd | XLA MiB | deterministic "
           "| grads vs torch |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for shape in shapes:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for case in cases:
+        shape, kernel = case
         fwd_bytes, total_bytes = floor_bytes(shape)
         floor_fwd, floor_total = 1e3 * fwd_bytes / bandwidth, 1e3 * total_bytes / bandwidth
         summary = {}
         for variant in variants:
-            runs = results[(variant, shape)]
+            runs = results[(variant, case)]
             if not runs:
                 continue
             summary[variant] = {
@@ -413,12 +444,13 @@ def main() -> None:
             name = variant[0] if variant[1] is None else f"{variant[0]}[{variant[1]}]"
             row = summary.get(variant)
             if row is None:
-                print(f"| {shape} | {name} | failed (see stderr) |")
+                if not (variant[0] == "map_coordinates" and kernel != "bilinear"):
+                    print(f"| {shape} | {kernel} | {name} | failed (see stderr) |")
                 continue
             ratio_f = row["fwd"] / ref["fwd"] if ref else None
             ratio_b = row["fwdbwd"] / ref["fwdbwd"] if ref else None
             grads_error = digest_error(row["digest"], ref["digest"]) if ref else None
-            print(f"| {shape} | {name} | {row['device']} | {row['fwd']:.2f} | "
+            print(f"| {shape} | {kernel} | {name} | {row['device']} | {row['fwd']:.2f} | "
                   f"{row['fwdbwd']:.2f} | {_fmt(ratio_f)} | {_fmt(ratio_b)} | "
                   f"{row['fwd'] / floor_fwd:.1f} | {row['fwdbwd'] / floor_total:.1f} | "
                   f"{_fmt(row['peak'], 1)} | {_fmt(row['xla'], 1)} | "

@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     picked = config_args.parse(
         arg, where="configs/mnist.py",
         choices={"distortion": distortions.NAMES, "model": mnist.MODEL_NAMES,
-                 "transform": transforms.NAMES, "preset": ("quick",)},
+                 "transform": transforms.names(2), "preset": ("quick",)},
         distortion="rts", model="st_cnn", transform="affine", preset=None)
     st = picked["model"].startswith("st_")
     c = ml_collections.ConfigDict()

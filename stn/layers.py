@@ -20,14 +20,6 @@ from flax import nnx
 from stn import sampling, transforms, xla_cpu
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """`28` or `(28, 28)` -> `(28, 28)`."""
-    if isinstance(size, int):
-        return (size, size)
-    height, width = size
-    return (int(height), int(width))
-
-
 def valid_conv(in_features: int, out_features: int, kernel_size: int, *,
                rngs: nnx.Rngs) -> nnx.Conv:
     """An `nnx.Conv` (stride 1, VALID) through `xla_cpu.conv_general_dilated`: the same
@@ -186,19 +178,64 @@ class ConvLocNet(LocalisationNet):
         return self.regression(h)
 
 
+def _size(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """`28` -> `(28, 28)` (or `(28, 28, 28)` for `ndim` 3); a sequence must have `ndim` sizes."""
+    if isinstance(size, int):
+        return (size,) * ndim
+    size = tuple(int(s) for s in size)
+    if len(size) != ndim:
+        expected = "(height, width)" if ndim == 2 else "(depth, height, width)"
+        raise ValueError(f"output size must be an int or {expected}, got {size}")
+    return size
+
+
+class SamplingKernel(nnx.Module):
+    """The sampler's kernel `k(d; Phi)` (`stn.kernels`), its `Phi` learnt if `learn` is set.
+
+    `kernel` is a name, a `stn.kernels.Kernel` or one per axis (x, y[, z]). With `learn=True`
+    every parameter of the kernel(s) (Keys' `a`, a Gaussian's `sigma`) is an `nnx.Param`,
+    initialised to the given value and trained with the rest of the model.
+    """
+
+    def __init__(self, kernel, ndim: int, *, learn: bool = False):
+        per_axis = sampling.axis_kernels(kernel, ndim)  # raises ValueError for a bad spec
+        # Python floats: the kernel objects are static (hashable); learnt values live in `phi`.
+        self.template = jax.tree_util.tree_map(float, per_axis)
+        self.learn = learn
+        if learn:
+            leaves = jax.tree_util.tree_leaves(self.template)
+            if not leaves:
+                raise ValueError(f"kernel {kernel!r} has no parameters to learn")
+            self.phi = nnx.Param(jnp.asarray(leaves, jnp.float32))
+
+    def __call__(self):
+        """The per-axis kernels for `stn.sampling.sample`, with the current `Phi`."""
+        if not self.learn:
+            return self.template
+        values = [self.phi[...][i] for i in range(self.phi[...].shape[0])]
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(self.template), values)
+
+
 class SpatialTransformer(nnx.Module):
     """Localisation net -> transform parameters -> sampling grid -> sampled output.
 
-    `output_size` sets the output's `(H_out, W_out)`: the grid's size, so the transformer can
-    down- or over-sample (section 3.4). The output has as many channels as the input.
+    Works on images `[B, H, W, C]` with a 2-D transform and on volumes `[B, D, H, W, C]` with a
+    3-D one (`affine3d`, `attention3d`). `output_size` sets the output's `(H_out, W_out)` (or
+    `(D_out, H_out, W_out)`): the grid's size, so the transformer can down- or over-sample
+    (section 3.4). The output has as many channels as the input. `kernel` is a name, a
+    `stn.kernels.Kernel` or one per axis; `learn_kernel` makes its `Phi` trainable.
     """
 
     def __init__(self, loc_net: nnx.Module, transform: str, output_size: int | Sequence[int], *,
-                 kernel: str = "bilinear", padding: str = "zeros", align_corners: bool = False):
+                 kernel="bilinear", padding: str = "zeros", align_corners: bool = False,
+                 learn_kernel: bool = False):
         self.loc_net = loc_net
         self.transform_name = transforms.get(transform).name
-        self.output_size = _pair(output_size)
-        self.kernel = kernel
+        ndim = self.transform.ndim
+        self.output_size = _size(output_size, ndim)
+        if padding not in sampling.PADDINGS:
+            raise ValueError(f"padding must be one of {sampling.PADDINGS}, got {padding!r}")
+        self.sampling_kernel = SamplingKernel(kernel, ndim, learn=learn_kernel)
         self.padding = padding
         self.align_corners = align_corners
 
@@ -208,20 +245,146 @@ class SpatialTransformer(nnx.Module):
         return transforms.get(self.transform_name)
 
     def params_and_grid(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Flat transform parameters `[B, P]` and the sampling grid `[B, H_out, W_out, 2]`."""
+        """Flat transform parameters `[B, P]` and the sampling grid `[B, *output_size, ndim]`."""
+        if x.ndim != self.transform.ndim + 2:
+            expected = "[B, H, W, C]" if self.transform.ndim == 2 else "[B, D, H, W, C]"
+            raise ValueError(f"{self.transform_name} transforms {expected} inputs, got shape "
+                             f"{x.shape}")
         theta = self.loc_net(x)
-        height, width = self.output_size
-        grid = self.transform.grid(theta, height, width, align_corners=self.align_corners)
+        grid = self.transform.grid(theta, *self.output_size, align_corners=self.align_corners)
         return theta, grid
 
     def __call__(self, x: jax.Array, *, return_params: bool = False):
-        """`[B, H, W, C]` -> `[B, H_out, W_out, C]` (and `[B, P]` params if `return_params`)."""
+        """`[B, (D,) H, W, C]` -> `[B, *output_size, C]` (and `[B, P]` params if
+        `return_params`)."""
         theta, grid = self.params_and_grid(x)
-        out = sampling.sample(x, grid, kernel=self.kernel, padding=self.padding,
+        out = sampling.sample(x, grid, kernel=self.sampling_kernel(), padding=self.padding,
                               align_corners=self.align_corners)
         if return_params:
             return out, theta
         return out
+
+
+class ConvLocNet3D(LocalisationNet):
+    """Convolutional localisation net for volumes `[B, D, H, W, C]` (a 3-D ST-CNN loc net).
+
+    Per stage: conv `k x k x k` (SAME) -> ReLU -> 2x2x2 max-pool; then fully connected -> ReLU ->
+    the identity-initialised regression (`RegressionLayer`), so a fresh transformer is the
+    identity warp.
+    """
+
+    def __init__(self, input_shape: Sequence[int], identity: jax.Array, *,
+                 features: Sequence[int] = (8, 16), kernel_size: int = 3, fc: int = 32,
+                 rngs: nnx.Rngs):
+        """`input_shape` is `(D, H, W, C)` of one example."""
+        *spatial, channels = (int(d) for d in input_shape)
+        if len(spatial) != 3:
+            raise ValueError(f"ConvLocNet3D: input_shape must be (D, H, W, C), got "
+                             f"{tuple(input_shape)}")
+        convs = []
+        for feat in features:
+            convs.append(nnx.Conv(channels, feat, (kernel_size,) * 3, padding="SAME", rngs=rngs))
+            channels = feat
+            spatial = [s // 2 for s in spatial]
+            if min(spatial) < 1:
+                raise ValueError(f"ConvLocNet3D: input {tuple(input_shape)} is too small for "
+                                 f"{len(features)} 2x2x2 poolings")
+        self.convs = nnx.List(convs)
+        self.fc = nnx.Linear(spatial[0] * spatial[1] * spatial[2] * channels, fc, rngs=rngs)
+        self.regression = regression_layer(fc, identity, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, D, H, W, C]` -> flat transform parameters `[B, P]`."""
+        h = x
+        for conv in self.convs:
+            h = nnx.max_pool(jax.nn.relu(conv(h)), (2, 2, 2), strides=(2, 2, 2))
+        h = jax.nn.relu(self.fc(h.reshape(h.shape[0], -1)))
+        return self.regression(h)
+
+
+class FlowNet(LocalisationNet):
+    """A small dense localisation net: a displacement per output pixel (or voxel).
+
+    SAME `k x k (x k)` convs with ReLU keep the input's size; a `RegressionLayer` applied at
+    every pixel (a 1x1 convolution with zero weights and zero bias) then regresses `(u_x, u_y[,
+    u_z])`, so a fresh flow is zero: the identity warp. Input `[B, (D,) H, W, C]`, output
+    `[B, (D,) H, W, ndim]`.
+    """
+
+    def __init__(self, input_shape: Sequence[int], *, features: Sequence[int] = (16, 16),
+                 kernel_size: int = 3, rngs: nnx.Rngs):
+        """`input_shape` is `(H, W, C)` or `(D, H, W, C)` of one example."""
+        *spatial, channels = (int(d) for d in input_shape)
+        if len(spatial) not in (2, 3):
+            raise ValueError(f"FlowNet: input_shape must be (H, W, C) or (D, H, W, C), got "
+                             f"{tuple(input_shape)}")
+        convs = []
+        for feat in features:
+            convs.append(nnx.Conv(channels, feat, (kernel_size,) * len(spatial), padding="SAME",
+                                  rngs=rngs))
+            channels = feat
+        self.convs = nnx.List(convs)
+        self.regression = regression_layer(channels, jnp.zeros(len(spatial)), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, (D,) H, W, C]` -> displacement `[B, (D,) H, W, ndim]`."""
+        h = x
+        for conv in self.convs:
+            h = jax.nn.relu(conv(h))
+        return self.regression(h)
+
+
+class FlowTransformer(nnx.Module):
+    """A spatial transformer driven by a dense displacement field instead of a parameter vector.
+
+    `flow_net` maps the input `[B, (D,) H, W, C]` to a displacement field `[B, *size, ndim]`
+    (`stn.transforms` conventions: last axis `(u_x, u_y[, u_z])`, in pixels unless
+    `units="normalized"`); with `integrate_steps > 0` the field is a stationary velocity and is
+    integrated by scaling and squaring (a diffeomorphic warp, VoxelMorph-style). The output takes
+    the field's size. `FlowNet` is a small default `flow_net`; any module with that output works
+    (it should start at zero so that the fresh transformer is the identity).
+    """
+
+    def __init__(self, flow_net: nnx.Module, *, integrate_steps: int = 0, units: str = "pixels",
+                 kernel="bilinear", padding: str = "zeros", align_corners: bool = False,
+                 learn_kernel: bool = False, ndim: int = 2):
+        if units not in transforms.UNITS:
+            raise ValueError(f"units must be one of {transforms.UNITS}, got {units!r}")
+        if padding not in sampling.PADDINGS:
+            raise ValueError(f"padding must be one of {sampling.PADDINGS}, got {padding!r}")
+        if not isinstance(integrate_steps, int) or integrate_steps < 0:
+            raise ValueError(f"integrate_steps must be a non-negative integer, got "
+                             f"{integrate_steps!r}")
+        self.flow_net = flow_net
+        self.integrate_steps = integrate_steps
+        self.units = units
+        self.sampling_kernel = SamplingKernel(kernel, ndim, learn=learn_kernel)
+        self.padding = padding
+        self.align_corners = align_corners
+
+    def displacement(self, x: jax.Array) -> jax.Array:
+        """The displacement field `[B, *size, ndim]` for input `x` (integrated if asked)."""
+        field = self.flow_net(x)
+        if self.integrate_steps:
+            field = transforms.integrate_velocity(field, steps=self.integrate_steps,
+                                                  units=self.units,
+                                                  align_corners=self.align_corners)
+        return field
+
+    def grid(self, x: jax.Array) -> jax.Array:
+        """The sampling grid `[B, *size, ndim]`: the identity grid plus the displacement."""
+        return transforms.displacement_grid(self.displacement(x), units=self.units,
+                                            align_corners=self.align_corners)
+
+    def __call__(self, x: jax.Array, source: jax.Array | None = None) -> jax.Array:
+        """Warps `source` (default: `x` itself) by the field `flow_net(x)`: `[B, *size, C]`.
+
+        A registration net passes the moving and fixed images together as `x` and the moving
+        image alone as `source`.
+        """
+        source = x if source is None else source
+        return sampling.sample(source, self.grid(x), kernel=self.sampling_kernel(),
+                               padding=self.padding, align_corners=self.align_corners)
 
 
 class ParallelTransformers(nnx.Module):

@@ -3,7 +3,8 @@
 A grid generator maps every pixel ``(x_t, y_t)`` of the regular output grid ``G`` (normalised to
 [-1, 1]) to a source point ``(x_s, y_s) = T_theta(x_t, y_t)`` in the input, in the same
 normalised coordinates. The result is a sampling grid ``[B, H_out, W_out, 2]`` with last axis
-``(x, y)`` for ``stn.sampling.sample``.
+``(x, y)`` for ``stn.sampling.sample``; for volumes ``[B, D_out, H_out, W_out, 3]`` with last
+axis ``(x, y, z)`` (x along the width, y the height, z the depth).
 
 Transforms and their parameters (batch first):
 
@@ -16,8 +17,23 @@ Transforms and their parameters (batch first):
   positions of ``K`` control points laid on a regular ``g x g`` grid over [-1, 1]^2
   (``tps`` is 4x4 = 16 points as in the paper; ``tps3x3`` is 3x3).
 
-Each transform has ``num_params``, ``identity()`` (flat, used as the localisation net's initial
-bias) and ``grid(params, height, width, align_corners=...)`` for any output size.
+Volumes (``ndim == 3``):
+
+* ``affine3d``    ``[B, 3, 4]`` (flat ``[B, 12]``):
+  ``(x_s, y_s, z_s)^T = theta (x_t, y_t, z_t, 1)^T``, torch's 5-D ``affine_grid``.
+* ``attention3d`` ``[B, 4]`` = ``(s, t_x, t_y, t_z)``:
+  ``theta = [[s, 0, 0, t_x], [0, s, 0, t_y], [0, 0, s, t_z]]``.
+
+Each transform has ``ndim``, ``num_params``, ``identity()`` (flat, used as the localisation net's
+initial bias) and ``grid(params, *size, align_corners=...)`` for any output size ``(height,
+width)`` or ``(depth, height, width)``.
+
+Dense warps (``displacement_grid``, ``compose_displacements``, ``integrate_velocity``): a
+displacement field ``u`` is ``[B, H, W, 2]`` or ``[B, D, H, W, 3]``, last axis ``(u_x, u_y[,
+u_z])`` in the grid's axis order, defined on the output grid: output point ``p`` samples the
+input at ``p + u(p)``. Units are pixels of the input by default (``u_x = 1`` moves one pixel
+along the width; the input is taken to have the field's size), or the grid's normalised units
+with ``units="normalized"`` (then ``u_x = 2 / W`` is one pixel for ``align_corners=False``).
 """
 
 from __future__ import annotations
@@ -30,69 +46,84 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stn import sampling
+
 
 def base_grid(
-    height: int, width: int, *, align_corners: bool = False, dtype: jnp.dtype = jnp.float32
+    *size: int, align_corners: bool = False, dtype: jnp.dtype = jnp.float32
 ) -> jax.Array:
-    """The regular target grid ``G``: pixel centres in normalised coordinates, ``[H, W, 2]``.
+    """The regular target grid ``G``: pixel centres in normalised coordinates.
 
-    align_corners=True puts the corner pixel centres at -1 and 1; False puts the corner pixels'
-    outer edges there, so centres sit at ``(2 i + 1) / size - 1`` (as torch's affine_grid).
+    ``size`` is ``(height, width)`` -> ``[H, W, 2]`` with last axis ``(x, y)``, or ``(depth,
+    height, width)`` -> ``[D, H, W, 3]`` with last axis ``(x, y, z)``. align_corners=True puts the
+    corner pixel centres at -1 and 1; False puts the corner pixels' outer edges there, so centres
+    sit at ``(2 i + 1) / size - 1`` (as torch's affine_grid).
     """
-    if height < 1 or width < 1:
-        raise ValueError(f"grid size must be positive, got height={height}, width={width}")
-    return jnp.asarray(_base_grid_np(height, width, align_corners), dtype)
+    _check_size(size)
+    return jnp.asarray(_base_grid_np(size, align_corners), dtype)
 
 
-def _base_grid_np(height: int, width: int, align_corners: bool) -> np.ndarray:
+def _check_size(size: tuple) -> None:
+    if len(size) not in (2, 3) or any(int(s) != s or s < 1 for s in size):
+        raise ValueError("grid size must be (height, width) or (depth, height, width) of positive "
+                         f"integers, got {size}")
+
+
+def _base_grid_np(size: tuple[int, ...], align_corners: bool) -> np.ndarray:
     """``base_grid`` in float64 NumPy, for precomputations."""
 
-    def centres(size: int) -> np.ndarray:
+    def centres(count: int) -> np.ndarray:
         if align_corners:
-            return np.linspace(-1.0, 1.0, size) if size > 1 else np.zeros(1)
-        return (2.0 * np.arange(size) + 1.0) / size - 1.0
+            return np.linspace(-1.0, 1.0, count) if count > 1 else np.zeros(1)
+        return (2.0 * np.arange(count) + 1.0) / count - 1.0
 
-    xs, ys = np.meshgrid(centres(width), centres(height))
-    return np.stack([xs, ys], axis=-1)
+    axes = np.meshgrid(*[centres(int(count)) for count in size], indexing="ij")
+    return np.stack(axes[::-1], axis=-1)  # image order (z,) y, x -> grid order x, y (, z)
 
 
 def _check_batch(params: jax.Array, shapes: tuple[tuple[int, ...], ...], name: str) -> None:
     if params.ndim < 2 or tuple(params.shape[1:]) not in shapes:
-        expected = " or ".join(str(["B", *s]) for s in shapes)
+        expected = " or ".join("[B, " + ", ".join(map(str, shape)) + "]" for shape in shapes)
         raise ValueError(f"{name} parameters must be {expected}, got shape {params.shape}")
 
 
-def affine_grid(
-    theta: jax.Array, height: int, width: int, *, align_corners: bool = False
-) -> jax.Array:
-    """Paper eq. 1: ``(x_s, y_s)^T = theta @ (x_t, y_t, 1)^T`` at every pixel of the output grid.
+def affine_grid(theta: jax.Array, *size: int, align_corners: bool = False) -> jax.Array:
+    """Paper eq. 1: ``(x_s, y_s)^T = theta @ (x_t, y_t, 1)^T`` at every pixel of the output grid;
+    for volumes ``(x_s, y_s, z_s)^T = theta @ (x_t, y_t, z_t, 1)^T``.
 
     Args:
-      theta: ``[B, 2, 3]`` affine matrices.
-      height, width: output grid size.
+      theta: ``[B, 2, 3]`` affine matrices, or ``[B, 3, 4]`` for a volume.
+      *size: output grid size, ``height, width`` (or ``depth, height, width``).
       align_corners: as ``torch.nn.functional.affine_grid``.
 
     Returns:
-      ``[B, height, width, 2]``, numerically the same as torch's ``affine_grid(theta, (B, C,
-      height, width), align_corners)``.
+      ``[B, *size, n]`` (n = 2 or 3), numerically the same as torch's ``affine_grid(theta, (B, C,
+      *size), align_corners)``.
     """
     theta = jnp.asarray(theta)
-    _check_batch(theta, ((2, 3),), "affine")
-    target = base_grid(height, width, align_corners=align_corners, dtype=theta.dtype)[None]
-    x_t, y_t = target[..., 0], target[..., 1]
-    coefficient = lambda r, c: theta[:, r, c, None, None]  # noqa: E731  [B, 1, 1]
-    x_s = coefficient(0, 0) * x_t + coefficient(0, 1) * y_t + coefficient(0, 2)
-    y_s = coefficient(1, 0) * x_t + coefficient(1, 1) * y_t + coefficient(1, 2)
-    return jnp.stack([x_s, y_s], axis=-1)
+    _check_size(size)
+    num_axes = len(size)
+    _check_batch(theta, ((num_axes, num_axes + 1),), "affine" if num_axes == 2 else "affine3d")
+    target = base_grid(*size, align_corners=align_corners, dtype=theta.dtype)[None]
+    ones = (1,) * num_axes
+    coefficient = lambda r, c: theta[:, r, c].reshape(-1, *ones)  # noqa: E731  [B, 1, .., 1]
+    source = []
+    for row in range(num_axes):
+        value = coefficient(row, 0) * target[..., 0]
+        for column in range(1, num_axes):
+            value = value + coefficient(row, column) * target[..., column]
+        source.append(value + coefficient(row, num_axes))
+    return jnp.stack(source, axis=-1)
 
 
 def attention_to_affine(params: jax.Array) -> jax.Array:
-    """Paper eq. 2: ``(s, t_x, t_y)`` -> ``[[s, 0, t_x], [0, s, t_y]]``, ``[B, 3] -> [B, 2, 3]``."""
+    """Paper eq. 2: ``(s, t_x, t_y)`` -> ``[[s, 0, t_x], [0, s, t_y]]``, ``[B, 3] -> [B, 2, 3]``;
+    for volumes ``(s, t_x, t_y, t_z)`` -> ``s I`` beside ``t``, ``[B, 4] -> [B, 3, 4]``."""
     params = jnp.asarray(params)
-    _check_batch(params, ((3,),), "attention")
-    s, t_x, t_y = params[:, 0], params[:, 1], params[:, 2]
-    zero = jnp.zeros_like(s)
-    return jnp.stack([jnp.stack([s, zero, t_x], -1), jnp.stack([zero, s, t_y], -1)], axis=1)
+    _check_batch(params, ((3,), (4,)), "attention")
+    num_axes = params.shape[1] - 1
+    scale = params[:, :1, None] * jnp.eye(num_axes, dtype=params.dtype)[None]
+    return jnp.concatenate([scale, params[:, 1:, None]], axis=-1)
 
 
 def compose_affine(outer: jax.Array, inner: jax.Array) -> jax.Array:
@@ -185,7 +216,7 @@ def _tps_interpolation_matrix(
     control points' source positions, so the whole warp is one matrix product.
     """
     control = tps_control_points(grid_size)
-    target = _base_grid_np(height, width, align_corners).reshape(-1, 2)
+    target = _base_grid_np((height, width), align_corners).reshape(-1, 2)
     squared = ((target[:, None, :] - control[None, :, :]) ** 2).sum(-1)
     radial = tps_radial_basis(squared)
     basis = np.concatenate([radial, np.ones((target.shape[0], 1)), target], axis=1)
@@ -225,13 +256,15 @@ class Transform:
       name: registry name.
       param_shape: shape of one example's parameters (without the batch axis).
       identity_params: the parameters of the identity warp, in ``param_shape``.
-      grid_fn: ``(params [B, *param_shape], height, width, align_corners=...) -> [B, h, w, 2]``.
+      grid_fn: ``(params [B, *param_shape], *size, align_corners=...) -> [B, *size, ndim]``.
+      ndim: 2 for images (size ``height, width``), 3 for volumes (``depth, height, width``).
     """
 
     name: str
     param_shape: tuple[int, ...]
     identity_params: tuple[float, ...]
     grid_fn: Callable[..., jax.Array]
+    ndim: int = 2
 
     @property
     def num_params(self) -> int:
@@ -242,10 +275,12 @@ class Transform:
         """Flat ``[num_params]`` parameters of the identity transform (the loc net's bias init)."""
         return jnp.asarray(self.identity_params, dtype)
 
-    def grid(
-        self, params: jax.Array, height: int, width: int, *, align_corners: bool = False
-    ) -> jax.Array:
-        """Sampling grid ``[B, height, width, 2]`` from ``[B, num_params]`` or structured params."""
+    def grid(self, params: jax.Array, *size: int, align_corners: bool = False) -> jax.Array:
+        """Sampling grid ``[B, *size, ndim]`` from ``[B, num_params]`` or structured params;
+        ``size`` is ``height, width`` (``ndim`` 2) or ``depth, height, width`` (``ndim`` 3)."""
+        if len(size) != self.ndim:
+            expected = "height, width" if self.ndim == 2 else "depth, height, width"
+            raise ValueError(f"{self.name} needs an output size ({expected}), got {size}")
         params = jnp.asarray(params)
         if params.ndim == 2 and params.shape[1] == self.num_params:
             params = params.reshape(params.shape[0], *self.param_shape)
@@ -254,11 +289,11 @@ class Transform:
                 f"{self.name} parameters must be [B, {self.num_params}] or "
                 f"[B, {', '.join(map(str, self.param_shape))}], got shape {params.shape}"
             )
-        return self.grid_fn(params, height, width, align_corners=align_corners)
+        return self.grid_fn(params, *size, align_corners=align_corners)
 
 
-def _attention_grid(params, height, width, *, align_corners=False):
-    return affine_grid(attention_to_affine(params), height, width, align_corners=align_corners)
+def _attention_grid(params, *size, align_corners=False):
+    return affine_grid(attention_to_affine(params), *size, align_corners=align_corners)
 
 
 def thin_plate_spline(grid_size: int = 4) -> Transform:
@@ -281,9 +316,17 @@ _REGISTRY: dict[str, Transform] = {
     "tps": thin_plate_spline(4),
     "tps3x3": thin_plate_spline(3),
     "tps4x4": thin_plate_spline(4),
+    "affine3d": Transform("affine3d", (3, 4), (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0,
+                                              0.0, 0.0, 1.0, 0.0), affine_grid, ndim=3),
+    "attention3d": Transform("attention3d", (4,), (1.0, 0.0, 0.0, 0.0), _attention_grid, ndim=3),
 }
 
 NAMES = tuple(_REGISTRY)
+
+
+def names(ndim: int) -> tuple[str, ...]:
+    """The registered transforms for images (``ndim`` 2) or volumes (3)."""
+    return tuple(name for name, transform in _REGISTRY.items() if transform.ndim == ndim)
 
 
 def get(name: str) -> Transform:
@@ -291,3 +334,98 @@ def get(name: str) -> Transform:
     if name not in _REGISTRY:
         raise ValueError(f"unknown transform {name!r}; expected one of {', '.join(NAMES)}")
     return _REGISTRY[name]
+
+
+# ---------------------------------------------------------------- dense displacement fields
+
+UNITS = ("pixels", "normalized")
+
+
+def _check_field(field: jax.Array, name: str) -> int:
+    """The number of spatial axes of a displacement field, or a ValueError naming the shapes."""
+    if field.ndim not in (4, 5) or field.shape[-1] != field.ndim - 2:
+        raise ValueError(f"{name} must be [B, H, W, 2] or [B, D, H, W, 3] (last axis u_x, u_y[, "
+                         f"u_z]), got shape {field.shape}")
+    return field.ndim - 2
+
+
+def pixel_scale(size: tuple[int, ...], align_corners: bool) -> np.ndarray:
+    """Normalised units per pixel along ``(x, y[, z])`` for a grid of ``size`` ((D,) H, W):
+    ``2 / size`` (align_corners=False) or ``2 / (size - 1)`` (True; 1 for a size-1 axis)."""
+    counts = np.asarray(size[::-1], np.float64)
+    return 2.0 / (np.maximum(counts - 1, 1) if align_corners else counts)
+
+
+def displacement_grid(
+    displacement: jax.Array, *, units: str = "pixels", align_corners: bool = False
+) -> jax.Array:
+    """Dense sampling grid ``G + u``: the identity grid plus a displacement field.
+
+    Args:
+      displacement: ``u``, ``[B, H, W, 2]`` or ``[B, D, H, W, 3]``, last axis ``(u_x, u_y[, u_z])``
+        (x along the width), defined on the output grid (which takes its size).
+      units: ``"pixels"`` (default; pixels of an input of the field's size) or ``"normalized"``
+        (the grid's [-1, 1] units).
+      align_corners: as for ``base_grid`` and the sampler; it sets the pixel size in normalised
+        units (``pixel_scale``).
+
+    Returns:
+      ``[B, *size, n]`` for ``stn.sampling.sample``: output point ``p`` samples ``p + u(p)``.
+    """
+    displacement = jnp.asarray(displacement)
+    _check_field(displacement, "displacement")
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
+    size = displacement.shape[1:-1]
+    if units == "pixels":
+        scale = pixel_scale(size, align_corners).reshape((1,) * (displacement.ndim - 1) + (-1,))
+        displacement = displacement * jnp.asarray(scale, displacement.dtype)
+    identity = base_grid(*size, align_corners=align_corners, dtype=displacement.dtype)[None]
+    return identity + displacement
+
+
+def compose_displacements(
+    outer: jax.Array, inner: jax.Array, *, units: str = "pixels", align_corners: bool = False
+) -> jax.Array:
+    """The displacement of ``p -> phi_outer(phi_inner(p))`` with ``phi(p) = p + u(p)``:
+
+        u(p) = u_inner(p) + u_outer(p + u_inner(p)),
+
+    ``u_outer`` read between its samples by linear interpolation, and at its nearest edge value
+    beyond them (border padding). Sampling an image with ``u`` is sampling it with ``u_outer``
+    and then sampling that result with ``u_inner``, as for ``compose_affine``. Both fields have
+    the same shape and ``units``.
+    """
+    outer, inner = jnp.asarray(outer), jnp.asarray(inner)
+    _check_field(outer, "outer")
+    _check_field(inner, "inner")
+    if outer.shape != inner.shape:
+        raise ValueError(f"displacement fields must have the same shape, got outer {outer.shape} "
+                         f"and inner {inner.shape}")
+    grid = displacement_grid(inner, units=units, align_corners=align_corners)
+    moved = sampling.sample(outer, grid, kernel="bilinear", padding="border",
+                            align_corners=align_corners)
+    return inner + moved
+
+
+def integrate_velocity(
+    velocity: jax.Array, *, steps: int = 7, units: str = "pixels", align_corners: bool = False
+) -> jax.Array:
+    """Scaling and squaring (Arsigny et al. 2006): the displacement of ``exp(v)``, the time-1 flow
+    of the stationary velocity field ``v``:
+
+        u_0 = v / 2^steps,    u_{k+1}(p) = u_k(p) + u_k(p + u_k(p))
+
+    (``compose_displacements(u_k, u_k)``), so ``u_steps`` is ``2^steps`` small steps composed: a
+    diffeomorphic warp for a smooth enough ``v``, as registration networks such as VoxelMorph use.
+    Same shapes and units as the field.
+    """
+    velocity = jnp.asarray(velocity)
+    _check_field(velocity, "velocity")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    displacement = velocity / (2.0 ** steps)
+    for _ in range(steps):
+        displacement = compose_displacements(displacement, displacement, units=units,
+                                             align_corners=align_corners)
+    return displacement

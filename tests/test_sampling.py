@@ -1,14 +1,12 @@
 """stn.sampling.sample against a literal float64 transcription of paper eq. 3, and its gradients."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from stn import sampling, transforms
+from stn import kernels, sampling, transforms
 
 KERNELS = sampling.KERNELS
 PADDINGS = sampling.PADDINGS
@@ -41,25 +39,78 @@ def _reference_pad(coord, size, padding, align_corners):
     return coord
 
 
-def _reference_kernel(distance, kernel):
-    if kernel == "bilinear":
+def _reference_keys(distance, a):
+    """Keys (1981) eq. 15: the cubic convolution kernel."""
+    s = np.abs(distance)
+    return np.where(s < 1, (a + 2) * s**3 - (a + 3) * s**2 + 1,
+                    np.where(s < 2, a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a, 0.0))
+
+
+def reference_kernel(distance, kernel):
+    """k(d) for a kernel name or object, from its textbook formula."""
+    if kernel == "bilinear" or isinstance(kernel, kernels.Linear):
         return np.maximum(0.0, 1.0 - np.abs(distance))
-    # Integer kernel: m == floor(x + 0.5)  <=>  -0.5 <= x - m < 0.5.
-    return ((distance >= -0.5) & (distance < 0.5)).astype(np.float64)
+    if kernel == "nearest" or isinstance(kernel, kernels.Nearest):
+        # Integer kernel: m == floor(x + 0.5)  <=>  -0.5 <= x - m < 0.5.
+        return ((distance >= -0.5) & (distance < 0.5)).astype(np.float64)
+    if kernel == "bicubic":
+        return _reference_keys(distance, -0.75)
+    if isinstance(kernel, kernels.Keys):
+        return _reference_keys(distance, float(kernel.a))
+    if isinstance(kernel, kernels.Gaussian):
+        sigma = float(kernel.sigma)
+        inside = (distance >= -kernel.radius) & (distance < kernel.radius)
+        return np.where(inside, np.exp(-distance**2 / (2 * sigma**2)) / (sigma * np.sqrt(2 * np.pi)),
+                        0.0)
+    raise AssertionError(kernel)
+
+
+def _pads_coordinate(kernel):
+    return kernel in ("nearest", "bilinear") or isinstance(kernel, (kernels.Nearest, kernels.Linear))
+
+
+def _reference_axis(coord, size, kernel, padding, align_corners):
+    """Kernel matrix [..., L] over a lattice of pixels and, per lattice pixel, the image index it
+    reads (-1: zero). The lattice spans far beyond the image, so the sum over it is literal."""
+    if _pads_coordinate(kernel):  # pad the continuous coordinate, then only image pixels count
+        coord = _reference_pad(coord, size, padding, align_corners)
+        lattice = np.arange(size)
+        return reference_kernel(coord[..., None] - lattice, kernel), lattice
+    margin = 4 * size + 8
+    lattice = np.arange(-margin, size + margin)
+    if padding == "zeros":
+        source = np.where((lattice >= 0) & (lattice < size), lattice, -1)
+    else:  # torch's bicubic: pad each tap's (integer) coordinate, then truncate to an index
+        source = _reference_pad(lattice.astype(np.float64), size, padding, align_corners)
+        source = source.astype(np.int64)
+    return reference_kernel(coord[..., None] - lattice, kernel), source
 
 
 def reference_sample(image, grid, kernel, padding, align_corners):
-    """V_i^c = sum_n sum_m U_nm^c k(x_s - m) k(y_s - n), summed over every pixel of the image."""
+    """V_i^c = sum_l sum_n sum_m U_lnm^c k(x_s - m) k(y_s - n) (k(z_s - l)), summed literally
+    over a lattice of pixels reaching far outside the image (padding gives their values)."""
     image = np.asarray(image, np.float64)
     grid = np.asarray(grid, np.float64)
-    _, height, width, _ = image.shape
-    x = _reference_pad(_reference_unnormalize(grid[..., 0], width, align_corners), width,
-                       padding, align_corners)
-    y = _reference_pad(_reference_unnormalize(grid[..., 1], height, align_corners), height,
-                       padding, align_corners)
-    k_x = _reference_kernel(x[..., None] - np.arange(width), kernel)  # [B, Ho, Wo, W]
-    k_y = _reference_kernel(y[..., None] - np.arange(height), kernel)  # [B, Ho, Wo, H]
-    return np.einsum("bijn,bijm,bnmc->bijc", k_y, k_x, image)
+    num_axes = grid.shape[-1]
+    sizes = image.shape[1:-1]
+    per_axis = kernel if isinstance(kernel, (tuple, list)) else (kernel,) * num_axes
+    matrices, sources = [], []
+    for axis, size in enumerate(sizes):  # image order (z,) y, x; grid order x, y (, z)
+        coord = _reference_unnormalize(grid[..., num_axes - 1 - axis], size, align_corners)
+        matrix, source = _reference_axis(coord, size, per_axis[num_axes - 1 - axis], padding,
+                                         align_corners)
+        matrices.append(matrix)
+        sources.append(source)
+    reads_pixel = np.ones(tuple(len(s) for s in sources), bool)
+    for axis, source in enumerate(sources):
+        shape = [1] * num_axes
+        shape[axis] = -1
+        reads_pixel = reads_pixel & (source >= 0).reshape(shape)
+    extended = image[(slice(None), *np.ix_(*[np.maximum(s, 0) for s in sources]))]
+    extended = np.where(reads_pixel[None, ..., None], extended, 0.0)
+    if num_axes == 2:
+        return np.einsum("bijn,bijm,bnmc->bijc", *matrices, extended)
+    return np.einsum("bijkl,bijkn,bijkm,blnmc->bijkc", *matrices, extended)
 
 
 # ---------------------------------------------------------------- test points
@@ -71,16 +122,20 @@ def _pixel_to_normalized(pixel, size, align_corners):
     return (2 * pixel + 1) / size - 1
 
 
-def _test_grid(rng, batch, height, width, align_corners):
-    """Random points (some outside), corners/edges of the range, and exact pixel centres."""
-    random_points = rng.uniform(-1.4, 1.4, size=(batch, 6, 5, 2))
+def _test_grid(rng, batch, sizes, align_corners):
+    """Random points (some outside), corners/edges of the range, and exact pixel centres.
+
+    ``sizes`` in image order ((D,) H, W); the grid's last axis is (x, y(, z)).
+    """
+    num_axes = len(sizes)
+    lead = (batch, 6) + (5,) * (num_axes - 1)
+    random_points = rng.uniform(-1.4, 1.4, size=lead + (num_axes,))
     edges = np.array([-1.0, 1.0, -1.0 - 1e-3, 1.0 + 1e-3, 0.0])
-    edge_points = np.stack(np.meshgrid(edges, edges), -1)  # [5, 5, 2]
-    edge_points = np.broadcast_to(edge_points, (batch, 5, 5, 2))
-    m = rng.integers(-1, width + 1, size=(batch, 5, 5))
-    n = rng.integers(-1, height + 1, size=(batch, 5, 5))
-    integer_points = np.stack([_pixel_to_normalized(m, width, align_corners),
-                               _pixel_to_normalized(n, height, align_corners)], -1)
+    edge_points = np.stack(np.meshgrid(*[edges] * num_axes, indexing="ij"), -1)
+    edge_points = np.broadcast_to(edge_points, (batch,) + edge_points.shape)
+    pixels = [rng.integers(-1, size + 1, size=(batch,) + (5,) * num_axes) for size in sizes[::-1]]
+    integer_points = np.stack([_pixel_to_normalized(m, size, align_corners)
+                               for m, size in zip(pixels, sizes[::-1])], -1)
     return np.concatenate([random_points, edge_points, integer_points], axis=1)
 
 
@@ -90,16 +145,50 @@ def _float64():
         yield
 
 
-@pytest.mark.parametrize(
-    "kernel,padding,align_corners", list(itertools.product(KERNELS, PADDINGS, (False, True)))
-)
+# Every kernel: the three names, Keys with another a, and a Gaussian (tap-padded). Its radius
+# 2.5 keeps the test points (near-integer and random coordinates) off the truncation edge, where
+# float64 rounding of x - m in the reference would decide whether a tap counts.
+KERNEL_CASES = ["nearest", "bilinear", "bicubic", kernels.Keys(-0.5), kernels.Gaussian(0.6, 2.5)]
+KERNEL_IDS = ["nearest", "bilinear", "bicubic", "keys-0.5", "gaussian0.6"]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("kernel", KERNEL_CASES, ids=KERNEL_IDS)
 def test_matches_literal_double_sum(kernel, padding, align_corners):
     rng = np.random.default_rng(0)
     image = rng.normal(size=(2, 7, 9, 3))
-    grid = _test_grid(rng, 2, 7, 9, align_corners)
+    grid = _test_grid(rng, 2, (7, 9), align_corners)
     expected = reference_sample(image, grid, kernel, padding, align_corners)
     actual = sampling.sample(jnp.asarray(image), jnp.asarray(grid), kernel=kernel,
                              padding=padding, align_corners=align_corners)
+    np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("kernel", KERNEL_CASES, ids=KERNEL_IDS)
+def test_volumes_match_literal_triple_sum(kernel, padding, align_corners):
+    rng = np.random.default_rng(10)
+    image = rng.normal(size=(2, 4, 5, 6, 2))
+    grid = _test_grid(rng, 2, (4, 5, 6), align_corners)
+    expected = reference_sample(image, grid, kernel, padding, align_corners)
+    actual = sampling.sample(jnp.asarray(image), jnp.asarray(grid), kernel=kernel,
+                             padding=padding, align_corners=align_corners)
+    np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_axes", [2, 3])
+def test_one_kernel_per_axis(num_axes):
+    """(k_x, k_y[, k_z]): the paper's k(x_s - m; Phi_x) k(y_s - n; Phi_y) with different Phi."""
+    rng = np.random.default_rng(11)
+    sizes = (5, 6, 7)[-num_axes:]
+    image = rng.normal(size=(1, *sizes, 2))
+    grid = _test_grid(rng, 1, sizes, False)
+    per_axis = (kernels.Keys(-0.5), "bilinear", kernels.Gaussian(0.8, 2.5))[:num_axes]
+    expected = reference_sample(image, grid, per_axis, "reflection", False)
+    actual = sampling.sample(jnp.asarray(image), jnp.asarray(grid), kernel=per_axis,
+                             padding="reflection")
     np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-12)
 
 
@@ -123,6 +212,29 @@ def test_unbatched_and_output_size_follows_grid():
     np.testing.assert_array_equal(batched[0], sampling.sample(image, over))
 
 
+def test_unbatched_volume_and_output_size_follows_grid():
+    volume = jnp.arange(3 * 4 * 5 * 2, dtype=jnp.float64).reshape(3, 4, 5, 2)
+    grid = jnp.asarray(np.random.default_rng(12).uniform(-1, 1, size=(2, 6, 7, 3)))
+    assert sampling.sample(volume, grid).shape == (2, 6, 7, 2)
+    for kernel in KERNEL_CASES:
+        np.testing.assert_array_equal(sampling.sample(volume[None], grid[None], kernel=kernel)[0],
+                                      sampling.sample(volume, grid, kernel=kernel))
+
+
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic", kernels.Keys(-0.5)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_identity_grid_is_the_identity_warp_on_volumes(kernel, align_corners):
+    """Pixel centres sample their own pixel for every interpolating kernel, on volumes too."""
+    rng = np.random.default_rng(13)
+    volume = jnp.asarray(rng.normal(size=(2, 4, 5, 6, 3)))
+    grid = jnp.broadcast_to(transforms.base_grid(4, 5, 6, align_corners=align_corners,
+                                                 dtype=jnp.float64), (2, 4, 5, 6, 3))
+    for padding in PADDINGS:
+        out = sampling.sample(volume, grid, kernel=kernel, padding=padding,
+                              align_corners=align_corners)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(volume), atol=1e-12)
+
+
 def test_torch_grid_sample_values_on_a_small_case():
     """Hand-computed values that torch.nn.functional.grid_sample gives (align_corners=False)."""
     image = jnp.array([[1.0, 2.0], [3.0, 4.0]])[None, :, :, None]  # [1, 2, 2, 1]
@@ -138,27 +250,53 @@ def test_torch_grid_sample_values_on_a_small_case():
 # ---------------------------------------------------------------- gradients
 
 
-def _random_case(seed, height=6, width=7):
+def _random_case(seed, sizes=(6, 7)):
+    """An image of ``sizes`` (image order) and a grid of generic points well inside it."""
     rng = np.random.default_rng(seed)
-    image = jnp.asarray(rng.normal(size=(2, height, width, 2)))
-    # Generic points well inside the image: no kinks within the finite-difference step.
-    pixels = rng.uniform(0.2, 0.8, size=(2, 3, 4, 2)) + rng.integers(1, 4, size=(2, 3, 4, 2))
-    grid = jnp.stack([_pixel_to_normalized(pixels[..., 0], width, False),
-                      _pixel_to_normalized(pixels[..., 1], height, False)], -1)
+    image = jnp.asarray(rng.normal(size=(2, *sizes, 2)))
+    # Fractional parts in (0.2, 0.8): no kink within the finite-difference step.
+    lead = (2, 3, 4, 2)[: len(sizes) + 1]
+    pixels = [rng.uniform(0.2, 0.8, size=lead) + rng.integers(1, 4, size=lead)
+              for _ in sizes]
+    grid = jnp.stack([_pixel_to_normalized(p, size, False)
+                      for p, size in zip(pixels, sizes[::-1])], -1)
     return image, grid
 
 
+SMOOTH_KERNELS = KERNEL_CASES[1:]  # every kernel that passes a gradient to the grid
+SMOOTH_IDS = KERNEL_IDS[1:]
+
+
+@pytest.mark.parametrize("sizes", [(6, 7), (5, 6, 7)], ids=["2d", "3d"])
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_check_grads_image_and_grid(padding):
-    image, grid = _random_case(2)
-    fn = lambda u, g: sampling.sample(u, g, padding=padding)  # noqa: E731
-    check_grads(fn, (image, grid), order=1, modes=("fwd", "rev"), eps=1e-6)
+@pytest.mark.parametrize("kernel", SMOOTH_KERNELS, ids=SMOOTH_IDS)
+def test_check_grads_image_and_grid(kernel, padding, sizes):
+    image, grid = _random_case(2, sizes)
+    fn = lambda u, g: sampling.sample(u, g, kernel=kernel, padding=padding)  # noqa: E731
+    check_grads(jax.jit(fn), (image, grid), order=1, modes=("fwd", "rev"), eps=1e-6)
+
+
+@pytest.mark.parametrize("sizes,padding", [((6, 7), "zeros"), ((6, 7), "border"),
+                                          ((6, 7), "reflection"), ((5, 6, 7), "border")],
+                         ids=["2d-zeros", "2d-border", "2d-reflection", "3d-border"])
+@pytest.mark.parametrize("make_kernel", [kernels.Keys, lambda a: kernels.Gaussian(a, 2.0)],
+                         ids=["keys_a", "gaussian_sigma"])
+def test_check_grads_kernel_parameters(make_kernel, padding, sizes):
+    """Phi is differentiable, alone and together with the image and the grid."""
+    image, grid = _random_case(3, sizes)
+    phi = jnp.asarray(0.7)  # a (Keys) or sigma (Gaussian)
+    fn = lambda u, g, p: sampling.sample(u, g, kernel=make_kernel(p), padding=padding)  # noqa
+    check_grads(jax.jit(fn), (image, grid, phi), order=1, modes=("fwd", "rev"), eps=1e-6)
+    per_axis = lambda p: sampling.sample(  # noqa: E731  Phi on one axis only
+        image, grid, kernel=(make_kernel(p),) + ("bilinear",) * (len(sizes) - 1), padding=padding)
+    check_grads(jax.jit(per_axis), (phi,), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
 def test_check_grads_nearest_image():
-    image, grid = _random_case(3)
-    check_grads(lambda u: sampling.sample(u, grid, kernel="nearest"), (image,), order=1,
-                modes=("fwd", "rev"))
+    for sizes in [(6, 7), (5, 6, 7)]:
+        image, grid = _random_case(3, sizes)
+        nearest = jax.jit(lambda u: sampling.sample(u, grid, kernel="nearest"))  # noqa: B023
+        check_grads(nearest, (image,), order=1, modes=("fwd", "rev"))
 
 
 def test_closed_form_gradients_at_generic_points():
@@ -298,13 +436,21 @@ def test_jit_vmap_and_grad_through_a_transform():
 @pytest.mark.parametrize(
     "image_shape,grid_shape,kwargs,message",
     [
-        ((2, 4, 4), (2, 3, 3, 2), {}, "image must be"),
-        ((2, 4, 4, 1), (2, 3, 3, 3), {}, "grid must be"),
+        ((2, 4), (2, 3, 2), {}, "image must be"),
+        ((2, 4, 4), (2, 3, 3, 2), {}, "grid must be"),
+        ((2, 4, 4, 1), (2, 3, 3, 4), {}, "grid must be"),
+        ((2, 3, 4, 4, 1), (2, 3, 3, 3, 2), {}, "grid must be"),
         ((2, 4, 4, 1), (3, 3, 3, 2), {}, "batch sizes differ"),
-        ((2, 4, 4, 1), (2, 3, 3, 2), {"kernel": "bicubic"}, "kernel must be one of"),
+        ((2, 4, 4, 1), (2, 3, 3, 2), {"kernel": "cubic"}, "kernel must be one of"),
+        ((2, 4, 4, 1), (2, 3, 3, 2), {"kernel": ("bilinear",)}, "a sequence of 2"),
         ((2, 4, 4, 1), (2, 3, 3, 2), {"padding": "wrap"}, "padding must be one of"),
     ],
 )
 def test_bad_inputs_raise_value_error(image_shape, grid_shape, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sampling.sample(jnp.zeros(image_shape), jnp.zeros(grid_shape), **kwargs)
+
+
+def test_integer_grid_raises_value_error():
+    with pytest.raises(ValueError, match="grid must be floating point"):
+        sampling.sample(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 3, 3, 2), jnp.int32))

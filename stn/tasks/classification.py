@@ -28,9 +28,9 @@ def validate_config(config) -> None:
     if model not in mnist.MODEL_NAMES:
         raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
                          f"{', '.join(mnist.MODEL_NAMES)}")
-    if model.startswith("st_") and config.model.transform not in transforms.NAMES:
+    if model.startswith("st_") and config.model.transform not in transforms.names(2):
         raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
-                         f"to one of {', '.join(transforms.NAMES)}")
+                         f"to one of {', '.join(transforms.names(2))}")
     for field, allowed in (("kernel", sampling.KERNELS), ("padding", sampling.PADDINGS)):
         if config.model.get(field, allowed[0]) not in allowed:
             raise ValueError(f"config.model.{field}={config.model[field]!r} is unknown; set it "

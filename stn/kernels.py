@@ -1,0 +1,201 @@
+"""Sampling kernels ``k(d; Phi)`` of the spatial transformer's sampler (paper eq. 3).
+
+The sampler computes ``V_i = sum_n sum_m U_nm k(x_s - m; Phi_x) k(y_s - n; Phi_y)`` (and a third
+factor ``k(z_s - l; Phi_z)`` for volumes): a separable kernel applied along each axis. A kernel
+here is a small frozen dataclass, registered as a JAX pytree whose leaves are its parameters
+``Phi`` (so they can be traced, learnt and differentiated) and whose support radius is static.
+
+Each kernel is zero outside ``[-radius, radius)`` and defines three things:
+
+* ``kernel(d)``: the weights ``k(d; Phi)`` of signed distances ``d = x_s - m`` (elementwise).
+* ``first_tap(x)``: the lowest pixel index whose weight may be non-zero, ``floor(x) - ceil(r) + 1``.
+* ``num_taps``: how many consecutive pixels from there may carry weight, ``2 ceil(r)``.
+
+Kinks (linear at 0 and +-1, the Gaussian's truncation) follow one rule: every kernel is written
+piecewise on half-open intervals ``[a, b)``, so autodiff takes the derivative of the piece on the
+right of a kink. As ``x_s`` grows, ``d = x_s - m`` grows too, so this is the one-sided derivative
+of the interpolation as the source point moves towards higher indices: ``U_{m+1} - U_m`` for the
+linear kernel at an integer ``x_s`` (torch and ``jax.scipy.ndimage.map_coordinates`` agree).
+
+Padding: the nearest and linear kernels act on the padded continuous coordinate (torch's
+``grid_sample`` for ``nearest`` and ``bilinear``); every wider kernel pads each tap's integer index
+instead (torch's ``bicubic``: a tap outside the image reads zero, the edge pixel or the mirrored
+pixel). ``pads_coordinate`` says which.
+
+Names (``get``): ``"nearest"``, ``"bilinear"`` (linear, trilinear on volumes as in torch) and
+``"bicubic"`` (Keys with ``a = -0.75``, torch's ``mode="bicubic"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+
+class Kernel:
+    """Base class of the separable sampling kernels ``k(d; Phi)``, zero outside [-r, r)."""
+
+    radius: float
+    pads_coordinate: ClassVar[bool] = False
+
+    @property
+    def num_taps(self) -> int:
+        """Consecutive pixels per axis that may carry weight: ``2 ceil(radius)``."""
+        return 2 * math.ceil(self.radius)
+
+    def first_tap(self, coordinate: jax.Array) -> jax.Array:
+        """Lowest index ``m`` (a float) with ``x - m < radius``: ``floor(x) - ceil(r) + 1``."""
+        return jnp.floor(coordinate) - (math.ceil(self.radius) - 1)
+
+    def __call__(self, distance: jax.Array) -> jax.Array:
+        """The weights ``k(d; Phi)`` of signed distances ``d = x_s - m``."""
+        raise NotImplementedError
+
+    def tap_weights(self, coordinate: jax.Array, first: jax.Array) -> jax.Array:
+        """``[..., num_taps]`` weights ``k(x - m)`` of the taps ``m = first, first + 1, ...``."""
+        offsets = jnp.arange(self.num_taps, dtype=coordinate.dtype)
+        offsets = offsets.reshape((1,) * coordinate.ndim + (self.num_taps,))
+        return self((coordinate - first)[..., None] - offsets)
+
+    def params(self) -> dict[str, Any]:
+        """The differentiable parameters ``Phi`` by name (empty for nearest and linear)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.metadata.get("static")}
+
+
+def _register(cls):
+    """Registers a kernel dataclass as a pytree: ``Phi`` are leaves, static fields metadata."""
+    fields = dataclasses.fields(cls)
+    jax.tree_util.register_dataclass(
+        cls, data_fields=[f.name for f in fields if not f.metadata.get("static")],
+        meta_fields=[f.name for f in fields if f.metadata.get("static")])
+    return cls
+
+
+def _inside(distance: jax.Array, radius: float) -> jax.Array:
+    """``-radius <= d < radius``: the half-open support every kernel shares."""
+    return (distance >= -radius) & (distance < radius)
+
+
+def _magnitude(distance: jax.Array) -> jax.Array:
+    """``|d|`` written as two pieces, ``[0, inf)`` and ``(-inf, 0)``, for the one-sided rule."""
+    return jnp.where(distance < 0, -distance, distance)
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class Nearest(Kernel):
+    """The integer kernel (paper eq. 4): the one pixel ``floor(x_s + 0.5)``, weight 1.
+
+    ``k(d) = 1`` for ``-0.5 <= d < 0.5``. Its weight is constant, so it passes no gradient to the
+    grid. torch rounds half to even instead, which differs only at exact half-pixel points.
+    """
+
+    radius: ClassVar[float] = 0.5
+    pads_coordinate: ClassVar[bool] = True
+
+    @property
+    def num_taps(self) -> int:
+        return 1
+
+    def first_tap(self, coordinate: jax.Array) -> jax.Array:
+        return jnp.floor(coordinate + 0.5)
+
+    def __call__(self, distance: jax.Array) -> jax.Array:
+        return _inside(distance, self.radius).astype(distance.dtype)
+
+    def tap_weights(self, coordinate: jax.Array, first: jax.Array) -> jax.Array:
+        # Always 1: x - floor(x + 0.5) can round to exactly -0.5 - ulp, just outside the support.
+        return jnp.ones(coordinate.shape + (1,), coordinate.dtype)
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class Linear(Kernel):
+    """Paper eq. 5: ``k(d) = max(0, 1 - |d|)`` (bilinear in 2-D, trilinear in 3-D).
+
+    Written as ``1 + d`` on [-1, 0) and ``1 - d`` on [0, 1), so the derivative at the kinks is the
+    one on their right.
+    """
+
+    radius: ClassVar[float] = 1.0
+    pads_coordinate: ClassVar[bool] = True
+
+    def __call__(self, distance: jax.Array) -> jax.Array:
+        weight = jnp.where(distance < 0, 1.0 + distance, 1.0 - distance)
+        return jnp.where(_inside(distance, self.radius), weight, jnp.zeros_like(weight))
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class Keys(Kernel):
+    """Keys' cubic convolution kernel (Keys 1981, eq. 15) with free parameter ``a``.
+
+    With ``s = |d|``:
+
+        k(d) = (a + 2) s^3 - (a + 3) s^2 + 1           for 0 <= s < 1
+        k(d) = a s^3 - 5 a s^2 + 8 a s - 4 a            for 1 <= s < 2
+        k(d) = 0                                        otherwise.
+
+    It interpolates (``k(0) = 1``, ``k(+-1) = k(+-2) = 0``) and its weights sum to one for every
+    ``a``. ``a = -0.75`` is torch's and OpenCV's ``bicubic`` (the default here); Keys' own choice
+    is ``a = -0.5`` (third-order accurate). ``a`` is differentiable (a scalar).
+    """
+
+    a: Any = -0.75
+    radius: ClassVar[float] = 2.0
+
+    def __call__(self, distance: jax.Array) -> jax.Array:
+        a = jnp.asarray(self.a, distance.dtype)
+        s = _magnitude(distance)
+        # The nesting of torch's cubic_convolution1/2 (same float32 rounding as its grid_sample).
+        near = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
+        far = ((a * s - 5.0 * a) * s + 8.0 * a) * s - 4.0 * a
+        weight = jnp.where(s < 1.0, near, far)
+        return jnp.where(_inside(distance, self.radius), weight, jnp.zeros_like(weight))
+
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class Gaussian(Kernel):
+    """A Gaussian of width ``sigma`` truncated to ``[-radius, radius)``:
+
+        k(d) = exp(-d^2 / (2 sigma^2)) / (sigma sqrt(2 pi)).
+
+    Not an interpolating kernel: it blurs (anti-aliasing before down-sampling, or a learnt
+    smoothing). Its weights over the integer taps sum to about one when ``sigma >= 0.5`` and
+    ``radius >= 3 sigma`` (the lattice sum of a unit Gaussian is ``1 + 2 exp(-2 pi^2 sigma^2)``
+    at worst, 1.4% for ``sigma = 0.5``); they are not renormalised. ``sigma`` is differentiable
+    (a scalar); ``radius`` is static and sets the taps per axis, ``2 ceil(radius)``.
+    """
+
+    sigma: Any = 0.5
+    radius: float = dataclasses.field(default=1.5, metadata={"static": True})
+
+    def __post_init__(self):
+        if not (isinstance(self.radius, (int, float)) and self.radius > 0):
+            raise ValueError(f"Gaussian radius must be a positive number, got {self.radius!r}")
+        if isinstance(self.sigma, (int, float)) and not self.sigma > 0:
+            raise ValueError(f"Gaussian sigma must be positive, got {self.sigma!r}")
+
+    def __call__(self, distance: jax.Array) -> jax.Array:
+        sigma = jnp.asarray(self.sigma, distance.dtype)
+        weight = jnp.exp(-0.5 * jnp.square(distance / sigma)) / (sigma * math.sqrt(2.0 * math.pi))
+        return jnp.where(_inside(distance, self.radius), weight, jnp.zeros_like(weight))
+
+
+_NAMED: dict[str, Kernel] = {"nearest": Nearest(), "bilinear": Linear(), "bicubic": Keys(-0.75)}
+NAMES = tuple(_NAMED)
+
+
+def get(kernel: str | Kernel) -> Kernel:
+    """The kernel named ``kernel`` (one of ``NAMES``), or ``kernel`` itself if it is a Kernel."""
+    if isinstance(kernel, Kernel):
+        return kernel
+    if isinstance(kernel, str) and kernel in _NAMED:
+        return _NAMED[kernel]
+    raise ValueError(f"kernel must be one of {NAMES} or a stn.kernels.Kernel, got {kernel!r}")
