@@ -18,12 +18,13 @@ cd "$(dirname "$0")/.."
 out=${OUT:-runs/gpu_table1}
 work=${WORKDIR:-/tmp/stn_gpu_table1}
 seconds=${TRAIN_SECONDS:-420}
+py=${PYTHON:-python3}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
-  python -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], \
+  $py -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], \
 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', \
 o.__version__, jax.devices())"
   nproc
@@ -31,10 +32,10 @@ o.__version__, jax.devices())"
 
 start=$(date +%s)
 {
-  timeout -s TERM "$seconds" python -m stn.sweeps --parallel="${PARALLEL:-8}" \
+  timeout -s TERM "$seconds" $py -m stn.sweeps --parallel="${PARALLEL:-8}" \
     --workdir="$work/paper" --sweep="configs/sweeps/table1.py:data=sample,columns=rts,\
 eval_every=10000,test_curves=true${PAPER_ARGS:-}" &
-  timeout -s TERM "$seconds" python -m stn.sweeps --parallel=2 --workdir="$work/cpu_recipe_long" \
+  timeout -s TERM "$seconds" $py -m stn.sweeps --parallel=2 --workdir="$work/cpu_recipe_long" \
     --sweep="configs/sweeps/table1_long.py${LONG_ARGS:-}" &
   wait
 } 2>&1 | tee "$out/sweep.log"
@@ -46,13 +47,13 @@ for run in "$work"/*/*/; do
   name=$(basename "$run")
   echo "== $name stopped early at step $(ls "$run/checkpoints" | sort -n | tail -1)" \
     | tee -a "$out/sweep.log"
-  timeout 150 python eval.py --workdir="$run" > "$run/eval_stopped.log" 2>&1 &
+  timeout 150 $py eval.py --workdir="$run" > "$run/eval_stopped.log" 2>&1 &
 done
 wait
 tail -n 2 "$work"/*/*/eval_stopped.log 2>/dev/null | tee -a "$out/sweep.log"
 
-python -m stn.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
+$py -m stn.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
   | tee -a "$out/sweep.log"
-python -m stn.tables --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
+$py -m stn.tables --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"

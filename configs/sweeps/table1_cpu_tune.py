@@ -34,7 +34,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
                               pool=[1, 2] if family == "st_fcn" else [1],
                               seed=range(opts["seeds"]))
         for g in grid:
-            overrides = {**cpu.recipe(family, "rts", validation_size=1000), "seed": g["seed"],
+            overrides = {**cpu.recipe(family, validation_size=1000), "seed": g["seed"],
                          "data.source": "sample", "train.learning_rate": g["lr"]}
             name = f"lr{g['lr']:g}"
             if st:

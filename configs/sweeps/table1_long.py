@@ -25,7 +25,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     points = []
     for model, transform in CELLS:
         steps = opts["steps"]
-        overrides = {**cpu.recipe(model, "rts", validation_size=1000),
+        overrides = {**cpu.recipe(model, validation_size=1000),
                      "data.source": sweeps.data_source(opts["data"]),
                      "train.steps": steps, "train.batch_size": opts["batch"],
                      "train.lr_decay_every": 3 * steps // 4, "train.log_every": steps // 100,
