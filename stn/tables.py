@@ -832,7 +832,8 @@ def make_table(workdir: str | os.PathLike, table: str | int, out_dir: str | os.P
 # Learning curves (`--table=curves`): validation and test error against steps.
 
 CURVE_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189),
-                 (255, 127, 14), (23, 190, 207), (140, 86, 75), (127, 127, 127))
+                 (255, 127, 14), (23, 190, 207), (140, 86, 75), (127, 127, 127),
+                 (188, 189, 34), (227, 119, 194), (0, 0, 128), (128, 0, 0))
 
 
 def collect_curves(workdir: str | os.PathLike) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -874,7 +875,7 @@ def draw_curves(curves: Mapping[str, Mapping[str, list]], path: str | os.PathLik
               for s, v in pts]
     if not points:
         raise ValueError("no run has validation_error or test_error to plot")
-    width, height, left, right, top, bottom = 900, 520, 70, 230, 40, 50
+    width, height, left, right, top, bottom = 980, 520, 70, 310, 40, 50
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(15), _font(12)
@@ -907,7 +908,7 @@ def draw_curves(curves: Mapping[str, Mapping[str, list]], path: str | os.PathLik
                     draw.line([a, b], fill=colour, width=2)
             for x, y in xy:
                 draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((width - right + 12, top + 18 * i), run[:28], fill=colour, font=small)
+        draw.text((width - right + 12, top + 18 * i), run[-44:], fill=colour, font=small)
     img.save(path)
 
 
