@@ -249,3 +249,33 @@ def test_a_killed_run_resumes_bit_identically(data_dir, tmp_path):
     for a, b in zip(tt.final_params(tmp_path / "straight", config),
                     tt.final_params(workdir, config)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_unwritable_file_is_one_line_from_train_py(data_dir, tmp_path):
+    """A file that cannot be written (here `config.json` is a folder, as a full or read-only
+    disk would also refuse it) ends train.py with one line naming it, not a traceback."""
+    workdir = tmp_path / "run"
+    (workdir / "config.json").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/mnist.py:none,st_fcn,affine",
+         f"--config.data.source=idx:{data_dir}", "--config.data.validation_size=100",
+         "--config.train.steps=2", f"--workdir={workdir}"],
+        cwd=tt.ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(env, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: ") and "config.json" in last and "Traceback" not in \
+        proc.stderr
+
+
+def test_an_unknown_override_field_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/mnist.py:quick",
+         "--config.train.nope=1", f"--workdir={tmp_path / 'run'}"],
+        cwd=tt.ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train.py: --config.train.nope=1: the config has no field 'nope'; overrides must name "
+        "fields of the config file (see its get_config)")

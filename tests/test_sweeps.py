@@ -158,23 +158,28 @@ def test_table1_expansion():
     assert len(default) == 32 and all(p["overrides"] == {"seed": 0} for p in default)
 
 
-def test_table1_reduced_needs_data_and_sets_budget():
-    with pytest.raises(ValueError, match="needs a data source"):
-        sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py"))
-    points = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") +
-                               ":data=/some/mnist,steps=60,batch=32,lr=0.05,momentum=0,loc=1")
-    assert len(points) == 32
-    assert all(p["overrides"] == {"seed": 0, "train.steps": 60, "train.lr_decay_every": 45,
-                                  "data.source": "idx:/some/mnist", "train.batch_size": 32,
-                                  "train.learning_rate": 0.05, "train.momentum": 0.0,
-                                  "model.loc_lr_multiplier": 1.0, "train.eval_every": 60,
-                                  "train.log_every": 10}
-               for p in points)
-    default = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_reduced.py") + ":data=idx:/d")
-    overrides = default[0]["overrides"]
-    assert (overrides["train.steps"], overrides["train.batch_size"]) == (300, 64)
-    assert (overrides["train.learning_rate"], overrides["train.momentum"]) == (0.02, 0.9)
-    assert overrides["model.loc_lr_multiplier"] == 0.1
+def test_table1_cpu_tune_and_long_share_one_recipe():
+    """The CPU table, its tuning sweep and the long runs take their recipe from table1_cpu.py;
+    final cells keep no validation split, tuning points hold 1,000 digits out."""
+    table = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_cpu.py"))
+    assert len(table) == 32 and {p["overrides"]["data.validation_size"] for p in table} == {0}
+    st_cnn = next(p for p in table if p["name"] == "rts-st_cnn-affine-s0")["overrides"]
+    assert (st_cnn["train.steps"], st_cnn["train.batch_size"], st_cnn["train.momentum"]) == \
+        (2000, 64, 0.9)
+    assert st_cnn["train.lr_decay_every"] == 1500 and st_cnn["model.loc_lr_multiplier"] == 0.1
+    seeds = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_cpu.py") +
+                              ":columns=rts,seeds=2,first_seed=1")
+    assert {p["name"] for p in seeds} >= {"rts-cnn-s1", "rts-cnn-s2"} and len(seeds) == 16
+    with pytest.raises(ValueError, match="needs a family"):
+        sweeps.load_sweep(str(REPO / "configs/sweeps/table1_cpu_tune.py"))
+    tune = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_cpu_tune.py") + ":family=st_fcn")
+    assert len(tune) == 3 * 2 * 2
+    assert {p["overrides"]["data.validation_size"] for p in tune} == {1000}
+    assert {p["overrides"]["model.st_pool"] for p in tune if "model.st_pool" in p["overrides"]} \
+        == {2}
+    long = sweeps.load_sweep(str(REPO / "configs/sweeps/table1_long.py") + ":steps=400")
+    assert [p["overrides"]["train.steps"] for p in long] == [400, 400]
+    assert all(p["overrides"]["eval.test_during_training"] for p in long)
 
 
 def test_table2_and_lr_seed_expansion():
