@@ -83,6 +83,28 @@ def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -
     return RegressionLayer(in_features, identity, rngs=rngs)
 
 
+class Frozen(nnx.Variable):
+    """A fixed weight: read through `jax.lax.stop_gradient`, and not an `nnx.Param`.
+
+    Gradients flow through the layer to its input but never reach the weight, and optimisers
+    and `stn.models.num_params` (which count `nnx.Param`s) leave it out: e.g. the pretrained
+    embedding of co-localisation (appendix A.2), which the triplet loss must not train.
+    """
+
+    def get_value(self, *args, **kwargs):
+        return jax.lax.stop_gradient(super().get_value(*args, **kwargs))
+
+
+def freeze(module: nnx.Module) -> nnx.Module:
+    """Turns every `nnx.Param` of `module` (in place) into a `Frozen` weight; returns it."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Module):
+            for name, value in list(vars(node).items()):
+                if isinstance(value, nnx.Param):
+                    setattr(node, name, Frozen(value.get_value()))
+    return module
+
+
 class LocalisationNet(nnx.Module):
     """Base type of every localisation net `f_loc(U) -> theta` (paper section 3.1).
 

@@ -99,3 +99,49 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def channel_panels_image(inputs: np.ndarray, outputs, grids, *, cell: int = 84,
+                         align_corners: bool = False) -> Image.Image:
+    """A PIL image, one row per example: each channel of the input as its own grey panel with
+    every transformer's grid outline (in `OUTLINES` order), then each transformer's output, its
+    channels side by side, under a bar of that transformer's colour.
+
+    For multi-channel inputs whose channels hold different objects (MNIST addition: one digit a
+    channel), so a reader sees which channel each transformer picked up.
+    """
+    inputs = np.asarray(inputs)
+    outputs = [np.asarray(o) for o in outputs]
+    grids = [np.asarray(g) for g in grids]
+    n, height, width, channels = inputs.shape
+    pad, bar = 4, 4
+    groups = [channels] + [o.shape[-1] for o in outputs]
+    row_width = sum(groups) * (cell + pad) + len(groups) * 3 * pad
+    canvas = Image.new("RGB", (row_width, n * (cell + 2 * pad + bar)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    scale = cell / max(height, width)
+    for i in range(n):
+        y0 = i * (cell + 2 * pad + bar) + pad + bar
+        x = pad
+        for c in range(channels):
+            panel = Image.fromarray(_to_rgb(inputs[i, ..., c:c + 1])).resize(
+                (round(width * scale), round(height * scale)), Image.NEAREST)
+            canvas.paste(panel, (x, y0))
+            for k, grid in enumerate(grids):
+                points = grid_outline(grid[i], height, width, scale, align_corners)
+                draw.line([(a + x, b + y0) for a, b in points],
+                          fill=OUTLINES[k % len(OUTLINES)], width=2)
+            x += cell + pad
+        for k, output in enumerate(outputs):
+            x += 2 * pad
+            colour = OUTLINES[k % len(OUTLINES)]
+            span = output.shape[-1] * (cell + pad) - pad
+            draw.rectangle([x, y0 - bar, x + span, y0 - 1], fill=colour)
+            oh, ow = output.shape[1:3]
+            oscale = cell / max(oh, ow)
+            for c in range(output.shape[-1]):
+                panel = Image.fromarray(_to_rgb(output[i, ..., c:c + 1])).resize(
+                    (round(ow * oscale), round(oh * oscale)), Image.NEAREST)
+                canvas.paste(panel, (x, y0))
+                x += cell + pad
+    return canvas

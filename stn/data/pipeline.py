@@ -7,7 +7,8 @@ Random streams (all from `jax.random.key(seed)`, split by a stream tag so they n
   endless sequence of epochs;
 - training distortions: `fold_in(fold_in(key(seed), 1), t)`;
 - the fixed test set: `fold_in(fold_in(key(seed), 2), chunk)` for chunks of `TEST_CHUNK`
-  consecutive test digits (the chunk size is fixed, so the set does not depend on memory).
+  consecutive test digits (the chunk size is fixed, so the set does not depend on memory);
+- the validation digits held out of the training set: `fold_in(key(seed), 3)`.
 
 So a resumed run sees exactly the batches of an uninterrupted one, and the test set is the same
 on every machine and every run.
@@ -21,7 +22,7 @@ import numpy as np
 from stn.data import distortions as distortions_lib
 from stn.data.sources import DigitSet
 
-_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION = 0, 1, 2
+_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION, _VALIDATION = 0, 1, 2, 3
 #: Test digits distorted together (TC cuts its clutter from the other digits of a chunk).
 TEST_CHUNK = 500
 
@@ -43,15 +44,16 @@ def to_float(images: jax.Array) -> jax.Array:
 
 
 def batch_indices(num_examples: int, seed: jax.Array | int, step: jax.Array | int,
-                  batch_size: int) -> jax.Array:
+                  batch_size: int, *, stream: int = _ORDER) -> jax.Array:
     """int32 `[batch_size]` example indices of step `step` (a per-epoch permutation).
 
     A batch may straddle two epochs; each epoch is a fresh permutation, so every example is
-    seen exactly once per epoch.
+    seen exactly once per epoch. `stream` tags the permutations (another tag gives another,
+    independent order over the same examples, e.g. for a second digit per example).
     """
     if batch_size > num_examples:
         raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
-    order = jax.random.fold_in(jax.random.key(seed), _ORDER)
+    order = jax.random.fold_in(jax.random.key(seed), stream)
     position = jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
     epoch, within = position // num_examples, position % num_examples
     first = epoch[0]
@@ -83,18 +85,20 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
 
 
 def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
-             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
+             seed: int = 0, limit: int | None = None,
+             stream: int = _TEST_DISTORTION) -> dict[str, np.ndarray]:
     """The fixed distorted test set: `{"image": f32 [N, S, S, 1], "label": int32 [N]}` (numpy).
 
     Generated from `digits.test_images` in chunks of `TEST_CHUNK` with keys from `seed` and the
     chunk index, so it is identical on every machine and every run. `limit` keeps only the
-    first `limit` test digits (same bytes as the start of the full set).
+    first `limit` test digits (same bytes as the start of the full set). `stream` tags the
+    keys (another tag distorts the same digits independently).
     """
     distortion = _distortion(distortion)
     images, labels = digits.test_images, digits.test_labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    base = jax.random.fold_in(jax.random.key(seed), _TEST_DISTORTION)
+    base = jax.random.fold_in(jax.random.key(seed), stream)
     apply = jax.jit(distortion.apply)
     chunks = []
     for number, start in enumerate(range(0, len(images), TEST_CHUNK)):
@@ -118,3 +122,28 @@ def device_digits(digits: DigitSet, mesh: jax.sharding.Mesh | None = None
         return tuple(jax.device_put(a) for a in arrays)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return tuple(jax.device_put(a, replicated) for a in arrays)
+
+
+def split_validation(digits: DigitSet, size: int, seed: int = 0) -> tuple[DigitSet, DigitSet]:
+    """Carves `size` validation digits out of the training digits, fixed by `(seed, size)`.
+
+    Returns `(train, validation)`: `train` is `digits` without those digits (test split
+    unchanged); `validation` holds them as its *test* split (its training split is `train`'s),
+    so `test_set(validation, distortion)` distorts them exactly as the test set is distorted.
+    The two are disjoint, and disjoint from the test digits. `size=0` returns `digits` and an
+    empty validation set.
+    """
+    count = len(digits.train_labels)
+    if not 0 <= size < count:
+        raise ValueError(f"validation size {size} must be in [0, {count}) (the training digits)")
+    key = jax.random.fold_in(jax.random.key(seed), _VALIDATION)
+    held = np.zeros(count, bool)
+    held[np.asarray(jax.random.permutation(key, count))[:size]] = True
+    train = digits._replace(train_images=digits.train_images[~held],
+                            train_labels=digits.train_labels[~held])
+    validation = digits._replace(train_images=train.train_images,
+                                 train_labels=train.train_labels,
+                                 test_images=digits.train_images[held],
+                                 test_labels=digits.train_labels[held],
+                                 name=f"{digits.name}/validation")
+    return train, validation
