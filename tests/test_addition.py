@@ -101,7 +101,7 @@ def test_bad_images_are_a_one_line_error():
                              batch_size=2)
 
 
-def test_test_set_pairs_digits_and_keeps_the_table1_first_channel():
+def test_test_set_pairs_digits_with_independent_channels():
     digits = digit_set()
     test = addition.test_set(digits, "rts", seed=0)
     assert test["image"].shape == (120, 42, 42, 2) and test["label"].dtype == np.int32
@@ -109,8 +109,12 @@ def test_test_set_pairs_digits_and_keeps_the_table1_first_channel():
     assert sorted(partner) == list(range(120))
     np.testing.assert_array_equal(test["label"],
                                   digits.test_labels + digits.test_labels[partner])
-    np.testing.assert_array_equal(test["image"][..., :1],
-                                  pipeline.test_set(digits, "rts", seed=0)["image"])
+    first, second, _ = addition.TEST_STREAMS
+    np.testing.assert_array_equal(test["image"][..., :1], pipeline.fixed_set(
+        digits.test_images, digits.test_labels, "rts", seed=0, stream=first)["image"])
+    np.testing.assert_array_equal(test["image"][..., 1:], pipeline.fixed_set(
+        digits.test_images[partner], digits.test_labels[partner], "rts", seed=0,
+        stream=second)["image"])
     again = addition.test_set(digits, "rts", seed=0)
     np.testing.assert_array_equal(test["image"], again["image"])
     head = addition.test_set(digits, "rts", seed=0, limit=50)
@@ -122,7 +126,7 @@ def test_test_set_pairs_digits_and_keeps_the_table1_first_channel():
 # A stored hash of the uint8-rounded test set of `digit_set()` (like the Table-1 test sets in
 # test_data_pipeline.py): threefry keys are platform-independent and the rounding absorbs float
 # round-off, so it holds on any machine; a change means the test set changed.
-EXPECTED_TEST_SHA256 = "72d4b515c63e1687422974b8b817e8affb071f250ea27dfa2ddaab9310e2472f"
+EXPECTED_TEST_SHA256 = "d4dc10beba9089446c005265f3dba0ffcf773a3e780f7d9c947bd3f1dbf97d7e"
 
 
 def test_test_set_bytes_match_stored_hash():
@@ -132,20 +136,19 @@ def test_test_set_bytes_match_stored_hash():
     assert digest == EXPECTED_TEST_SHA256
 
 
-def test_validation_split_is_fixed_disjoint_and_distorted_like_the_test_set():
+def test_validation_set_is_fixed_disjoint_and_distorted_like_the_test_set():
     digits = digit_set()
-    train, validation = pipeline.split_validation(digits, 50, seed=0)
-    assert len(train.train_labels) == 250 and len(validation.test_labels) == 50
+    train, images, labels = pipeline.split_validation(digits, 50, seed=0)
+    assert len(train.train_labels) == 250 and len(labels) == 50
     rows = {bytes(x) for x in train.train_images}
-    assert not any(bytes(x) in rows for x in validation.test_images)
-    again = pipeline.split_validation(digits, 50, seed=0)[1]
-    np.testing.assert_array_equal(again.test_images, validation.test_images)
-    other = pipeline.split_validation(digits, 50, seed=1)[1]
-    assert not np.array_equal(other.test_images, validation.test_images)
-    valid = addition.test_set(validation, "rts", seed=0)
+    assert not any(bytes(x) in rows for x in images)
+    valid = addition.validation_set(images, labels, "rts", seed=0)
     assert valid["image"].shape == (50, 42, 42, 2)
-    with pytest.raises(ValueError, match="validation size"):
-        pipeline.split_validation(digits, 300)
+    np.testing.assert_array_equal(valid["image"],
+                                  addition.validation_set(images, labels, "rts", seed=0)["image"])
+    # the same digits as a test set get other distortions and partners (own streams)
+    as_test = addition.fixed_pairs(images, labels, "rts", seed=0)
+    assert not np.allclose(as_test["image"], valid["image"])
 
 
 # ----------------------------------------------------------------------------- models

@@ -4,17 +4,17 @@ Each example is a 2-channel canvas: channel `c` holds one digit distorted on its
 default: rotation, scale and a position on the 42x42 canvas, `stn.data.distortions`), and the
 label is the sum of the two digits' classes, one of `NUM_CLASSES` = 19 (0..18).
 
-Random streams, from `jax.random.key(seed)` as in `stn.data.pipeline` (whose tags 0-3 are
+Random streams, from `jax.random.key(seed)` as in `stn.data.pipeline` (whose tags 0-4 are
 taken):
 
 - the first digit of step `t` follows `pipeline.batch_indices` (tag 0), the second an
   independent permutation of the same digits (tag `SECOND_ORDER`);
 - the training distortion of channel `c` at step `t`: `fold_in(fold_in(fold_in(key(seed), 1),
   t), c)`;
-- the fixed test set pairs test digit `i` with test digit `pairing[i]`, a permutation drawn
-  from tag `TEST_PAIRING`; channel 0 is `pipeline.test_set` of the digits in order (the Table-1
-  test set of that distortion), channel 1 the same function on the paired digits with keys of
-  tag `SECOND_TEST`, so the two channels are distorted independently.
+- the fixed test (validation) set pairs digit `i` with digit `pairing[i]`, a permutation drawn
+  from the third tag of `TEST_STREAMS` (`VALIDATION_STREAMS`); channel 0 is
+  `pipeline.fixed_set` of the digits in order, channel 1 of the paired digits, on the first
+  and second tags, so the two channels are distorted independently.
 
 So a training batch is a pure function of `(seed, step)`, and the test set is identical on every
 machine and every run.
@@ -31,7 +31,9 @@ from stn.data.sources import DigitSet
 
 NUM_CLASSES = 19
 CHANNELS = 2
-SECOND_ORDER, TEST_PAIRING, SECOND_TEST = 10, 11, 12
+SECOND_ORDER = 10
+#: Stream tags of the fixed sets: (first channel, second channel, pairing).
+TEST_STREAMS, VALIDATION_STREAMS = (20, 21, 22), (23, 24, 25)
 _TRAIN_DISTORTION = 1  # the tag of pipeline's training distortions
 
 
@@ -59,30 +61,42 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
     return {"image": jnp.concatenate(channels, axis=-1), "label": label.astype(jnp.int32)}
 
 
-def pairing(count: int, seed: int) -> np.ndarray:
-    """int `[count]`: the fixed partner of each test digit (a permutation from `seed`)."""
-    key = jax.random.fold_in(jax.random.key(seed), TEST_PAIRING)
+def pairing(count: int, seed: int, stream: int = TEST_STREAMS[2]) -> np.ndarray:
+    """int `[count]`: the fixed partner of each digit of a fixed set (a permutation)."""
+    key = jax.random.fold_in(jax.random.key(seed), stream)
     return np.asarray(jax.random.permutation(key, count))
 
 
-def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion = "rts", *,
-             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
-    """The fixed test set: `{"image": f32 [N, S, S, 2], "label": int32 [N]}` (numpy), one pair
-    per test digit of `digits` (the first `limit` of them when given; see the module docstring).
-
-    Give it the `validation` part of `pipeline.split_validation` for the validation set.
-    """
-    images, labels = digits.test_images, digits.test_labels
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    partner = pairing(len(labels), seed)
-    first = pipeline.test_set(digits._replace(test_images=images, test_labels=labels),
-                              distortion, seed=seed)
-    second = pipeline.test_set(digits._replace(test_images=images[partner],
-                                               test_labels=labels[partner]),
-                               distortion, seed=seed, stream=SECOND_TEST)
+def fixed_pairs(images: np.ndarray, labels: np.ndarray,
+                distortion: str | distortions_lib.Distortion = "rts", *, seed: int = 0,
+                streams: tuple[int, int, int] = TEST_STREAMS) -> dict[str, np.ndarray]:
+    """A fixed set of pairs, one per digit: `{"image": f32 [N, S, S, 2], "label": int32 [N]}`
+    (numpy). Digit `i` is paired with digit `pairing(N, seed, streams[2])[i]`; each channel is
+    `pipeline.fixed_set` of its digits, on streams `streams[0]` and `streams[1]`, so the two
+    channels are distorted independently."""
+    partner = pairing(len(labels), seed, streams[2])
+    first = pipeline.fixed_set(images, labels, distortion, seed=seed, stream=streams[0])
+    second = pipeline.fixed_set(np.asarray(images)[partner], np.asarray(labels)[partner],
+                                distortion, seed=seed, stream=streams[1])
     return {"image": np.concatenate([first["image"], second["image"]], axis=-1),
             "label": (first["label"] + second["label"]).astype(np.int32)}
 
 
+def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion = "rts", *,
+             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The fixed test set: `fixed_pairs` of the test digits (the first `limit` when given)."""
+    images, labels = digits.test_images, digits.test_labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return fixed_pairs(images, labels, distortion, seed=seed, streams=TEST_STREAMS)
+
+
 test_set.__test__ = False  # not a pytest test, despite its name
+
+
+def validation_set(images: np.ndarray, labels: np.ndarray,
+                   distortion: str | distortions_lib.Distortion = "rts", *,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """The fixed validation set: `fixed_pairs` of the digits `pipeline.split_validation` held
+    out, on streams of their own."""
+    return fixed_pairs(images, labels, distortion, seed=seed, streams=VALIDATION_STREAMS)

@@ -135,14 +135,15 @@ def datasets(digits: DigitSet, *, digit_class: int, num_train: int, validation_s
     `validation` from the held-out digits of that class, `test` from its test digits. The
     clutter of every set is cut from the remaining training digits, all classes.
     """
-    train_digits, validation_digits = pipeline.split_validation(digits, validation_size, seed)
+    train_digits, held_images, held_labels = pipeline.split_validation(
+        digits, validation_size, seed=seed, field="co-localisation validation_size")
     ours = class_digits(train_digits, digit_class)
     if not 0 < num_train <= len(ours.train_labels):
         raise ValueError(f"co-localisation num_train={num_train} must be in [1, "
                          f"{len(ours.train_labels)}] (training digits of class {digit_class})")
     pool = train_digits.train_images
     sources = {"train": ours.train_images[:num_train],
-               "validation": class_digits(validation_digits, digit_class).test_images,
+               "validation": held_images[held_labels == digit_class],
                "test": ours.test_images}
     streams = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
     return {name: fixed_set(images, pool, clutter=clutter, seed=seed, stream=streams[name],

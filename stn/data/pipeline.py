@@ -8,7 +8,8 @@ Random streams (all from `jax.random.key(seed)`, split by a stream tag so they n
 - training distortions: `fold_in(fold_in(key(seed), 1), t)`;
 - the fixed test set: `fold_in(fold_in(key(seed), 2), chunk)` for chunks of `TEST_CHUNK`
   consecutive test digits (the chunk size is fixed, so the set does not depend on memory);
-- the validation digits held out of the training set: `fold_in(key(seed), 3)`.
+- the fixed validation set: the same with stream tag 4, on digits carved from the training set
+  by `split_validation` (a numpy permutation of a fixed seed).
 
 So a resumed run sees exactly the batches of an uninterrupted one, and the test set is the same
 on every machine and every run.
@@ -22,7 +23,7 @@ import numpy as np
 from stn.data import distortions as distortions_lib
 from stn.data.sources import DigitSet
 
-_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION, _VALIDATION = 0, 1, 2, 3
+_ORDER, _TRAIN_DISTORTION, _TEST_DISTORTION, _VALIDATION_DISTORTION = 0, 1, 2, 4
 #: Test digits distorted together (TC cuts its clutter from the other digits of a chunk).
 TEST_CHUNK = 500
 
@@ -84,20 +85,15 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
             "label": labels[index].astype(jnp.int32)}
 
 
-def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
-             seed: int = 0, limit: int | None = None,
-             stream: int = _TEST_DISTORTION) -> dict[str, np.ndarray]:
-    """The fixed distorted test set: `{"image": f32 [N, S, S, 1], "label": int32 [N]}` (numpy).
+def fixed_set(images: np.ndarray, labels: np.ndarray,
+              distortion: str | distortions_lib.Distortion, *, seed: int = 0,
+              stream: int = _TEST_DISTORTION) -> dict[str, np.ndarray]:
+    """Distorts `images` once, deterministically: `{"image": f32 [N, S, S, 1], "label": int32}`.
 
-    Generated from `digits.test_images` in chunks of `TEST_CHUNK` with keys from `seed` and the
-    chunk index, so it is identical on every machine and every run. `limit` keeps only the
-    first `limit` test digits (same bytes as the start of the full set). `stream` tags the
-    keys (another tag distorts the same digits independently).
+    Chunks of `TEST_CHUNK` digits get the keys `fold_in(fold_in(key(seed), stream), chunk)`, so
+    the set is identical on every machine and every run whatever the memory.
     """
     distortion = _distortion(distortion)
-    images, labels = digits.test_images, digits.test_labels
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
     base = jax.random.fold_in(jax.random.key(seed), stream)
     apply = jax.jit(distortion.apply)
     chunks = []
@@ -107,6 +103,18 @@ def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
     size = distortion.canvas_size
     image = np.concatenate(chunks) if chunks else np.zeros((0, size, size, 1), np.float32)
     return {"image": image, "label": np.asarray(labels, np.int32)}
+
+
+def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
+             seed: int = 0, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The fixed distorted test set of `digits.test_images` (`fixed_set`, test stream).
+
+    `limit` keeps only the first `limit` test digits (same bytes as the start of the full set).
+    """
+    images, labels = digits.test_images, digits.test_labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return fixed_set(images, labels, distortion, seed=seed, stream=_TEST_DISTORTION)
 
 
 test_set.__test__ = False  # not a pytest test, despite its name
@@ -124,26 +132,28 @@ def device_digits(digits: DigitSet, mesh: jax.sharding.Mesh | None = None
     return tuple(jax.device_put(a, replicated) for a in arrays)
 
 
-def split_validation(digits: DigitSet, size: int, seed: int = 0) -> tuple[DigitSet, DigitSet]:
-    """Carves `size` validation digits out of the training digits, fixed by `(seed, size)`.
+def validation_set(images: np.ndarray, labels: np.ndarray,
+                   distortion: str | distortions_lib.Distortion, *,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """The fixed distorted validation set (`fixed_set` on its own stream, apart from test's)."""
+    return fixed_set(images, labels, distortion, seed=seed, stream=_VALIDATION_DISTORTION)
 
-    Returns `(train, validation)`: `train` is `digits` without those digits (test split
-    unchanged); `validation` holds them as its *test* split (its training split is `train`'s),
-    so `test_set(validation, distortion)` distorts them exactly as the test set is distorted.
-    The two are disjoint, and disjoint from the test digits. `size=0` returns `digits` and an
-    empty validation set.
+
+def split_validation(digits: DigitSet, size: int, *, seed: int = 0,
+                     field: str = "validation size") -> tuple[DigitSet, np.ndarray, np.ndarray]:
+    """Carves `size` training digits out as a validation split.
+
+    Returns `(digits without them, validation images, validation labels)`: a numpy
+    `default_rng(seed)` permutation of the training indices picks them (the same on every
+    machine); both parts keep the training set's order. `size=0` returns the digits unchanged
+    and empty validation arrays. `field` names the setting in the one-line error for a bad size.
     """
-    count = len(digits.train_labels)
+    count = len(digits.train_images)
     if not 0 <= size < count:
-        raise ValueError(f"validation size {size} must be in [0, {count}) (the training digits)")
-    key = jax.random.fold_in(jax.random.key(seed), _VALIDATION)
-    held = np.zeros(count, bool)
-    held[np.asarray(jax.random.permutation(key, count))[:size]] = True
-    train = digits._replace(train_images=digits.train_images[~held],
-                            train_labels=digits.train_labels[~held])
-    validation = digits._replace(train_images=train.train_images,
-                                 train_labels=train.train_labels,
-                                 test_images=digits.train_images[held],
-                                 test_labels=digits.train_labels[held],
-                                 name=f"{digits.name}/validation")
-    return train, validation
+        raise ValueError(f"{field}={size} must be in 0..{count - 1} (the {count} "
+                         f"training examples of {digits.name})")
+    held_out = np.zeros(count, bool)
+    held_out[np.random.default_rng(seed).permutation(count)[:size]] = True
+    remaining = digits._replace(train_images=digits.train_images[~held_out],
+                                train_labels=digits.train_labels[~held_out])
+    return remaining, digits.train_images[held_out], digits.train_labels[held_out]
