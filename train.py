@@ -1,7 +1,7 @@
 """Trains a config: `python train.py --config=configs/mnist.py:quick --workdir=/tmp/quick`.
 
 Any field can be overridden, e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`.
-Rerunning with the same --workdir resumes from its latest checkpoint.
+Rerunning with the same --workdir resumes from its newest good checkpoint.
 """
 import sys
 
@@ -32,10 +32,13 @@ def main(argv):
         if FLAGS.deterministic:
             host.deterministic_gpu_ops()
         training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, training.NonFiniteLoss, training.TrainingInterrupted) as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        sys.exit(130 if isinstance(e, training.TrainingInterrupted) else 1)
+    except training.TrainingInterrupted as e:
+        host.exit_with_message("train.py", e, 130)
+    except (ValueError, training.Diverged) as e:
+        host.exit_with_message("train.py", e, 1)
+    except OSError as e:  # a full disk, a read-only folder: say which file, not a traceback
+        host.exit_with_message("train.py", f"{e.strerror or e}: {e.filename or ''}", 1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    host.run_app(main, "train.py")

@@ -11,43 +11,29 @@ weight decay 5e-4, localisation nets at 1/10 of the learning rate). Paper, % seq
 `arg` is comma-separated: a variant (64px, 128px), a model (cnn, st_cnn_single, st_cnn_multi)
 and/or `smoke` (a few steps on at most 2,000 images, to check an installation).
 Not reproduced: the paper's dropout (0.5 on all but the first conv layer); see docs/svhn.md.
-Not verified here (no SVHN offline): on the small-width stand-in, lr 0.01 made ST-CNN Multi throw
-its transformers off the canvas at step ~2,100 even with clipping at 10 (docs/svhn.md); if the
-loss jumps back to about 10.9, lower `train.learning_rate` or set `train.grad_clip_norm`.
+Not verified here (no SVHN offline); docs/svhn.md says what the stand-in showed about the
+learning rate: if the loss jumps back to about 10.9, lower `train.learning_rate` or set
+`train.grad_clip_norm`.
 """
 from __future__ import annotations
 
 import ml_collections
 
+from stn import config_args
+from stn.models import svhn
+
 VARIANTS = {"64px": 54, "128px": 108}  # variant -> random (train) / centre (test) crop size
-MODELS = ("cnn", "st_cnn_single", "st_cnn_multi")
-
-
-def _parse(arg: str | None) -> dict:
-    picked = {"variant": "64px", "model": "cnn", "smoke": False}
-    for part in (arg or "").split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        if part in VARIANTS:
-            picked["variant"] = part
-        elif part in MODELS:
-            picked["model"] = part
-        elif part == "smoke":
-            picked["smoke"] = True
-        else:
-            raise ValueError(f"configs/svhn.py: unknown part {part!r} in {arg!r}; expected a "
-                             f"variant ({', '.join(VARIANTS)}), a model ({', '.join(MODELS)}) "
-                             f"or smoke")
-    return picked
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `arg` (see module docstring); defaults are the paper's recipe."""
-    picked = _parse(arg)
+    picked = config_args.parse(arg, where="configs/svhn.py",
+                               choices={"variant": tuple(VARIANTS), "model": svhn.MODEL_NAMES,
+                                        "preset": ("smoke",)},
+                               variant="64px", model="cnn", preset=None)
     c = ml_collections.ConfigDict()
-    c.name = f"svhn{picked['variant']}_{picked['model']}" + ("_smoke" if picked["smoke"] else "")
-    c.task = "sequences"  # sequence loss and sequence error in stn.training
+    c.name = f"svhn{picked['variant']}_{picked['model']}" + ("_smoke" if picked["preset"] else "")
+    c.task = "sequences"
     c.seed = 0
     c.distributed = False
 
@@ -62,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.manual_dir = ""  # folder with the format 1 archives; empty: download
     c.data.max_train_examples = 0  # 0: all
     c.data.max_test_examples = 0
+    c.data.validation_size = 5000  # train images held out for choosing recipes (unstated)
+    c.data.validation_seed = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = picked["model"]
@@ -90,9 +78,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 500
 
-    if picked["smoke"]:
+    if picked["preset"] == "smoke":
         c.data.max_train_examples = 2000
         c.data.max_test_examples = 500
+        c.data.validation_size = 200
         c.data.train_split = "train"
         c.train.steps = 50
         c.train.log_every = 10

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 
 # XLA:GPU's deterministic scatter and reductions (XLA reads XLA_FLAGS when a backend starts).
 DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -78,3 +79,39 @@ def deterministic_gpu_ops() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if DETERMINISTIC_GPU_FLAG not in flags.split():
         os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_GPU_FLAG}".strip()
+
+
+def exit_with_message(program: str, error, code: int) -> None:
+    """Ends the process with `program: <first line of error>` on stderr and exit status `code`."""
+    text = str(error).strip()
+    print(f"{program}: {text.splitlines()[0] if text else repr(error)}", file=sys.stderr,
+          flush=True)
+    sys.exit(code)
+
+
+def _bad_override(argv: list[str], error: Exception) -> str:
+    """One line naming the `--config.*` argument that failed to apply, and why."""
+    missing = str(error).strip("\"' ")
+    named = [a for a in argv if a.startswith("--config.") and missing
+             and missing in a.split("=", 1)[0].split(".")]
+    where = named[0] if named else "a --config.* override"
+    return (f"{where}: the config has no field {missing!r}; overrides must name fields of the "
+            f"config file (see its get_config)" if isinstance(error, (AttributeError, KeyError))
+            else f"{where}: {error}")
+
+
+def run_app(main, program: str) -> None:
+    """`absl.app.run(main)` whose flag errors, bad config files and bad `--config.*` overrides
+    end in one line naming the argument, instead of a traceback."""
+    from absl import app, flags
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            cause = e.__cause__ or e.__context__
+            exit_with_message(program, cause if isinstance(cause, ValueError) else e, 2)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            exit_with_message(program, _bad_override(argv, e), 2)
+
+    app.run(main, flags_parser=parse)

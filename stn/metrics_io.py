@@ -53,6 +53,14 @@ class MetricWriter:
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                                summary=summary))
 
+    def truncate_after(self, step: int) -> None:
+        """Drops the `metrics.jsonl` records of steps after `step` (a resume from an older
+        checkpoint recomputes them, and the file must not hold them twice)."""
+        if not self.enabled or not os.path.exists(self.jsonl_path):
+            return
+        kept = [r for r in read_jsonl(self.jsonl_path) if int(r.get("step", 0)) <= step]
+        write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
+
     def flush(self) -> None:
         if self._events is not None:
             self._events.flush()
@@ -67,3 +75,23 @@ def read_jsonl(path: str) -> list[dict]:
     """All records of a `metrics.jsonl` file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically (a temporary file, then a rename): a crash or a full
+    disk leaves the old file or the new one, never half of one."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: str, record) -> None:
+    """`record` as strict JSON (NaN and inf are refused: write null instead), atomically."""
+    write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")

@@ -7,6 +7,7 @@ transformer's output; with several transformers, one outline and one output for 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -99,6 +100,24 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def transformer_picture(batch: dict, grids: list, outputs: list) -> Image.Image:
+    """The default picture of a task (`stn.tasks.Task.draw`): each test input with its
+    transformers' grid outlines, beside the input sampled on each grid."""
+    return transformer_grid_image(batch["image"], outputs, grids,
+                                  columns=4 if len(grids) == 1 else 2)
+
+
+def save_step_picture(image: Image.Image, directory: str, step: int,
+                      prefix: str = "transformer") -> bytes:
+    """Writes `directory/<prefix>_step_<step>.png` and `<prefix>_latest.png`; returns the PNG."""
+    png = png_bytes(image)
+    os.makedirs(directory, exist_ok=True)
+    for name in (f"{prefix}_step_{step:07d}.png", f"{prefix}_latest.png"):
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(png)
+    return png
 
 
 def channel_panels_image(inputs: np.ndarray, outputs, grids, *, cell: int = 84,

@@ -69,57 +69,6 @@ def point(name: str, config: str, overrides: Mapping[str, Any] | None = None) ->
     return p
 
 
-def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
-    """Parse a sweep file's `key=value,key=value` argument, typed like each key's default.
-
-    A comma-separated piece without `=` continues the previous value, so list values and config
-    args need no quoting: `config=rts,st_cnn,affine,seeds=2` -> config `rts,st_cnn,affine`, seeds 2.
-    A default that is a list or tuple makes that key a list (`lrs=0.003,0.01`). Unknown keys are an
-    error, naming the accepted ones.
-    """
-    raw: dict[str, list[str]] = {}
-    last = None
-    for piece in (arg or "").split(","):
-        if "=" in piece:
-            last, value = piece.split("=", 1)
-            last = last.strip()
-            if last not in defaults:
-                raise ValueError(f"unknown sweep argument {last!r}; expected one of "
-                                 f"{sorted(defaults)}")
-            raw[last] = [value]
-        elif piece.strip():
-            if last is None:
-                raise ValueError(f"sweep argument {arg!r}: expected key=value pairs, got "
-                                 f"{piece!r} first")
-            raw[last].append(piece)
-    out = dict(defaults)
-    for key, pieces in raw.items():
-        out[key] = _typed(key, pieces, defaults[key])
-    return out
-
-
-def _typed(key: str, pieces: list[str], default: Any) -> Any:
-    """Convert the raw pieces of one argument to the type of its default."""
-    if isinstance(default, (list, tuple)):
-        kind = type(default[0]) if default else str
-        return [_scalar(key, p, kind) for p in pieces]
-    text = ",".join(pieces)
-    return text if default is None else _scalar(key, text, type(default))
-
-
-def _scalar(key: str, text: str, kind: type) -> Any:
-    """One value of type `kind` from text, with a one-line error naming the key."""
-    text = text.strip()
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"sweep argument {key}={text!r}: expected a {kind.__name__}") from None
-
-
 # --------------------------------------------------------------------------------------------
 # Loading and checking sweep files.
 

@@ -1,132 +1,74 @@
-"""`train_and_evaluate(config, workdir)`: the data-parallel training loop, top to bottom.
+"""`train_and_evaluate(config, workdir)`: the data-parallel training loop, for any task.
 
-1. Validate the config (one-line errors, before any compile); write `workdir/config.json`.
-2. Mesh over every device (all hosts), axis `data`; parameters and optimizer state replicated,
-   each batch sharded along `data` (the modern form of `pmap`).
-3. Each step: the distorted batch is made on the devices by a jitted
-   `stn.data.pipeline.train_batch(images, labels, seed, step)` whose output is sharded over the
-   mesh, then one jitted train step (forward, cross-entropy, backward, optax SGD update).
-   The batch depends only on `(seed, step)`, so a resumed run sees the same data.
-4. Every `log_every` steps: loss, accuracy, lr to stdout (with an ETA), TensorBoard and
-   `metrics.jsonl`. Every `eval_every` steps and at the end: test error, and a PNG of test
-   inputs (with the sampling grid's outline) beside the transformer's outputs. On a GPU or TPU
-   the step's metrics stay on the device until such a step, so the host does not wait on each
-   step (on the CPU it reads every step: `max_steps_in_flight`).
-5. Checkpoints (orbax) every `checkpoint_every` steps, at the end, and on SIGTERM/SIGINT; a
-   rerun with the same workdir resumes. A NaN/inf loss stops the run naming the step.
-6. `workdir/results.json` (see docs/CONTRACTS.md).
+The task (`stn.tasks`, picked by `config.task`) supplies the data, model, loss and metrics; this
+module names none. Each step makes its batch on the devices from `(seed, step)` (sharded over
+the mesh of every device of every process, `stn.parallel`) and runs one jitted SGD step. See
+docs/training.md for what a run writes, and how it resumes, stops and refuses.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
+import math
 import os
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from stn import checkpointing, evaluation, metrics_io, plots, sampling, transforms
-from stn.data import distortions, pipeline, sources, svhn_input
-from stn.models import mnist as mnist_models, svhn
+from stn import checkpointing, evaluation, layers, metrics_io, parallel, plots, sampling, tasks
 
 
 class TrainingInterrupted(RuntimeError):
     """Raised after SIGTERM/SIGINT once the checkpoint of the current step is saved."""
 
 
-class NonFiniteLoss(FloatingPointError):
-    """Raised when the training loss becomes NaN or inf."""
+class Diverged(FloatingPointError):
+    """Raised when the loss or the parameters become non-finite, or the loss passes its limit."""
 
 
 # Most steps dispatched on an accelerator before the loop reads their metrics (and so waits).
 MAX_STEPS_IN_FLIGHT = 50
 
 
-def max_steps_in_flight() -> int:
-    """`MAX_STEPS_IN_FLIGHT` on a GPU or TPU; 1 (read every step) on the CPU.
-
-    On the CPU a step takes tens of milliseconds, so waiting for each costs nothing, and XLA:CPU's
-    collectives are not safe with many multi-device steps queued: `train.py --cpu_devices=2` on
-    `configs/mnist.py:quick` with 50 steps in flight hung in an all-gather rendezvous until XLA
-    aborted the process (20 steps in flight did not).
-    """
+def max_steps_in_flight(config) -> int:
+    """`train.max_steps_in_flight` if set, else 50 on a GPU or TPU and 1 on the CPU (where a
+    step is long, and XLA:CPU's collectives hung with many multi-device steps queued)."""
+    chosen = int(config.train.get("max_steps_in_flight", 0))
+    if chosen > 0:
+        return chosen
     return 1 if jax.default_backend() == "cpu" else MAX_STEPS_IN_FLIGHT
 
 
 # ----------------------------------------------------------------------------- config checks
 
 
-def is_sequence_task(config) -> bool:
-    """`config.task == "sequences"`: SVHN multi-digit or its stand-in (`stn.data.svhn_input`)."""
-    return config.get("task", "classification") == "sequences"
-
-
-def task_functions(config) -> tuple[Callable, Callable]:
-    """`(per_example_loss, correct)` of the config's task, each `(outputs, labels) -> [B]`.
-
-    Classification: cross-entropy and arg-max; sequences: `stn.models.svhn`'s length + digit
-    cross-entropies and sequence correctness.
-    """
-    if is_sequence_task(config):
-        return svhn.per_example_loss, svhn.sequence_correct
-    return evaluation.classification_loss, evaluation.classification_correct
-
-
-def _validate_sequence_config(config) -> None:
-    if config.model.name not in svhn.MODEL_NAMES:
-        raise ValueError(f"config.model.name={config.model.name!r} is unknown for task "
-                         f"'sequences'; set it to one of {', '.join(svhn.MODEL_NAMES)}")
-    svhn_input.validate_config(config)
-
-
-def validate_config(config) -> None:
-    """Raises a one-line ValueError naming the field to change, before anything compiles."""
-    if is_sequence_task(config):
-        _validate_sequence_config(config)
-    else:
-        _validate_classification_config(config)
-    _validate_train_config(config)
-
-
-def _validate_classification_config(config) -> None:
-    model = config.model.name
-    if model not in mnist_models.MODEL_NAMES:
-        raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
-                         f"{', '.join(mnist_models.MODEL_NAMES)}")
-    if model.startswith("st_") and config.model.transform not in transforms.NAMES:
-        raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
-                         f"to one of {', '.join(transforms.NAMES)}")
-    names = distortions.NAMES
-    if config.data.distortion not in names:
-        raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
-                         f"to one of {', '.join(names)}")
-    source = config.data.source
-    if isinstance(source, str) and source.startswith("idx:"):
-        directory = os.path.expanduser(source[4:])
-        if not os.path.isdir(directory):
-            raise ValueError(f"config.data.source={source!r}: directory {directory} does not "
-                             f"exist; point idx: at a folder of MNIST IDX files, or use "
-                             f"data.source=sample")
-
-
-def _validate_train_config(config) -> None:
+def validate_train_config(config) -> None:
+    """One-line ValueErrors for the `train` and `eval` fields, before anything compiles."""
     for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
-                "lr_decay_every"):
+                "lr_decay_every", "keep_checkpoints"):
         if int(config.train[key]) <= 0:
             raise ValueError(f"config.train.{key}={config.train[key]} must be a positive integer")
-    if not config.train.learning_rate > 0:
-        raise ValueError(f"config.train.learning_rate={config.train.learning_rate} must be > 0")
-    if not float(config.train.get("grad_clip_norm", 0.0)) >= 0:
-        raise ValueError(f"config.train.grad_clip_norm={config.train.grad_clip_norm} must be >= 0 "
-                         f"(0 turns clipping off)")
+    for key, low in (("learning_rate", "> 0"), ("loss_limit", "> 0")):
+        value = float(config.train.get(key, 1.0))
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"config.train.{key}={config.train[key]} must be {low} and finite")
+    for key in ("grad_clip_norm", "weight_decay", "momentum"):
+        value = float(config.train.get(key, 0.0))
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"config.train.{key}={config.train[key]} must be >= 0 and finite "
+                             f"(0 turns it off)")
+    if not 0 <= float(config.model.get("loc_lr_multiplier", 1.0)) < math.inf:
+        raise ValueError(f"config.model.loc_lr_multiplier={config.model.loc_lr_multiplier} "
+                         f"must be >= 0 and finite")
     n_dev = jax.device_count()
     if config.train.batch_size % n_dev:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
@@ -135,120 +77,95 @@ def _validate_train_config(config) -> None:
         raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be positive")
 
 
-# ----------------------------------------------------------------------------- building blocks
+# ----------------------------------------------------------------------------- optimizer
 
 
-def input_size(config) -> int:
-    """Side of the (square) images the model sees: the distortion's canvas."""
-    return int(distortions.get(config.data.distortion).canvas_size)
+def _path_names(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
 
 
-def build_model(config, mesh: Mesh):
-    """`(graphdef, replicated param state, input size)` for the config's model and seed."""
-    if is_sequence_task(config):
-        shape = svhn_input.input_shape(config)
-        size = shape[0]
-        model = svhn.get_model(config.model, shape, nnx.Rngs(params=config.seed))
-    else:
-        size = input_size(config)
-        model = mnist_models.get_model(config.model, size, nnx.Rngs(params=config.seed))
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    return graphdef, state, size
+def parameter_mask(state, model: nnx.Module, prefixes: list[tuple], leaf: str | None = None):
+    """A tree of bools like `state`: True for leaves under one of the module paths `prefixes`
+    (and, with `leaf`, only those named `leaf`, e.g. "bias")."""
+    def chosen(path, _):
+        names = _path_names(path)
+        under = any(names[:len(p)] == p for p in prefixes)
+        return under and (leaf is None or leaf in names[len(names) - 2:])
+    return jax.tree_util.tree_map_with_path(chosen, state)
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD (optional momentum) with the lr divided by `1/lr_decay_factor` every N steps.
+def make_optimizer(config, state, model: nnx.Module | None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD (optional momentum), the lr times `lr_decay_factor` every `lr_decay_every` steps.
 
-    `train.weight_decay > 0` adds `weight_decay * w` to every gradient (L2; the SVHN recipe);
-    `train.grad_clip_norm > 0` first rescales the gradient to at most that global norm.
+    - `train.grad_clip_norm > 0`: the gradient is first rescaled to at most that global norm.
+    - `train.weight_decay > 0`: `weight_decay * w` is added to every gradient (L2) except the
+      localisation nets' regression biases, which hold the transform's identity (decaying them
+      would pull every transformer towards the degenerate theta = 0).
+    - `model.loc_lr_multiplier`: the localisation nets' whole update (gradient, decay and
+      momentum) is scaled by it, i.e. they learn at that multiple of the learning rate, as a
+      per-layer learning-rate multiplier does in the paper's framework.
     """
     schedule = optax.exponential_decay(
         config.train.learning_rate, transition_steps=config.train.lr_decay_every,
         decay_rate=config.train.lr_decay_factor, staircase=True)
-    momentum = config.train.get("momentum", 0.0) or None
-    tx = optax.sgd(schedule, momentum=momentum)
+    parts = []
+    clip = float(config.train.get("grad_clip_norm", 0.0))
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
     weight_decay = float(config.train.get("weight_decay", 0.0))
     if weight_decay > 0:
-        tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
-    clip = float(config.train.get("grad_clip_norm", 0.0))
-    if clip > 0:  # one bad batch cannot throw a transformer off the canvas for good
-        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-    return tx, schedule
+        regressions = layers.regression_paths(model) if model is not None else []
+        identity_bias = parameter_mask(state, model, regressions, "bias")
+        parts.append(optax.add_decayed_weights(
+            weight_decay, mask=jax.tree.map(lambda b: not b, identity_bias)))
+    parts.append(optax.sgd(schedule, momentum=float(config.train.get("momentum", 0.0)) or None))
+    multiplier = float(config.model.get("loc_lr_multiplier", 1.0))
+    if multiplier != 1.0 and model is not None:
+        loc = parameter_mask(state, model, layers.localisation_paths(model))
+        parts.append(optax.masked(optax.scale(multiplier), loc))
+    return optax.chain(*parts), schedule
 
 
-def loc_net_flags(state) -> list[bool]:
-    """For each leaf of `state`: does it belong to a localisation net?"""
-    paths = jax.tree_util.tree_flatten_with_path(state)[0]
-    return ["loc_net" in jax.tree_util.keystr(path) for path, _ in paths]
+def make_train_step(graphdef, tx: optax.GradientTransformation, task: tasks.Task) -> Callable:
+    """The pure step `(state, opt_state, batch) -> (state, opt_state, metrics)`.
 
-
-def param_names(state) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-
-
-def make_train_step(graphdef, tx: optax.GradientTransformation, loc_flags: list[bool],
-                    loc_multiplier: float, *,
-                    per_example_loss: Callable = evaluation.classification_loss,
-                    correct: Callable = evaluation.classification_correct) -> Callable:
-    """The pure train step `(state, opt_state, batch) -> (state, opt_state, metrics)`.
-
-    The localisation net's gradient is scaled by `loc_multiplier` (equivalent to a smaller
-    learning rate for it under SGD with or without momentum). `per_example_loss` and `correct`
-    (`(outputs, labels) -> [B]`) come from `task_functions`; "accuracy" is the mean of `correct`.
+    Metrics: the batch's mean `loss` and `error`, the gradient's global norm, and `finite`:
+    whether every parameter after the update is finite (checked before any save).
     """
 
     def loss_fn(state, batch):
-        logits = nnx.merge(graphdef, state)(batch["image"])
-        loss = per_example_loss(logits, batch["label"]).mean()
-        return loss, logits
+        outputs = task.forward(nnx.merge(graphdef, state), batch)
+        return task.loss(outputs, batch).mean(), outputs
 
     def step(state, opt_state, batch):
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, batch)
-        if loc_multiplier != 1.0:
-            leaves, treedef = jax.tree.flatten(grads)
-            leaves = [g * loc_multiplier if f else g for g, f in zip(leaves, loc_flags)]
-            grads = jax.tree.unflatten(treedef, leaves)
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, batch)
         updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
-        accuracy = jnp.mean(correct(logits, batch["label"]))
-        return state, opt_state, {"loss": loss, "accuracy": accuracy,
-                                  "grad_norm": optax.global_norm(grads)}
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]))
+        return state, opt_state, {"loss": loss, "error": task.metrics(outputs, batch)["error"].mean(),
+                                  "grad_norm": optax.global_norm(grads), "finite": finite}
 
     return step
 
 
-@functools.lru_cache(maxsize=None)
-def _transformer_view(graphdef):
-    """Jitted `(state, images) -> (outputs, grids)`: lists, one entry per transformer drawn.
-
-    Grids are in the input's frame (`input_frame_grids` where the model has several
-    transformers in series, else the first transformer's own); each output is the input
-    resampled on its grid, i.e. the region that transformer attends to.
-    """
-
-    def view(state, images):
-        grids = nnx.merge(graphdef, state).transformer_grids(images)
-        outputs = [sampling.sample(images, grid) for grid in grids]
-        return outputs, grids
-
-    return jax.jit(view)
+# ----------------------------------------------------------------------------- pieces of the loop
 
 
-def load_test_set(config) -> dict[str, np.ndarray]:
-    """The fixed distorted test set of the config (numpy, on every host)."""
-    if is_sequence_task(config):
-        return svhn_input.load(config).test
-    digits = sources.load_digits(config.data.source)
-    return pipeline.test_set(digits, distortions.get(config.data.distortion),
-                             seed=config.data.get("test_seed", 0))
+class MetricWindow:
+    """Running means of the train metrics since the last log line (and the largest |g|)."""
 
+    def __init__(self):
+        self.sums, self.count, self.max_grad_norm = {"loss": 0.0, "error": 0.0}, 0, 0.0
 
-def _format_seconds(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+    def add(self, values: dict) -> None:
+        for key in self.sums:
+            self.sums[key] += float(values[key])
+        self.max_grad_norm = max(self.max_grad_norm, float(values["grad_norm"]))
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {f"train_{k}": v / max(self.count, 1) for k, v in self.sums.items()}
 
 
 class _StopFlag:
@@ -273,204 +190,243 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: str, enabled: bool = True):
+    """Holds an exclusive lock on `workdir/.lock` (the kernel drops it if the process dies);
+    a second run on a busy workdir is refused at once."""
+    if not enabled:
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another run is using {workdir}; wait for it to finish or choose "
+                             f"another --workdir") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=None)
+def _transformer_view(graphdef):
+    """Jitted `(state, images) -> (outputs, grids)`: each transformer's grid in the input frame
+    and the input sampled on it (what that transformer attends to)."""
+
+    def view(state, images):
+        grids = nnx.merge(graphdef, state).transformer_grids(images)
+        return [sampling.sample(images, grid) for grid in grids], grids
+
+    return jax.jit(view)
+
+
+def draw_transformers(task: tasks.Task, graphdef, state, test: dict, count: int, mesh,
+                      workdir: str, step: int, writer: metrics_io.MetricWriter) -> None:
+    """The task's picture of the first `count` test examples at `step`. Every process joins the
+    computation (it runs on global arrays); only process 0 draws and writes."""
+    batch = {k: v[:count] for k, v in test.items()}
+    images = parallel.global_array(batch["image"], parallel.replicated(mesh))
+    outputs, grids = parallel.to_host(_transformer_view(graphdef)(state, images))
+    if not grids or jax.process_index() != 0:
+        return
+    picture = task.draw(batch, grids, outputs)
+    png = plots.save_step_picture(picture, os.path.join(workdir, "images"), step)
+    writer.write_png(step, "transformer/inputs_outputs", png, picture.height, picture.width)
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _json_number(value: float | None) -> float | None:
+    """`value`, or None where it is not a finite number (strict JSON has no NaN)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def results_record(config, *, steps: int, start_step: int, evaluations: dict[str, dict],
+                   wall: float, images_per_second: float, num_params: int) -> dict[str, Any]:
+    """The `results.json` record (docs/CONTRACTS.md): `<split>_<metric>` for every evaluated
+    split (test, validation), plus the run's size and time; non-finite numbers become null with
+    a `non_finite` list naming them."""
+    record = {"name": config.name, "task": config.task, "config": config.to_dict(),
+              "steps": steps}
+    non_finite = []
+    for split, values in evaluations.items():
+        for key, value in values.items():
+            name = "num_" + split + "_examples" if key == "num_examples" else f"{split}_{key}"
+            record[name] = _json_number(value) if key != "num_examples" else int(value)
+            if key != "num_examples" and record[name] is None:
+                non_finite.append(name)
+    record.update(wall_time_s=wall, images_per_second=images_per_second, num_params=num_params,
+                  resumed_from_step=start_step, num_devices=jax.device_count(),
+                  num_processes=jax.process_count())
+    if non_finite:
+        record["non_finite"] = non_finite
+    return record
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
 def train_and_evaluate(config, workdir: str, *,
                        step_callback: Callable[[int, dict], None] | None = None) -> dict:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
+    """Trains `config` in `workdir` (resuming from its newest good checkpoint) and evaluates it.
 
     Args:
-      config: an `ml_collections.ConfigDict` as made by `configs/mnist.py`.
-      workdir: output folder (config.json, checkpoints/, metrics.jsonl, tensorboard/,
-        images/, results.json).
+      config: an `ml_collections.ConfigDict` from `configs/*.py` (its `task` names the task).
+      workdir: output folder (docs/training.md lists what it holds).
       step_callback: called as `step_callback(step, metrics)` after each step (tests, hooks).
     Returns:
-      The dict written to `workdir/results.json`.
+      The record written to `workdir/results.json`.
     """
+    # -- setup: check everything before any work; one run per workdir
     t_start = time.time()
     if config.get("distributed", False):
         jax.distributed.initialize()
-    validate_config(config)
+    task = tasks.for_config(config)
+    task.validate_config(config)
+    validate_train_config(config)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+    with workdir_lock(workdir, enabled=is_main):
+        if is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
-    if is_sequence_task(config):  # SVHN or its stand-in: batch maker and test set from there
-        data = svhn_input.load(config)
-        train_arrays, batch_fn, test = (data.train_images, data.train_labels), data.train_batch, \
-            data.test
-    else:
-        digits = sources.load_digits(config.data.source)
-        distortion = distortions.get(config.data.distortion)
-        test = pipeline.test_set(digits, distortion, seed=config.data.get("test_seed", 0))
-        train_arrays = (digits.train_images, digits.train_labels)
-        batch_fn = functools.partial(pipeline.train_batch, batch_size=int(config.train.batch_size),
-                                     distortion=distortion)
-    loss_fn, correct_fn = task_functions(config)
+        # -- data
+        data = task.load_data(config)
+        mesh = parallel.make_mesh()
+        replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+        train_arrays = parallel.global_tree(data.train_arrays, replicated)
+        make_batch = jax.jit(data.train_batch, out_shardings=sharded)
 
-    mesh = evaluation.make_mesh()
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-    graphdef, state, _ = build_model(config, mesh)
-    num_params = int(sum(x.size for x in jax.tree.leaves(state)))
-    tx, schedule = make_optimizer(config)
-    opt_state = jax.jit(tx.init, out_shardings=replicated)(state)
+        # -- model and optimizer
+        model = task.make_model(config, data.input_shape, nnx.Rngs(params=config.seed))
+        graphdef, state = nnx.split(model)
+        tx, schedule = make_optimizer(config, state, model)
+        num_params = int(sum(x.size for x in jax.tree.leaves(state)))
+        state = jax.device_put(state, replicated)
+        opt_state = jax.jit(tx.init, out_shardings=replicated)(state)
+        train_step = jax.jit(make_train_step(graphdef, tx, task),
+                             in_shardings=(replicated, replicated, sharded),
+                             out_shardings=(replicated, replicated, replicated),
+                             donate_argnums=(0, 1))
 
-    mngr = checkpointing.manager(workdir, max_to_keep=config.train.get("keep_checkpoints", 3))
-    names = param_names(state)
-    start_step = 0
-    if mngr.latest_step() is not None:
-        start_step = int(mngr.latest_step())
-        state, opt_state = checkpointing.restore(mngr, start_step, state, opt_state)
-        print(f"Resuming from the checkpoint of step {start_step} in {mngr.directory}", flush=True)
+        # -- checkpoint: resume from the newest one that verifies
+        mngr = checkpointing.manager(workdir, max_to_keep=int(config.train.keep_checkpoints))
+        start_step, state, opt_state = checkpointing.restore_newest_good(mngr, state, opt_state)
+        if start_step:
+            print(f"Resuming from the checkpoint of step {start_step} in {mngr.directory}",
+                  flush=True)
+        writer = metrics_io.MetricWriter(workdir)
+        writer.truncate_after(start_step)
 
-    total_steps = int(config.train.steps)
-    batch_size = int(config.train.batch_size)
-    train_images = jax.device_put(train_arrays[0], replicated)
-    train_labels = jax.device_put(train_arrays[1], replicated)
-    make_batch = jax.jit(batch_fn, out_shardings=batch_sharding)
-    train_step = jax.jit(
-        make_train_step(graphdef, tx, loc_net_flags(state),
-                        float(config.model.get("loc_lr_multiplier", 1.0)),
-                        per_example_loss=loss_fn, correct=correct_fn),
-        in_shardings=(replicated, replicated, batch_sharding),
-        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+        def evaluate(split: str, dataset: dict, step: int) -> dict:
+            values = evaluation.evaluate(task, graphdef, state, dataset, mesh=mesh,
+                                         batch_size=int(config.eval.batch_size))
+            writer.write_scalars(step, {f"{split}_{k}": v for k, v in values.items()
+                                        if k != "num_examples"})
+            print(f"step {step}: {split} error {values['error']:.4f} "
+                  f"({100 * values['error']:.2f}%), loss {values['loss']:.4f} on "
+                  f"{values['num_examples']} examples", flush=True)
+            return values
 
-    writer = metrics_io.MetricWriter(workdir)
-    has_transformer = config.model.name.startswith("st_")
-    num_images = int(config.train.get("num_images", 16))
+        def evaluate_and_draw(step: int, final: bool) -> dict:
+            done = {}
+            if data.validation is not None:
+                done["validation"] = evaluate("validation", data.validation, step)
+            if final or config.eval.get("test_during_training", False):
+                done["test"] = evaluate("test", data.test, step)
+            if int(config.train.get("num_images", 16)) > 0:
+                draw_transformers(task, graphdef, state, data.test,
+                                  int(config.train.get("num_images", 16)), mesh, workdir, step,
+                                  writer)
+            writer.flush()
+            return done
 
-    def run_eval(step: int) -> dict:
-        metrics = evaluation.evaluate_arrays(graphdef, state, test["image"], test["label"],
-                                             batch_size=config.eval.batch_size, mesh=mesh,
-                                             loss_fn=loss_fn, correct_fn=correct_fn)
-        writer.write_scalars(step, {"test_error": metrics["test_error"],
-                                    "test_loss": metrics["test_loss"]})
-        print(f"step {step}: test error {metrics['test_error']:.4f} "
-              f"({100 * metrics['test_error']:.2f}%) on {metrics['num_examples']} examples",
-              flush=True)
-        if has_transformer and is_main and num_images > 0:
-            images = jnp.asarray(test["image"][:num_images])
-            outputs, grids = _transformer_view(graphdef)(state, images)
-            picture = plots.transformer_grid_image(
-                np.asarray(images), [np.asarray(o) for o in outputs],
-                [np.asarray(g) for g in grids], columns=4 if len(grids) == 1 else 2)
-            png = plots.png_bytes(picture)
-            os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
-            for name in (f"transformer_step_{step:07d}.png", "transformer_latest.png"):
-                with open(os.path.join(workdir, "images", name), "wb") as f:
-                    f.write(png)
-            writer.write_png(step, "transformer/inputs_outputs", png, picture.height,
-                             picture.width)
-        writer.flush()
-        return metrics
+        # -- loop: metrics are read in groups (at most max_steps_in_flight apart), always before
+        # a save, so a diverged state is never checkpointed
+        total_steps, batch_size = int(config.train.steps), int(config.train.batch_size)
+        window, pending, in_flight = MetricWindow(), [], max_steps_in_flight(config)
+        loss_limit = float(config.train.get("loss_limit", 1e4))
+        t_loop, t_first, steps_done = time.time(), None, 0
 
-    def save(step: int) -> None:
-        checkpointing.save(mngr, step, state, opt_state, names)
+        def read_pending() -> None:
+            for step_i, values in zip([s for s, _ in pending],
+                                      jax.device_get([m for _, m in pending])):
+                loss = float(values["loss"])
+                if not (math.isfinite(loss) and loss <= loss_limit and bool(values["finite"])):
+                    writer.close()
+                    what = (f"the loss is {loss}" if math.isfinite(loss) and bool(values["finite"])
+                            else f"the loss is {loss} and the parameters are "
+                                 f"{'finite' if bool(values['finite']) else 'not finite'}")
+                    raise Diverged(
+                        f"training diverged at step {step_i}: {what} (train.loss_limit="
+                        f"{loss_limit:g}); nothing of it was saved; the newest checkpoint is "
+                        f"step {mngr.latest_step()} in {mngr.directory}; lower "
+                        f"config.train.learning_rate (now {config.train.learning_rate}) or "
+                        f"config.model.loc_lr_multiplier, and rerun in a fresh --workdir or "
+                        f"from that checkpoint")
+                window.add(values)
+                if step_callback is not None:
+                    step_callback(step_i, {"loss": loss, "error": float(values["error"])})
+            pending.clear()
 
-    window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
-    # Steps whose metrics are still on the device. Reading a metric waits for its step, so on an
-    # accelerator the loop reads them in one go at log, checkpoint and eval steps (and every
-    # `max_steps_in_flight()` steps): the host keeps dispatching while the device computes.
-    pending: list[tuple[int, dict]] = []
-    in_flight = max_steps_in_flight()
+        with _StopFlag() as stop:
+            for step in range(start_step, total_steps):
+                batch = make_batch(train_arrays, config.seed, step)
+                state, opt_state, metrics = train_step(state, opt_state, batch)
+                done, steps_done = step + 1, steps_done + 1
+                pending.append((done, metrics))
+                t_first = t_first or time.time()
+                log_now = done % config.train.log_every == 0 or done == total_steps
+                save_now = done % config.train.checkpoint_every == 0 or done == total_steps
+                eval_now = done % config.train.eval_every == 0 and done != total_steps
+                if (log_now or save_now or eval_now or stop.signum is not None
+                        or step_callback is not None or len(pending) >= in_flight):
+                    read_pending()
+                if log_now:
+                    means, lr = window.means(), float(schedule(step))
+                    writer.write_scalars(done, {**means, "learning_rate": lr,
+                                                "max_grad_norm": window.max_grad_norm})
+                    rate = (steps_done - 1) / max(time.time() - t_first, 1e-9)
+                    eta = _format_seconds((total_steps - done) / rate) if rate > 0 else "?"
+                    print(f"step {done}/{total_steps} ({100 * done / total_steps:.0f}%) "
+                          f"loss {means['train_loss']:.4f} err {means['train_error']:.3f} "
+                          f"lr {lr:.3g} |g|max {window.max_grad_norm:.3g} | "
+                          f"{rate * batch_size:.0f} img/s | ETA {eta}", flush=True)
+                    window = MetricWindow()
+                if save_now or stop.signum is not None:
+                    checkpointing.save(mngr, done, state, opt_state)
+                if eval_now:
+                    evaluate_and_draw(done, final=False)
+                if stop.signum is not None:
+                    writer.close()
+                    raise TrainingInterrupted(
+                        f"stopped by signal {stop.signum} after step {done}; checkpoint saved in "
+                        f"{mngr.directory}; rerun the same command to resume")
+        train_time = time.time() - t_loop
 
-    def read_pending() -> None:
-        """Moves the pending steps' metrics to the host; stops the run on a non-finite loss."""
-        for done_i, values in zip([d for d, _ in pending],
-                                  jax.device_get([m for _, m in pending])):
-            loss = float(values["loss"])
-            if not np.isfinite(loss):
-                last_good = mngr.latest_step()
-                writer.close()
-                raise NonFiniteLoss(
-                    f"training loss is {loss} at step {done_i}; stopped. The last good checkpoint "
-                    f"(step {last_good}) is kept in {mngr.directory}; lower "
-                    f"config.train.learning_rate (now {config.train.learning_rate}) or "
-                    f"config.model.loc_lr_multiplier and rerun")
-            window["loss"] += loss
-            window["accuracy"] += float(values["accuracy"])
-            window["grad_norm"] = max(window["grad_norm"], float(values["grad_norm"]))
-            window["n"] += 1
-            if step_callback is not None:
-                step_callback(done_i, {"loss": loss, "accuracy": float(values["accuracy"])})
-        pending.clear()
-
-    t_loop = time.time()
-    t_after_first = None
-    steps_done = 0
-    last_metrics = None
-    with _StopFlag() as stop:
-        for step in range(start_step, total_steps):
-            batch = make_batch(train_images, train_labels, config.seed, step)
-            state, opt_state, metrics = train_step(state, opt_state, batch)
-            done = step + 1
-            pending.append((done, metrics))
-            steps_done += 1
-            if t_after_first is None:
-                t_after_first = time.time()
-            log_now = done % config.train.log_every == 0 or done == total_steps
-            save_now = done % config.train.checkpoint_every == 0 or done == total_steps
-            eval_now = done % config.train.eval_every == 0 and done != total_steps
-            if (log_now or save_now or eval_now or stop.signum is not None
-                    or step_callback is not None or len(pending) >= in_flight):
-                read_pending()  # before any save, so a non-finite state is never checkpointed
-            if log_now:
-                lr = float(schedule(step))
-                mean_loss = window["loss"] / window["n"]
-                mean_acc = window["accuracy"] / window["n"]
-                writer.write_scalars(done, {"train_loss": mean_loss, "train_accuracy": mean_acc,
-                                            "learning_rate": lr,
-                                            "max_grad_norm": window["grad_norm"]})
-                rate = (steps_done - 1) / max(time.time() - t_after_first, 1e-9)
-                eta = (total_steps - done) / rate if rate > 0 else float("nan")
-                print(f"step {done}/{total_steps} ({100 * done / total_steps:.0f}%) "
-                      f"loss {mean_loss:.4f} acc {mean_acc:.3f} lr {lr:.3g} "
-                      f"|g|max {window['grad_norm']:.3g} | "
-                      f"{rate * batch_size:.0f} img/s | ETA "
-                      f"{_format_seconds(eta) if np.isfinite(eta) else '?'}", flush=True)
-                window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0}
-            if save_now:
-                save(done)
-            if eval_now:
-                last_metrics = run_eval(done)
-            if stop.signum is not None:
-                save(done)
-                writer.close()
-                raise TrainingInterrupted(
-                    f"stopped by signal {stop.signum} after step {done}; checkpoint saved in "
-                    f"{mngr.directory}; rerun the same command to resume")
-    train_time = time.time() - t_loop
-
-    final_step = max(start_step, total_steps)
-    if start_step >= total_steps:
-        print(f"Checkpoint of step {start_step} already reaches train.steps={total_steps}; "
-              f"evaluating only", flush=True)
-    last_metrics = run_eval(final_step)
-    writer.close()
-    wall = time.time() - t_start
-    results = {
-        "name": config.name,
-        "config": config.to_dict(),
-        "steps": final_step,
-        "test_error": last_metrics["test_error"],
-        "test_loss": last_metrics["test_loss"],
-        "num_test_examples": last_metrics["num_examples"],
-        "wall_time_s": wall,
-        "images_per_second": steps_done * batch_size / train_time if steps_done else 0.0,
-        "num_params": num_params,
-        "resumed_from_step": start_step,
-        "num_devices": jax.device_count(),
-    }
-    if is_main:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    print(f"Final test error: {last_metrics['test_error']:.4f} "
-          f"({100 * last_metrics['test_error']:.2f}%) after {final_step} steps; "
-          f"wall time {wall:.1f}s; results in {os.path.join(workdir, 'results.json')}",
-          flush=True)
+        # -- final evaluation and the record
+        final_step = max(start_step, total_steps)
+        if start_step >= total_steps:
+            print(f"Checkpoint of step {start_step} already reaches train.steps={total_steps}; "
+                  f"evaluating only", flush=True)
+        evaluations = evaluate_and_draw(final_step, final=True)
+        writer.close()
+        results = results_record(
+            config, steps=final_step, start_step=start_step, evaluations=evaluations,
+            wall=time.time() - t_start, num_params=num_params,
+            images_per_second=steps_done * batch_size / train_time if steps_done else 0.0)
+        if is_main:
+            metrics_io.write_json(os.path.join(workdir, "results.json"), results)
+    test = evaluations["test"]
+    print(f"Final test error: {test['error']:.4f} ({100 * test['error']:.2f}%) after "
+          f"{final_step} steps; wall time {results['wall_time_s']:.1f}s; results in "
+          f"{os.path.join(workdir, 'results.json')}", flush=True)
     return results

@@ -121,12 +121,34 @@ def test_test_set_bytes_match_stored_hash(name):
     assert slice_hash(images) == EXPECTED_SHA256[name]
 
 
-def test_device_digits_replicated_on_a_mesh():
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    digits = _digits(10)
-    images, labels = pipeline.device_digits(digits, mesh)
-    assert images.dtype == jnp.uint8 and labels.dtype == jnp.int32
-    assert images.sharding.is_fully_replicated
-    np.testing.assert_array_equal(images, digits.train_images)
-    batch = _batch_fn(2, "none")(images, labels, 0, 0)
-    assert batch["image"].shape == (2, 28, 28, 1)
+def _labelled_digits(n_train, n_test=20):
+    """Synthetic digits whose label is their training index (to trace the split)."""
+    return DigitSet(synthetic_uint8(n_train), np.arange(n_train, dtype=np.int32),
+                    synthetic_uint8(n_test, seed=1), np.zeros(n_test, np.int32), "synthetic")
+
+
+def test_validation_split_is_disjoint_fixed_and_distorted_apart_from_test():
+    digits = _labelled_digits(300)
+    rest, images, labels = pipeline.split_validation(digits, 50, seed=0)
+    assert len(labels) == 50 and len(rest.train_labels) == 250
+    assert not set(labels) & set(rest.train_labels)  # disjoint from train
+    assert set(labels) | set(rest.train_labels) == set(range(300))
+    np.testing.assert_array_equal(images, digits.train_images[labels])  # pairs kept
+    # Fixed across runs and machines: a stored hash of the chosen indices (numpy PCG64).
+    assert hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest()[:16] == \
+        VALIDATION_INDEX_SHA256
+    again = pipeline.split_validation(digits, 50, seed=0)[2]
+    np.testing.assert_array_equal(again, labels)
+    assert not np.array_equal(pipeline.split_validation(digits, 50, seed=1)[2], labels)
+    # Distorted on its own stream: the same digits as test digits would get other warps.
+    validation = pipeline.validation_set(images, labels, "rts")
+    as_test = pipeline.fixed_set(images, labels, "rts", stream=2)
+    assert validation["image"].shape == (50, 42, 42, 1)
+    assert not np.allclose(validation["image"], as_test["image"])
+    with pytest.raises(ValueError, match="validation size=300 must be in 0..299"):
+        pipeline.split_validation(digits, 300)
+    unchanged, none, _ = pipeline.split_validation(digits, 0)
+    assert len(none) == 0 and len(unchanged.train_images) == 300
+
+
+VALIDATION_INDEX_SHA256 = "775570b03485cb0c"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stn import evaluation, training
+from stn.tasks import classification
 
 sys.path.insert(0, os.path.dirname(__file__))
 import test_training as tt  # noqa: E402  (shared data and config helpers)
@@ -15,29 +16,31 @@ import test_training as tt  # noqa: E402  (shared data and config helpers)
 
 def test_prepare_images_centres_smaller_and_scales_uint8():
     images = np.full((2, 20, 24), 255, np.uint8)
-    out = evaluation.prepare_images(images, 28)
+    out = classification.centre_on_canvas(images, 28)
     assert out.shape == (2, 28, 28, 1) and out.dtype == np.float32
     assert out[:, 4:24, 2:26].min() == 1.0
     assert out.sum() == 2 * 20 * 24  # nothing outside the centred block
     floats = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float64)
-    np.testing.assert_allclose(evaluation.prepare_images(floats, 28), floats, rtol=1e-6)
+    np.testing.assert_allclose(classification.centre_on_canvas(floats, 28), floats, rtol=1e-6)
 
 
 def test_prepare_images_rejects_larger_and_wrong_channels():
     with pytest.raises(ValueError, match="larger than the model's 28x28 input; crop or resize"):
-        evaluation.prepare_images(np.zeros((1, 42, 42), np.uint8), 28)
+        classification.centre_on_canvas(np.zeros((1, 42, 42), np.uint8), 28)
     with pytest.raises(ValueError, match="images have 3 channels; the model expects 1"):
-        evaluation.prepare_images(np.zeros((1, 28, 28, 3), np.uint8), 28)
+        classification.centre_on_canvas(np.zeros((1, 28, 28, 3), np.uint8), 28)
 
 
 def test_load_external_errors(tmp_path):
-    with pytest.raises(ValueError, match="must be 'idx:DIR' or 'npz:FILE'"):
-        evaluation.load_external("csv:foo")
+    config = tt.small_config(str(tmp_path))
+    load_external = lambda spec: classification.load_eval_set(config, spec)  # noqa: E731
+    with pytest.raises(ValueError, match="'idx:DIR' or 'npz:FILE'"):
+        load_external("csv:foo")
     with pytest.raises(ValueError, match="no such file"):
-        evaluation.load_external(f"npz:{tmp_path}/missing.npz")
+        load_external(f"npz:{tmp_path}/missing.npz")
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 28, 28)), label=np.zeros(2))
     with pytest.raises(ValueError, match="must hold arrays 'image' and 'label'"):
-        evaluation.load_external(f"npz:{tmp_path}/bad.npz")
+        load_external(f"npz:{tmp_path}/bad.npz")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 from stn.data import svhn_input  # noqa: E402
+from stn.tasks import sequences  # noqa: E402
 from test_svhn_builder import EXPECTED, manual_dir  # noqa: E402,F401  (fixture)
 
 
@@ -19,6 +20,7 @@ def _config(manual, data_dir, **data):
     c.data.tfds_data_dir = str(data_dir)
     c.data.train_split = "train"
     c.train.batch_size = 2  # the miniature holds 3 training images
+    c.data.validation_size = 1
     for key, value in data.items():
         c.data[key] = value
     return c
@@ -37,14 +39,15 @@ def test_random_and_centre_crops():
 
 
 def test_load_builds_from_manual_dir_and_batches(manual_dir, tmp_path):
-    data = svhn_input.load(_config(manual_dir, tmp_path))
+    data = sequences.load_data(_config(manual_dir, tmp_path, validation_size=0))
     assert data.input_shape == (54, 54, 3)
-    assert data.train_images.shape == (3, 64, 64, 3) and data.train_labels.shape == (3, 5)
+    images, labels = data.train_arrays
+    assert images.shape == (3, 64, 64, 3) and labels.shape == (3, 5)
     assert data.test["image"].shape == (2, 54, 54, 3) and data.test["image"].dtype == np.float32
     assert sorted(map(tuple, data.test["label"].tolist())) == sorted(
         tuple(d + [10] * (5 - len(d))) for d in EXPECTED["test"].values())
-    a = data.train_batch(data.train_images, data.train_labels, 0, 5)
-    b = data.train_batch(data.train_images, data.train_labels, 0, 5)
+    a = data.train_batch(data.train_arrays, 0, 5)
+    b = data.train_batch(data.train_arrays, 0, 5)
     assert a["image"].shape == (2, 54, 54, 3) and a["label"].shape == (2, 5)
     np.testing.assert_array_equal(a["image"], b["image"])
 
@@ -52,10 +55,10 @@ def test_load_builds_from_manual_dir_and_batches(manual_dir, tmp_path):
 def test_bad_variant_and_manual_dir_raise(tmp_path):
     c = _config(str(tmp_path / "nowhere"), tmp_path)
     with pytest.raises(ValueError, match="manual_dir"):
-        svhn_input.validate_config(c)
+        sequences.validate_config(c)
     c = _config("", tmp_path, variant="32px")
     with pytest.raises(ValueError, match="variant"):
-        svhn_input.validate_config(c)
+        sequences.validate_config(c)
 
 
 def test_train_and_evaluate_smoke_on_miniature(manual_dir, tmp_path):

@@ -7,6 +7,7 @@ from flax import nnx
 
 from stn import transforms
 from stn.models import num_params, svhn
+from stn.tasks.sequences import sequence_correct, sequence_loss
 
 SMALL = dict(features=(8, 8, 16, 16, 16, 16, 16, 16), fc_widths=(32, 32))
 
@@ -70,7 +71,7 @@ def test_sequence_metric_hand_made_cases():
          [1, 8, 10, 10, 10],   # a digit wrong -> wrong
          [7, 3, 3, 10, 10],    # right: positions after the true length do not count
          [2, 0, 4, 6, 8]])     # right
-    np.testing.assert_array_equal(svhn.sequence_correct(outputs, labels),
+    np.testing.assert_array_equal(sequence_correct(outputs, labels),
                                   [True, False, False, True, True])
 
 
@@ -78,10 +79,10 @@ def test_sequence_loss_is_length_plus_digit_cross_entropies():
     labels = jnp.array([[3, 10, 10, 10, 10]])
     outputs = {"length": jnp.zeros((1, 6)), "digits": jnp.zeros((1, 5, 11))}
     # uniform logits: -log(1/6) for the length, 5 * -log(1/11) for the digits
-    np.testing.assert_allclose(svhn.per_example_loss(outputs, labels),
+    np.testing.assert_allclose(sequence_loss(outputs, labels),
                                [np.log(6) + 5 * np.log(11)], rtol=1e-6)
     confident = _one_hot_outputs([1], [[3, 10, 10, 10, 10]])
-    assert float(svhn.per_example_loss(confident, labels)[0]) < 1e-2  # 6 heads at ~4e-4 each
+    assert float(sequence_loss(confident, labels)[0]) < 1e-2  # 6 heads at ~4e-4 each
 
 
 def test_multi_grids_compose_back_into_the_input_frame():

@@ -10,6 +10,13 @@ from pathlib import Path
 import pytest
 
 from stn import sweeps
+from stn.config_args import parse as _parse
+
+
+def parse_arg(arg, **defaults):
+    """The shared argument parser, as sweep files call it."""
+    return _parse(arg, where="sweep", **defaults)
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,15 +66,15 @@ def test_product_and_zip():
 
 
 def test_parse_arg_types_lists_and_errors():
-    opts = sweeps.parse_arg("config=configs/mnist.py:rts,st_cnn,affine,lrs=0.1,0.02,seeds=3",
-                            config="x", lrs=[0.01], seeds=1, data=None)
+    opts = parse_arg("config=configs/mnist.py:rts,st_cnn,affine,lrs=0.1,0.02,seeds=3",
+                     config="x", lrs=[0.01], seeds=1, data=None)
     assert opts == {"config": "configs/mnist.py:rts,st_cnn,affine", "lrs": [0.1, 0.02],
                     "seeds": 3, "data": None}
-    assert sweeps.parse_arg(None, seeds=1) == {"seeds": 1}
-    with pytest.raises(ValueError, match="unknown sweep argument 'seed'"):
-        sweeps.parse_arg("seed=3", seeds=1)
+    assert parse_arg(None, seeds=1) == {"seeds": 1}
+    with pytest.raises(ValueError, match="unknown argument 'seed'"):
+        parse_arg("seed=3", seeds=1)
     with pytest.raises(ValueError, match="seeds='three': expected a int"):
-        sweeps.parse_arg("seeds=three", seeds=1)
+        parse_arg("seeds=three", seeds=1)
 
 
 def test_validation_rejects_bad_points():

@@ -116,3 +116,191 @@ def test_cli(table1_runs):
     assert out.returncode == 0, out.stderr
     assert "| CNN | 1.2 / 1.50±0.71 (n=2)" in out.stdout
     assert (table1_runs / "table1.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep summaries (--table=sweep).
+
+
+def _sweep_run(root: Path, name: str, lr: float, loc: float, seed: int, validation: float | None,
+               test: float, transform: str = "affine") -> None:
+    """One run of a learning-rate x loc-multiplier (x transform) sweep."""
+    config = {"name": "mnist_rts_st_cnn_affine", "seed": seed,
+              "data": {"distortion": "rts", "validation_size": 1000},
+              "model": {"name": "st_cnn", "transform": transform, "loc_lr_multiplier": loc},
+              "train": {"learning_rate": lr, "eval_every": 100 + seed}}  # bookkeeping differs
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(
+        {"name": config["name"], "config": config, "validation_error": validation,
+         "validation_loss": None if validation is None else 3 * validation,
+         "test_error": test, "test_loss": 3 * test}))
+
+
+@pytest.fixture
+def lr_sweep(tmp_path):
+    """lr {0.001, 0.01, 0.1} x loc {0.1, 1} x seeds {0, 1}. Validation prefers lr 0.01 with
+    loc 0.1; test prefers lr 0.1 with loc 1, so a chooser that peeked at test would differ."""
+    for lr in (0.001, 0.01, 0.1):
+        for loc in (0.1, 1.0):
+            for seed in (0, 1):
+                val = 0.02 if (lr, loc) == (0.01, 0.1) else 0.05 + lr + loc / 100
+                test = 0.01 if (lr, loc) == (0.1, 1.0) else 0.04 + lr
+                _sweep_run(tmp_path, f"lr{lr:g}-loc{loc:g}-s{seed}", lr, loc, seed,
+                           val + 0.01 * seed, test + 0.002 * seed)
+    return tmp_path
+
+
+class _NoTestMetrics(dict):
+    """A run that fails the test if anyone reads one of its test metrics."""
+
+    def __getitem__(self, key):
+        assert not key.startswith("test_"), f"the chooser read {key}"
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+def test_chooser_reads_only_validation_metrics():
+    # Validation ranks setting 1 first, test would rank setting 0 first.
+    settings = [[_NoTestMetrics(validation_error=0.30, test_error=0.01)] * 2,
+                [_NoTestMetrics(validation_error=0.10, test_error=0.50),
+                 _NoTestMetrics(validation_error=0.12, test_error=0.50)],
+                [_NoTestMetrics(validation_error=None, test_error=0.00)]]
+    assert tables.rank_by_validation(settings) == ([1, 0], [2])
+    assert tables.rank_by_validation(
+        [[_NoTestMetrics(validation_accuracy=0.9)], [_NoTestMetrics(validation_accuracy=0.95)]],
+        "validation_accuracy") == ([1, 0], [])
+    with pytest.raises(ValueError, match="validation metrics only"):
+        tables.rank_by_validation(settings, "test_error")
+    with pytest.raises(ValueError, match="never falls back to test metrics"):
+        tables.rank_by_validation([[_NoTestMetrics(test_error=0.1)]])
+
+
+def test_sweep_summary_ranks_on_validation(lr_sweep):
+    md, summary = tables.make_sweep_summary(lr_sweep, figure=False)
+    assert summary["varied_keys"] == ["model.loc_lr_multiplier", "train.learning_rate"]
+    assert summary["bookkeeping_varied"] == ["train.eval_every"]  # does not split settings
+    assert [s["n"] for s in summary["settings"]] == [2] * 6
+    best = summary["best"]
+    assert best["values"] == {"model.loc_lr_multiplier": 0.1, "train.learning_rate": 0.01}
+    assert best["metrics"]["validation_error"]["mean"] == pytest.approx(0.025)
+    assert best["metrics"]["test_error"]["mean"] == pytest.approx(0.051)
+    val = [s["metrics"]["validation_error"]["mean"] for s in summary["settings"]]
+    assert val == sorted(val) and [s["rank"] for s in summary["settings"]] == [1, 2, 3, 4, 5, 6]
+    lines = md.splitlines()
+    assert ("| rank | model.loc_lr_multiplier | train.learning_rate | runs | validation error % "
+            "| validation loss | test error % | test loss |") in lines
+    assert "| 1 (best) | 0.1 | 0.01 | 2 | 2.50±0.71 | 0.0750±0.0212 | 5.10±0.14 | 0.1530±0.0042 |" \
+        in lines
+    assert "| 2 | 0.1 | 0.001 | 2 |" in lines[5]
+    assert "Best: model.loc_lr_multiplier=0.1, train.learning_rate=0.01 " in md
+    assert "ignored as bookkeeping: train.eval_every." in md
+    assert (lr_sweep / "sweep.md").read_text() == md
+    saved = json.loads((lr_sweep / "sweep_summary.json").read_text())
+    assert saved["best"]["values"] == best["values"] and saved["best"]["seeds"] == [0, 1]
+    assert saved["fixed"]["data.validation_size"] == 1000 and "seed" not in saved["fixed"]
+
+
+def test_sweep_refuses_to_choose_without_validation(tmp_path):
+    for lr in (0.01, 0.1):
+        _sweep_run(tmp_path, f"lr{lr:g}", lr, 1.0, 0, None, 0.05 + lr)
+    md, summary = tables.make_sweep_summary(tmp_path)
+    assert summary["best"] is None and "never falls back to test" in summary["refused"]
+    assert all(s["rank"] is None for s in summary["settings"])
+    assert "No best setting: no setting has validation_error in every run" in md
+    assert "| — | 0.01 | 1 | 6.00 | 0.1800 |" in md  # test metrics still shown
+    assert json.loads((tmp_path / "sweep_summary.json").read_text())["best"] is None
+    with pytest.raises(ValueError, match="validation metrics only"):
+        tables.make_sweep_summary(tmp_path, metric="test_error")
+
+
+def test_sweep_partial_settings_and_seed_statistics(tmp_path):
+    _sweep_run(tmp_path, "a-s0", 0.01, 1, 0, 0.10, 0.2)  # loc 1 (int) is loc 1.0
+    _sweep_run(tmp_path, "a-s1", 0.01, 1.0, 1, 0.20, 0.2)
+    _sweep_run(tmp_path, "a-s1-again", 0.01, 1.0, 1, 0.30, 0.2)
+    _sweep_run(tmp_path, "b-s0", 0.1, 1.0, 0, 0.01, 0.2)
+    _sweep_run(tmp_path, "b-s1", 0.1, 1.0, 1, None, 0.2)  # b cannot be ranked
+    _sweep_run(tmp_path, "c-s0", 0.001, 1.0, 0, float("nan"), 0.9)  # diverged: ranked last
+    md, summary = tables.make_sweep_summary(tmp_path)
+    assert summary["varied_keys"] == ["train.learning_rate"]
+    a, c, b = summary["settings"]
+    assert c["rank"] == 2 and "| 2 | 0.001 | 1 | nan |" in md
+    assert a["best"] and a["n"] == 3 and a["seeds"] == [0, 1, 1]
+    assert a["metrics"]["validation_error"]["std"] == pytest.approx(0.1)
+    assert b["rank"] is None and b["metrics"]["validation_error"]["n"] == 1
+    assert "| — | 0.1 | 2 | 1.00 (n=1) |" in md
+    assert "Not ranked (validation_error missing from some run): train.learning_rate=0.1" in md
+    assert "train.learning_rate=0.01: seed 1.0 in 2 runs" in md
+
+
+def test_sweep_reports_missing_and_broken_runs(lr_sweep):
+    (lr_sweep / "running").mkdir()
+    (lr_sweep / "running" / "config.json").write_text("{}")
+    (lr_sweep / "sweep.json").write_text(json.dumps(
+        {"sweep": "x", "points": [{"name": "lr0.01-loc0.1-s0"}, {"name": "never-started"}]}))
+    (lr_sweep / "broken").mkdir()
+    (lr_sweep / "broken" / "results.json").write_text('{"config": ')
+    (lr_sweep / "lr0.01-loc0.1-s1" / "checkpoints").mkdir()  # inside a finished run
+    (lr_sweep / "lr0.01-loc0.1-s1" / "checkpoints" / "config.json").write_text("{}")
+    md, summary = tables.make_sweep_summary(lr_sweep, figure=False)
+    skipped = [line for line in md.splitlines() if line.startswith("Skipped ")]
+    assert len(skipped) == 3
+    assert "broken/results.json: unreadable" in skipped[0]
+    assert "never-started: no results.json" in skipped[1]
+    assert "running: no results.json" in skipped[2]
+    assert summary["best"] is not None
+
+
+def _colour_pixels(path: Path, colour: tuple[int, int, int]) -> int:
+    with Image.open(path) as img:
+        return sum(1 for px in img.convert("RGB").getdata() if px == colour)
+
+
+def test_sweep_figure(lr_sweep, tmp_path):
+    md, _ = tables.make_sweep_summary(lr_sweep)
+    assert ("Figure: sweep.png, validation error % and test error % against "
+            "train.learning_rate, one line per model.loc_lr_multiplier.") in md
+    for colour in tables.PALETTE[:2]:  # one line per multiplier
+        assert _colour_pixels(lr_sweep / "sweep.png", colour) > 100
+    assert _colour_pixels(lr_sweep / "sweep.png", tables.PALETTE[2]) == 0
+    with pytest.raises(ValueError, match="--x='train.steps' is not a key that varies"):
+        tables.make_sweep_summary(lr_sweep, x="train.steps")
+    md, _ = tables.make_sweep_summary(lr_sweep, x="model.loc_lr_multiplier")
+    assert "against model.loc_lr_multiplier, one line per train.learning_rate" in md
+    assert _colour_pixels(lr_sweep / "sweep.png", tables.PALETTE[2]) > 100
+
+    three = tmp_path / "three"
+    for transform in ("affine", "tps"):
+        for lr in (0.01, 0.1):
+            for loc in (0.1, 1.0):
+                _sweep_run(three, f"{transform}-{lr:g}-{loc:g}", lr, loc, 0, lr + loc, 0.1,
+                           transform)
+    md, _ = tables.make_sweep_summary(three)
+    assert "against train.learning_rate, one line per model.transform; held at the best " \
+           "setting: model.loc_lr_multiplier=0.1." in md
+
+    single = tmp_path / "single"
+    _sweep_run(single, "s0", 0.01, 1.0, 0, 0.1, 0.1)
+    _sweep_run(single, "s1", 0.01, 1.0, 1, 0.2, 0.1)
+    (single / "sweep.png").write_bytes(b"an older figure")
+    md, summary = tables.make_sweep_summary(single)
+    assert "No figure: every run has the same setting" in md and summary["best"]["n"] == 2
+    assert summary["figure"] is None and not (single / "sweep.png").exists()
+
+
+def test_sweep_cli(lr_sweep, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "stn.tables", "--table=sweep"]
+    out = subprocess.run(cmd + [f"--workdir={lr_sweep}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "| 1 (best) | 0.1 | 0.01 | 2 |" in out.stdout and (lr_sweep / "sweep.png").exists()
+    _sweep_run(tmp_path / "noval", "a", 0.01, 1.0, 0, None, 0.1)
+    out = subprocess.run(cmd + [f"--workdir={tmp_path / 'noval'}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().startswith("no best setting:")
+    assert (tmp_path / "noval" / "sweep.md").exists()
+    out = subprocess.run(cmd[:3] + ["--table=3", f"--workdir={lr_sweep}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "unknown table '3'" in out.stderr

@@ -18,7 +18,9 @@ import numpy as np
 import optax
 import pytest
 
-from stn import checkpointing, evaluation, metrics_io, training
+from flax import nnx
+
+from stn import checkpointing, evaluation, layers, metrics_io, parallel, tasks, training
 from stn.data import idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,7 @@ def small_config(data_dir, **train):
     config = load_config_module().get_config("none,st_fcn,affine")
     config.data.source = f"idx:{data_dir}"
     config.data.distortion = "none"
+    config.data.validation_size = 100
     config.train.update(dict(steps=40, batch_size=32, learning_rate=0.01, momentum=0.9,
                              lr_decay_every=1000, log_every=10, eval_every=20,
                              checkpoint_every=20, num_images=4))
@@ -68,10 +71,17 @@ def data_dir(tmp_path_factory):
     return write_pattern_set(tmp_path_factory.mktemp("patterns"))
 
 
+def fresh_model(config):
+    """`(model, graphdef, state)` of the config's model at its initialisation."""
+    task = tasks.for_config(config)
+    model = task.make_model(config, task.input_shape(config), nnx.Rngs(params=config.seed))
+    return (model, *nnx.split(model))
+
+
 def final_params(workdir, config):
     """Parameter leaves (numpy) of the latest checkpoint in `workdir`."""
-    mesh = evaluation.make_mesh()
-    _, state, _ = training.build_model(config, mesh)
+    _, _, state = fresh_model(config)
+    state = jax.device_put(state, parallel.replicated(parallel.make_mesh()))
     mngr = checkpointing.manager(str(workdir), read_only=True)
     restored, _ = checkpointing.restore(mngr, mngr.latest_step(), state)
     return [np.asarray(x) for x in jax.tree.leaves(restored)]
@@ -189,8 +199,14 @@ def test_batch_not_divisible_by_devices(data_dir, tmp_path, monkeypatch):
 def test_nan_loss_stops_naming_the_step(data_dir, tmp_path):
     config = small_config(data_dir, steps=6, learning_rate=1e30, checkpoint_every=2,
                           eval_every=100)
-    with pytest.raises(training.NonFiniteLoss, match=r"at step \d+; stopped"):
+    with pytest.raises(training.Diverged, match=r"diverged at step \d+"):
         training.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
+def _loc_flags(config):
+    model, _, state = fresh_model(config)
+    mask = training.parameter_mask(state, model, layers.localisation_paths(model))
+    return model, state, jax.tree.leaves(mask)
 
 
 def test_loc_lr_multiplier_scales_only_the_loc_net(data_dir, tmp_path):
@@ -198,31 +214,60 @@ def test_loc_lr_multiplier_scales_only_the_loc_net(data_dir, tmp_path):
     config = small_config(data_dir, steps=2, checkpoint_every=100, eval_every=100)
     config.model.loc_lr_multiplier = 0.0
     training.train_and_evaluate(config, str(tmp_path / "frozen_loc"))
-    _, fresh, _ = training.build_model(config, evaluation.make_mesh())
-    flags = training.loc_net_flags(fresh)
+    _, fresh, flags = _loc_flags(config)
     assert any(flags) and not all(flags)
-    for flag, before, after in zip(flags, jax.tree.leaves(fresh),
-                                   final_params(tmp_path / "frozen_loc", config)):
+    after = final_params(tmp_path / "frozen_loc", config)
+    for flag, before, moved in zip(flags, jax.tree.leaves(fresh), after):
         if flag:
-            np.testing.assert_array_equal(np.asarray(before), after)
+            np.testing.assert_array_equal(np.asarray(before), moved)
     assert any(not np.array_equal(np.asarray(b), a) for f, b, a in
-               zip(flags, jax.tree.leaves(fresh), final_params(tmp_path / "frozen_loc", config))
-               if not f)
+               zip(flags, jax.tree.leaves(fresh), after) if not f)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_loc_lr_multiplier_gives_that_fraction_of_the_whole_update(data_dir, weight_decay):
+    """0.1 gives the loc net a tenth of the update (gradient, weight decay and momentum alike)
+    and leaves the rest alone; regression biases are not decayed."""
+    config = small_config(data_dir, learning_rate=0.1, momentum=0.9, weight_decay=weight_decay)
+    model, state, flags = _loc_flags(config)
+    keys = jax.random.split(jax.random.key(0), len(flags))
+    grads = jax.tree.unflatten(jax.tree.structure(state), [
+        jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(state))])
+    updates = {}
+    for multiplier in (1.0, 0.1):
+        config.model.loc_lr_multiplier = multiplier
+        tx, _ = training.make_optimizer(config, state, model)
+        opt_state = tx.init(state)
+        for _ in range(2):  # the second step includes momentum
+            update, opt_state = tx.update(grads, opt_state, state)
+        updates[multiplier] = [np.asarray(u) for u in jax.tree.leaves(update)]
+    for flag, full, tenth in zip(flags, updates[1.0], updates[0.1]):
+        np.testing.assert_allclose(tenth, full * (0.1 if flag else 1.0), rtol=1e-5, atol=1e-8)
+    # With a zero gradient, only the decay moves a parameter: regression biases stay put.
+    zero = jax.tree.map(jnp.zeros_like, state)
+    tx, _ = training.make_optimizer(config, state, model)
+    update, _ = tx.update(zero, tx.init(state), state)
+    names = checkpointing.param_names(state)
+    for name, u, x in zip(names, jax.tree.leaves(update), jax.tree.leaves(state)):
+        if "regression" in name and "bias" in name:
+            assert not np.any(np.asarray(u)), name
+        elif weight_decay and np.any(np.asarray(x)):
+            assert np.any(np.asarray(u)), name
 
 
 def test_grad_clip_norm_bounds_the_update():
     """With `grad_clip_norm` c, plain SGD moves the parameters by at most lr * c; without it the
     update is lr times the whole gradient."""
-    config = ml_collections.ConfigDict({"train": {
+    config = ml_collections.ConfigDict({"model": {}, "train": {
         "learning_rate": 0.5, "lr_decay_every": 100, "lr_decay_factor": 0.1, "momentum": 0.0,
         "grad_clip_norm": 2.0}})
-    tx, _ = training.make_optimizer(config)
     params = {"w": jnp.zeros(4)}
+    tx, _ = training.make_optimizer(config, params, None)
     grads = {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(optax.global_norm(updates)) == pytest.approx(0.5 * 2.0, rel=1e-6)
     config.train.grad_clip_norm = 0.0
-    tx, _ = training.make_optimizer(config)
+    tx, _ = training.make_optimizer(config, params, None)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(optax.global_norm(updates)) == pytest.approx(0.5 * 50.0, rel=1e-6)
 
@@ -236,8 +281,8 @@ def test_train_py_on_two_cpu_devices_with_many_steps_between_logs(data_dir, tmp_
     workdir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "train.py", "--config=configs/mnist.py:quick",
-         f"--config.data.source=idx:{data_dir}", "--config.train.steps=60",
-         "--config.train.log_every=60", "--config.train.eval_every=60",
+         f"--config.data.source=idx:{data_dir}", "--config.data.validation_size=100",
+         "--config.train.steps=60", "--config.train.log_every=60", "--config.train.eval_every=60",
          "--config.train.checkpoint_every=60", f"--workdir={workdir}", "--cpu_devices=2"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -251,7 +296,8 @@ def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
     env["JAX_PLATFORMS"] = "cpu"
     args = [sys.executable, "train.py", "--config=configs/mnist.py:none,st_fcn,affine",
             f"--config.data.source=idx:{data_dir}", "--config.data.distortion=none",
-            "--config.train.steps=4", "--config.train.batch_size=32",
+            "--config.data.validation_size=100", "--config.train.steps=4",
+            "--config.train.batch_size=32",
             "--config.train.eval_every=4", "--config.train.checkpoint_every=4"]
     workdir = tmp_path / "two"
     proc = subprocess.run(args + [f"--workdir={workdir}", "--cpu_devices=2", "--deterministic"],

@@ -12,12 +12,12 @@ Argument (`key=value` joined by commas; a list continues after commas):
   steps=N, data=SOURCE    shared overrides of train.steps and data.source.
 Point names read `lr0.01-loc1-s0`.
 """
-from stn import sweeps
+from stn import config_args, sweeps
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """Every (learning rate, loc multiplier, seed) point for the chosen config."""
-    opts = sweeps.parse_arg(arg, config="configs/mnist.py:rts,st_cnn,affine",
+    opts = config_args.parse(arg, where="configs/sweeps/lr_seed.py", config="configs/mnist.py:rts,st_cnn,affine",
                             lrs=[0.003, 0.01, 0.03], loc_multipliers=[1.0], seeds=2,
                             steps=0, data=None)
     common = {}

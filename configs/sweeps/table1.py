@@ -10,7 +10,7 @@ Argument (all optional, `key=value` joined by commas):
                 full recipe, 150k steps);
   data=SOURCE   override data.source: `idx:DIR`, `tfds:NAME`, `sample`, or a bare folder (= idx:).
 """
-from stn import sweeps
+from stn import config_args, sweeps
 
 DISTORTIONS = ("r", "rts", "p", "e")
 # (model, transform) in the paper's row order; the plain networks have no transformer.
@@ -63,6 +63,6 @@ def table1_points(seeds: int = 1, first_seed: int = 0, steps: int | None = None,
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """The Table 1 sweep; see the module docstring for the argument."""
-    opts = sweeps.parse_arg(arg, seeds=1, first_seed=0, steps=0, data=None)
+    opts = config_args.parse(arg, where="configs/sweeps/table1.py", seeds=1, first_seed=0, steps=0, data=None)
     return table1_points(seeds=opts["seeds"], first_seed=opts["first_seed"],
                          steps=opts["steps"] or None, data=opts["data"])

@@ -18,7 +18,7 @@ diverged). docs/results.md gives the measured time and the table this preset pro
 """
 from pathlib import Path
 
-from stn import sweeps
+from stn import config_args, sweeps
 
 DEFAULTS = dict(data=None, steps=300, batch=64, lr=0.02, momentum=0.9, loc=0.1, seeds=1,
                 first_seed=0)
@@ -26,7 +26,7 @@ DEFAULTS = dict(data=None, steps=300, batch=64, lr=0.02, momentum=0.9, loc=0.1, 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """The reduced-budget Table 1 sweep; see the module docstring for the argument."""
-    opts = sweeps.parse_arg(arg, **DEFAULTS)
+    opts = config_args.parse(arg, where="configs/sweeps/table1_reduced.py", **DEFAULTS)
     if not opts["data"]:
         raise ValueError("table1_reduced needs a data source, e.g. "
                          "configs/sweeps/table1_reduced.py:data=idx:PATH/TO/MNIST_IDX_DIR")

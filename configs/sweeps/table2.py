@@ -9,7 +9,7 @@ Argument (all optional, `key=value` joined by commas): seeds=N (default 1), firs
 steps=N (override train.steps), manual_dir=DIR (data.manual_dir: the folder holding SVHN's
 format 1 archives), tfds_data_dir=DIR (data.tfds_data_dir: where the built data set lives).
 """
-from stn import sweeps
+from stn import config_args, sweeps
 
 VARIANTS = ("64px", "128px")
 MODELS = ("cnn", "st_cnn_single", "st_cnn_multi")
@@ -17,7 +17,7 @@ MODELS = ("cnn", "st_cnn_single", "st_cnn_multi")
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """Every (crop, model, seed) point of Table 2."""
-    opts = sweeps.parse_arg(arg, seeds=1, first_seed=0, steps=0, manual_dir=None,
+    opts = config_args.parse(arg, where="configs/sweeps/table2.py", seeds=1, first_seed=0, steps=0, manual_dir=None,
                             tfds_data_dir=None)
     common = {}
     if opts["steps"]:

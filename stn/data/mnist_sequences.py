@@ -137,6 +137,22 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: int, step, *, batch_
                       canvas_size=canvas_size, max_digits=max_digits)
 
 
+def fixed_set(images: np.ndarray, labels: np.ndarray, key: jax.Array, *, num_examples: int,
+              canvas_size: int = 64, chunk: int = 1000) -> dict:
+    """`num_examples` sequences of the base digits `images`, made once from `key` (numpy).
+
+    Chunk `i` of `chunk` sequences uses `fold_in(key, i)`, so the set is fixed by the key.
+    """
+    make = jax.jit(make_batch, static_argnames=("batch_size", "canvas_size", "max_digits"))
+    out_images, out_labels = [], []
+    for i, start in enumerate(range(0, num_examples, chunk)):
+        batch = make(images, labels, jax.random.fold_in(key, i),
+                     batch_size=min(chunk, num_examples - start), canvas_size=canvas_size)
+        out_images.append(np.asarray(batch["image"]))
+        out_labels.append(np.asarray(batch["label"]))
+    return {"image": np.concatenate(out_images), "label": np.concatenate(out_labels)}
+
+
 def test_set(digits: DigitSet, *, canvas_size: int = 64, num_examples: int | None = None,
              seed: int = 0, chunk: int = 1000) -> dict:
     """The fixed test set (numpy), built from the base set's test digits only.
@@ -145,11 +161,15 @@ def test_set(digits: DigitSet, *, canvas_size: int = 64, num_examples: int | Non
     """
     n = len(digits.test_images) if num_examples is None else int(num_examples)
     key = jax.random.PRNGKey(seed + 1_000_003)  # apart from the training keys
-    make = jax.jit(make_batch, static_argnames=("batch_size", "canvas_size", "max_digits"))
-    images, labels = [], []
-    for i, start in enumerate(range(0, n, chunk)):
-        batch = make(digits.test_images, digits.test_labels, jax.random.fold_in(key, i),
-                     batch_size=min(chunk, n - start), canvas_size=canvas_size)
-        images.append(np.asarray(batch["image"]))
-        labels.append(np.asarray(batch["label"]))
-    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
+    return fixed_set(digits.test_images, digits.test_labels, key, num_examples=n,
+                     canvas_size=canvas_size, chunk=chunk)
+
+
+test_set.__test__ = False  # not a pytest test, despite its name
+
+
+def validation_set(images: np.ndarray, labels: np.ndarray, *, num_examples: int,
+                   canvas_size: int = 64, seed: int = 0) -> dict:
+    """The fixed validation sequences, made from held-out training digits (`images`) only."""
+    key = jax.random.PRNGKey(seed + 2_000_003)  # apart from the training and test keys
+    return fixed_set(images, labels, key, num_examples=num_examples, canvas_size=canvas_size)

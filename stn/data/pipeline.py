@@ -11,8 +11,8 @@ Random streams (all from `jax.random.key(seed)`, split by a stream tag so they n
 - the fixed validation set: the same with stream tag 4, on digits carved from the training set
   by `split_validation` (a numpy permutation of a fixed seed).
 
-So a resumed run sees exactly the batches of an uninterrupted one, and the test set is the same
-on every machine and every run.
+So a resumed run sees exactly the batches of an uninterrupted one, and the validation and test
+sets are the same on every machine and every run.
 """
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array | int,
     """The training batch of `step`: `{"image": f32 [B, S, S, 1], "label": int32 [B]}`.
 
     Pure and jittable with `batch_size` and `distortion` static; a function of `(seed, step)`
-    only. `images` are the training digits (uint8 `[N, 28, 28]`, ideally already on device, see
-    `device_digits`), `labels` int `[N]`.
+    only. `images` are the training digits (uint8 `[N, 28, 28]`, ideally already on device),
+    `labels` int `[N]`.
     """
     distortion = _distortion(distortion)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
@@ -120,18 +120,6 @@ def test_set(digits: DigitSet, distortion: str | distortions_lib.Distortion, *,
 test_set.__test__ = False  # not a pytest test, despite its name
 
 
-def device_digits(digits: DigitSet, mesh: jax.sharding.Mesh | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
-    """The training digits as device arrays (uint8 images, int32 labels), replicated over `mesh`
-    when given, so `train_batch` gathers on device; shard the batch itself with the jitted
-    step's `out_shardings`."""
-    arrays = (np.asarray(digits.train_images, np.uint8), np.asarray(digits.train_labels, np.int32))
-    if mesh is None:
-        return tuple(jax.device_put(a) for a in arrays)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return tuple(jax.device_put(a, replicated) for a in arrays)
-
-
 def validation_set(images: np.ndarray, labels: np.ndarray,
                    distortion: str | distortions_lib.Distortion, *,
                    seed: int = 0) -> dict[str, np.ndarray]:
@@ -143,10 +131,10 @@ def split_validation(digits: DigitSet, size: int, *, seed: int = 0,
                      field: str = "validation size") -> tuple[DigitSet, np.ndarray, np.ndarray]:
     """Carves `size` training digits out as a validation split.
 
-    Returns `(digits without them, validation images, validation labels)`: a numpy
-    `default_rng(seed)` permutation of the training indices picks them (the same on every
-    machine); both parts keep the training set's order. `size=0` returns the digits unchanged
-    and empty validation arrays. `field` names the setting in the one-line error for a bad size.
+    Returns `(digits without them, validation images, validation labels)`. The split is a numpy
+    `default_rng(seed)` permutation of the training indices (PCG64: the same on every machine);
+    both parts keep the training set's order. `size=0` returns the digits unchanged and empty
+    validation arrays. `field` names the setting in the one-line error for a bad size.
     """
     count = len(digits.train_images)
     if not 0 <= size < count:

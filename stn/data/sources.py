@@ -55,18 +55,26 @@ def load_digits(source: str, *, data_dir: str | None = None) -> DigitSet:
       ValueError: one line, for an unknown source form, malformed files, or a tfds set that
         is neither prepared locally nor downloadable (it then names `idx:DIR` and `sample`).
     """
-    if not isinstance(source, str):
-        raise ValueError(f"data source must be a string, one of {ACCEPTED_FORMS}; got {source!r}")
+    check_source(source)
     if source == "sample":
         return _load_idx_dir(SAMPLE_DIR, "sample")
+    if source.startswith("idx:"):
+        return _load_idx_dir(os.path.expanduser(source[4:]), source)
+    return _load_tfds(source[5:], data_dir=data_dir)
+
+
+def check_source(source: str, *, field: str = "data source") -> None:
+    """Raises a one-line ValueError unless `source` has an accepted form (and an `idx:` folder
+    exists), without reading any data; `field` names the setting in the message."""
+    if not isinstance(source, str):
+        raise ValueError(f"{field} must be a string, one of {ACCEPTED_FORMS}; got {source!r}")
     if source.startswith("idx:") and len(source) > 4:
         directory = os.path.expanduser(source[4:])
         if not os.path.isdir(directory):
-            raise ValueError(f"data source {source!r}: {directory} is not a directory")
-        return _load_idx_dir(directory, source)
-    if source.startswith("tfds:") and len(source) > 5:
-        return _load_tfds(source[5:], data_dir=data_dir)
-    raise ValueError(f"unknown data source {source!r}: expected {ACCEPTED_FORMS}")
+            raise ValueError(f"{field}={source!r}: directory {directory} does not exist; point "
+                             f"idx: at a folder of MNIST IDX files, or use 'sample'")
+    elif source != "sample" and not (source.startswith("tfds:") and len(source) > 5):
+        raise ValueError(f"{field}={source!r} is unknown: expected {ACCEPTED_FORMS}")
 
 
 def _load_idx_dir(directory: str, name: str) -> DigitSet:

@@ -15,10 +15,7 @@ blank class 10 of positions after the end), as in the paper's five fc[11] softma
   then on the feature maps), each localisation net two 32-unit fully connected layers and the
   regression. Every transformer keeps its input's size and starts as the identity.
 
-Loss (Goodfellow et al. 2014, eq. for log P(S | X)): cross-entropy of the length plus the sum
-of the digit positions' cross-entropies (positions past the end are trained towards the blank).
-Metric: sequence error -- an example is right only if the predicted length and every digit up
-to the true length are right.
+The loss and the sequence error are the task's (`stn.tasks.sequences`).
 """
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from stn import layers, transforms
@@ -210,34 +206,3 @@ def get_model(model_config, input_shape: Sequence[int], rngs: nnx.Rngs) -> Seque
                   max_digits=int(get("max_digits", MAX_DIGITS)),
                   transform=get("transform", "affine"), kernel=get("kernel", "bilinear"),
                   padding=get("padding", "zeros"), rngs=rngs)
-
-
-# ----------------------------------------------------------------------------- loss and metric
-
-
-def sequence_length(labels: jax.Array) -> jax.Array:
-    """Padded labels `[B, L]` -> lengths `[B]` (positions that are not BLANK)."""
-    return jnp.sum(labels != BLANK, axis=-1)
-
-
-def per_example_loss(outputs: dict[str, jax.Array], labels: jax.Array) -> jax.Array:
-    """`-log P(length) - sum_i log P(s_i)`, `[B]` (Goodfellow et al. 2014, section 3)."""
-    length_loss = optax.softmax_cross_entropy_with_integer_labels(outputs["length"],
-                                                                  sequence_length(labels))
-    digit_loss = optax.softmax_cross_entropy_with_integer_labels(outputs["digits"], labels)
-    return length_loss + jnp.sum(digit_loss, axis=-1)
-
-
-def predict(outputs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """`(length [B], digits [B, L])`: the most likely length and digit at every position."""
-    return jnp.argmax(outputs["length"], axis=-1), jnp.argmax(outputs["digits"], axis=-1)
-
-
-def sequence_correct(outputs: dict[str, jax.Array], labels: jax.Array) -> jax.Array:
-    """`[B]` bool: the predicted length and every digit before the true length are right."""
-    length, digits = predict(outputs)
-    true_length = sequence_length(labels)
-    in_sequence = jnp.arange(labels.shape[-1])[None, :] < true_length[:, None]
-    digits_right = jnp.all((digits == labels) | ~in_sequence, axis=-1)
-    return (length == true_length) & digits_right
-

@@ -1,0 +1,164 @@
+"""Task `classification`: distorted MNIST (paper section 4.1, Table 1), any 28x28 digit source.
+
+Config fields read here (configs/mnist.py): `data.source`, `data.distortion`,
+`data.validation_size` (training digits held out, 0 = none), `data.validation_seed`,
+`data.test_seed`; `model.name`, `model.transform`, `model.kernel`, `model.padding`,
+`model.st_output_size`; `train.batch_size`.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+import optax
+
+from stn import sampling, transforms
+from stn.data import distortions, pipeline, sources
+from stn.models import mnist
+from stn.tasks import Data, Task
+
+NUM_CLASSES = 10
+
+
+def validate_config(config) -> None:
+    """One-line ValueErrors for the model and data fields of a classification config."""
+    model = config.model.name
+    if model not in mnist.MODEL_NAMES:
+        raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
+                         f"{', '.join(mnist.MODEL_NAMES)}")
+    if model.startswith("st_") and config.model.transform not in transforms.NAMES:
+        raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
+                         f"to one of {', '.join(transforms.NAMES)}")
+    for field, allowed in (("kernel", sampling.KERNELS), ("padding", sampling.PADDINGS)):
+        if config.model.get(field, allowed[0]) not in allowed:
+            raise ValueError(f"config.model.{field}={config.model[field]!r} is unknown; set it "
+                             f"to one of {', '.join(allowed)}")
+    if config.data.distortion not in distortions.NAMES:
+        raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
+                         f"to one of {', '.join(distortions.NAMES)}")
+    sources.check_source(config.data.source, field="config.data.source")
+    if int(config.data.get("validation_size", 0)) < 0:
+        raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
+                         f">= 0 (0: no validation split)")
+
+
+def input_shape(config) -> tuple[int, int, int]:
+    """`(S, S, 1)`: the distortion's canvas."""
+    size = int(distortions.get(config.data.distortion).canvas_size)
+    return (size, size, 1)
+
+
+def load_data(config) -> Data:
+    """Training digits (minus the validation split), their batch maker, and the fixed sets."""
+    digits = sources.load_digits(config.data.source)
+    distortion = distortions.get(config.data.distortion)
+    size = int(config.data.get("validation_size", 0))
+    digits, held_images, held_labels = pipeline.split_validation(
+        digits, size, seed=int(config.data.get("validation_seed", 0)),
+        field="config.data.validation_size")
+    validation = (pipeline.validation_set(held_images, held_labels, distortion,
+                                          seed=int(config.data.get("test_seed", 0)))
+                  if size else None)
+    batch = functools.partial(pipeline.train_batch, batch_size=int(config.train.batch_size),
+                              distortion=distortion)
+    return Data(
+        train_arrays=(digits.train_images, digits.train_labels),
+        train_batch=lambda arrays, seed, step: batch(*arrays, seed, step),
+        validation=validation,
+        test=_test_set(digits, config),
+        input_shape=input_shape(config))
+
+
+def _test_set(digits, config) -> dict:
+    """The fixed distorted test set of the config's distortion and test seed."""
+    return pipeline.test_set(digits, config.data.distortion,
+                             seed=int(config.data.get("test_seed", 0)))
+
+
+def make_model(config, shape, rngs):
+    """The configured FCN / CNN / ST-FCN / ST-CNN (`stn.models.mnist`)."""
+    return mnist.get_model(config.model, shape[:2], rngs, channels=shape[2])
+
+
+def loss(logits: jax.Array, batch: dict) -> jax.Array:
+    """Per-example softmax cross-entropy `[B]` of logits `[B, K]` and integer labels `[B]`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+
+
+def metrics(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
+    """`error`: 1 where the arg-max class is not the label, `[B]`."""
+    return {"error": (jax.numpy.argmax(logits, axis=-1) != batch["label"]).astype(np.float32)}
+
+
+def centre_on_canvas(images: np.ndarray, size: int, channels: int = 1) -> np.ndarray:
+    """uint8/float `[N,H,W]` or `[N,H,W,C]` -> float32 `[N,S,S,C]` in [0, 1], centred on zeros.
+
+    Raises ValueError for images larger than the model's input or with the wrong channels.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N,H,W] or [N,H,W,C], got shape {images.shape}")
+    if images.shape[-1] != channels:
+        raise ValueError(f"images have {images.shape[-1]} channels; the model expects {channels}")
+    images = (images.astype(np.float32) / 255.0 if images.dtype == np.uint8
+              else images.astype(np.float32))
+    n, h, w, c = images.shape
+    if h > size or w > size:
+        raise ValueError(f"images are {h}x{w}, larger than the model's {size}x{size} input; "
+                         f"crop or resize them to at most {size}x{size}")
+    canvas = np.zeros((n, size, size, c), np.float32)
+    top, left = (size - h) // 2, (size - w) // 2
+    canvas[:, top:top + h, left:left + w] = images
+    return canvas
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """`image` and `label` arrays of an `.npz` file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file {path}")
+    with np.load(path) as f:
+        missing = {"image", "label"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} must hold arrays 'image' and 'label'; it has "
+                             f"{sorted(f.files)}")
+        images, labels = f["image"], f["label"]
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{path}: 'label' must be [N] with N={images.shape[0]}, got "
+                         f"{labels.shape}")
+    return images, labels.astype(np.int32)
+
+
+def load_eval_set(config, spec: str) -> tuple[dict, str]:
+    """`test`, `validation`, `idx:DIR` (its test split, undistorted) or `npz:FILE` (`image`
+    `[N,H,W(,1)]` uint8 or float in [0, 1], `label` `[N]`); external images are used as given,
+    centred on a black canvas of the model's input size."""
+    if spec == "test":  # the test set does not depend on the validation split
+        return _test_set(sources.load_digits(config.data.source), config), spec
+    if spec == "validation":
+        validation = load_data(config).validation
+        if validation is None:
+            raise ValueError("the config has no validation split (config.data.validation_size "
+                             "is 0)")
+        return validation, spec
+    size = input_shape(config)[0]
+    if spec.startswith("idx:"):
+        digits = sources.load_digits(spec)
+        images, labels = digits.test_images, digits.test_labels
+        tag = "idx_" + os.path.basename(os.path.normpath(spec[4:]))
+    elif spec.startswith("npz:"):
+        path = os.path.expanduser(spec[4:])
+        images, labels = _read_npz(path)
+        tag = "npz_" + os.path.splitext(os.path.basename(path))[0]
+    else:
+        raise ValueError(f"--data must be 'test', 'validation', 'idx:DIR' or 'npz:FILE', got "
+                         f"{spec!r}")
+    return {"image": centre_on_canvas(images, size), "label": np.asarray(labels, np.int32)}, tag
+
+
+TASK = Task(name="classification", validate_config=validate_config, load_data=load_data,
+            input_shape=input_shape, make_model=make_model, loss=loss, metrics=metrics,
+            load_eval_set=load_eval_set)
