@@ -71,8 +71,8 @@ class RegressionLayer(nnx.Linear):
         identity = jnp.asarray(identity, jnp.float32).reshape(-1)
 
         def bias_init(key, shape, dtype=jnp.float32):
-            del key
-            return identity.reshape(shape).astype(dtype)
+            del key  # a fresh copy: layers built from one identity must not share a buffer
+            return jnp.array(identity.reshape(shape), dtype=dtype, copy=True)
 
         super().__init__(in_features, identity.shape[0], kernel_init=nnx.initializers.zeros,
                          bias_init=bias_init, rngs=rngs)

@@ -154,3 +154,15 @@ def test_max_pool_shares_the_gradient_of_ties_and_rejects_bad_padding():
     np.testing.assert_allclose(jax.grad(lambda x: layers.max_pool(x).sum())(x), 0.25)
     with pytest.raises(ValueError, match="padding must be"):
         layers.max_pool(x, 2, padding="FULL")
+
+
+def test_regression_layers_built_from_one_identity_do_not_share_a_buffer():
+    # Two loc nets given the same identity array (as parallel transformers are) must own their
+    # biases: the trainer donates the state, and a buffer donated twice fails the train step.
+    identity = transforms.get("affine").identity()
+    rngs = nnx.Rngs(0)
+    first = layers.regression_layer(4, identity, rngs=rngs)
+    second = layers.regression_layer(4, identity, rngs=rngs)
+    state = nnx.state(nnx.List([first, second]))
+    step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+    jax.block_until_ready(step(state))

@@ -126,17 +126,19 @@ def train_batch(images: jax.Array, true_boxes: jax.Array, seed: jax.Array | int,
 
 
 def datasets(digits: DigitSet, *, digit_class: int, num_train: int, validation_size: int,
-             clutter: int, seed: int, patch_scale: float) -> dict[str, dict[str, np.ndarray]]:
-    """The fixed `train`, `validation` and `test` sets of one class (see `fixed_set`).
+             validation_seed: int = 0, clutter: int, seed: int,
+             patch_scale: float) -> dict[str, dict[str, np.ndarray]]:
+    """The fixed `train`, `validation` and `test` sets of one class (`fixed_set`, keys from
+    `seed`).
 
     `validation_size` digits of all classes are first held out of the training digits
-    (`pipeline.split_validation`, seed `seed`); `train` is made from the first `num_train`
+    (`pipeline.split_validation`, `validation_seed`); `train` is made from the first `num_train`
     remaining training digits of `digit_class` (the paper optimises on 100 images),
     `validation` from the held-out digits of that class, `test` from its test digits. The
     clutter of every set is cut from the remaining training digits, all classes.
     """
     train_digits, held_images, held_labels = pipeline.split_validation(
-        digits, validation_size, seed=seed, field="co-localisation validation_size")
+        digits, validation_size, seed=validation_seed, field="co-localisation validation_size")
     ours = class_digits(train_digits, digit_class)
     if not 0 < num_train <= len(ours.train_labels):
         raise ValueError(f"co-localisation num_train={num_train} must be in [1, "

@@ -61,8 +61,11 @@ class CoLocaliser(nnx.Module):
     """Attention transformer + fixed embedding; `model(images, rand_box)` -> dict of outputs."""
 
     def __init__(self, input_shape: Sequence[int], embedding: mnist.CNN, *,
-                 crop_size: int = CROP_SIZE, kernel: str = "bilinear", rngs: nnx.Rngs):
-        """`embedding` is a trained classification CNN on `crop_size` crops; it is frozen here."""
+                 crop_size: int = CROP_SIZE, kernel: str = "bilinear", margin: float = MARGIN,
+                 rngs: nnx.Rngs):
+        """`embedding` is a trained classification CNN on `crop_size` crops; it is frozen here.
+        `margin` is the triplet loss's alpha, passed on in the outputs."""
+        self.margin = float(margin)
         identity = transforms.get("attention").identity()
         loc_net = AttentionLocNet(input_shape, identity, rngs=rngs)
         self.transformer = layers.SpatialTransformer(loc_net, "attention", crop_size,
@@ -71,11 +74,12 @@ class CoLocaliser(nnx.Module):
 
     def __call__(self, images: jax.Array, rand_box: jax.Array | None = None) -> dict:
         """`images [B, H, W, C]`, optional `rand_box [B, 3]` (attention parameters of a random
-        patch per image) -> `{"theta": [B, 3], "box": [B, 4], "embedding": [B, D]}` and, with
-        `rand_box`, `"random_embedding": [B, D]` (the random patch's descriptor)."""
+        patch per image) -> `{"theta": [B, 3], "box": [B, 4], "embedding": [B, D], "margin":
+        float}` and, with `rand_box`, `"random_embedding": [B, D]` (the random patch's
+        descriptor)."""
         crops, theta = self.transformer(images, return_params=True)
         outputs = {"theta": theta, "box": boxes.attention_box(theta),
-                   "embedding": embed(self.embedding, crops)}
+                   "embedding": embed(self.embedding, crops), "margin": self.margin}
         if rand_box is not None:
             height, width = self.transformer.output_size
             grid = transforms.get("attention").grid(rand_box, height, width)
@@ -97,10 +101,13 @@ def triplet_hinge_loss(anchor: jax.Array, positive: jax.Array, negative: jax.Arr
     return jnp.maximum(0.0, close - far + margin)
 
 
-def colocalisation_loss(outputs: dict, margin: float = MARGIN) -> jax.Array:
+def colocalisation_loss(outputs: dict, margin: float | None = None) -> jax.Array:
     """`[B]`: for each image n of the batch, the mean over the other images m of
     `triplet_hinge_loss(e(I_n^T), e(I_m^T), e(I_n^rand))`, the paper's double sum over pairs
-    (normalised by the B - 1 partners). Needs a batch of at least two images."""
+    (normalised by the B - 1 partners). Needs a batch of at least two images. `margin`
+    defaults to the outputs' own (the model's), else `MARGIN`."""
+    if margin is None:
+        margin = outputs.get("margin", MARGIN)
     crops, negatives = outputs["embedding"], outputs["random_embedding"]
     count = crops.shape[0]
     if count < 2:
