@@ -75,15 +75,15 @@ def test_clutter_is_sixteen_6x6_patches_of_pool_digits():
 def test_class_digits_and_datasets_are_fixed_and_disjoint():
     digits = digit_set()
     sets = data.datasets(digits, digit_class=3, num_train=20, validation_size=100, clutter=16,
-                         seed=0, patch_scale=1 / 3)
+                         seed=0)
     assert sets["train"]["image"].shape == (20, 84, 84, 1)
     train, _, held_labels = pipeline.split_validation(digits, 100, seed=0)
     assert len(sets["validation"]["image"]) == int((held_labels == 3).sum())
     assert len(sets["test"]["image"]) == 10
     again = data.datasets(digits, digit_class=3, num_train=20, validation_size=100, clutter=16,
-                          seed=0, patch_scale=1 / 3)
+                          seed=0)
     for name in sets:
-        for key in ("image", "box", "rand_box"):
+        for key in ("image", "box", "rand_pos"):
             np.testing.assert_array_equal(sets[name][key], again[name][key])
     # Each training image holds one of the first 20 class-3 training digits left after the
     # validation split, inside its box.
@@ -94,7 +94,7 @@ def test_class_digits_and_datasets_are_fixed_and_disjoint():
     assert np.all(np.asarray(crops)[..., 0] >= ours - 1e-5)
     with pytest.raises(ValueError, match="num_train"):
         data.datasets(digits, digit_class=3, num_train=1000, validation_size=100, clutter=0,
-                      seed=0, patch_scale=1 / 3)
+                      seed=0)
 
 
 # A stored hash of the uint8-rounded test set of class 3 (as for the Table-1 test sets):
@@ -104,7 +104,7 @@ EXPECTED_TEST_SHA256 = "425581d12926b11dde73f89ba958f07ab2218ad46d3ac072397e6813
 
 def test_test_set_bytes_match_stored_hash():
     test = data.datasets(digit_set(), digit_class=3, num_train=20, validation_size=100,
-                         clutter=16, seed=0, patch_scale=1 / 3)["test"]
+                         clutter=16, seed=0)["test"]
     quantised = np.round(test["image"] * 255.0).astype(np.uint8)
     digest = hashlib.sha256(quantised.tobytes() + np.round(test["box"] * 84).astype(np.int32)
                             .tobytes()).hexdigest()
@@ -113,20 +113,44 @@ def test_test_set_bytes_match_stored_hash():
 
 def test_train_batches_are_a_function_of_seed_and_step():
     sets = data.datasets(digit_set(), digit_class=1, num_train=30, validation_size=0, clutter=0,
-                         seed=0, patch_scale=1 / 3)["train"]
-    make = jax.jit(partial(data.train_batch, batch_size=8, patch_scale=1 / 3))
+                         seed=0)["train"]
+    make = jax.jit(partial(data.train_batch, batch_size=8))
     a = make(sets["image"], sets["box"], 0, 4)
     b = make(sets["image"], sets["box"], 0, 4)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     c = make(sets["image"], sets["box"], 0, 5)
-    assert not np.allclose(a["rand_box"], c["rand_box"])
+    assert not np.allclose(a["rand_pos"], c["rand_pos"])
     index = np.asarray(pipeline.batch_indices(30, 0, 4, 8))
     np.testing.assert_array_equal(a["box"], sets["box"][index])
-    # random patches: the requested size, inside the canvas
-    patch = boxes.attention_box(a["rand_box"])
-    np.testing.assert_allclose(patch[:, 2] - patch[:, 0], 2 / 3, atol=1e-6)
-    assert float(patch.min()) >= -1.0 and float(patch.max()) <= 1.0
+    assert a["rand_pos"].shape == (8, 2) and float(jnp.abs(a["rand_pos"]).max()) <= 1.0
+
+
+@pytest.mark.parametrize("scale", [0.0, 1 / 3])
+def test_random_patches_lie_inside_the_image(scale):
+    theta = jnp.asarray([[0.5, 0.2, -0.1], [1.7, 0.0, 0.0], [-0.25, 0.9, 0.9]])
+    corners = jnp.asarray([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])  # the extreme positions
+    patch = models.random_patch_params(theta, corners, scale)
+    side = patch[:, 0]
+    expected = [scale] * 3 if scale else [0.5, 1.0, 0.25]  # the crop's |s|, at most 1
+    np.testing.assert_allclose(side, expected, atol=1e-6)
+    box = boxes.attention_box(patch)
+    assert float(box.min()) >= -1 - 1e-6 and float(box.max()) <= 1 + 1e-6
+    np.testing.assert_allclose(np.abs(np.asarray(box)).max(axis=1), 1.0, atol=1e-6)  # touches
+
+
+def test_inside_attention_keeps_the_box_inside_and_inverts():
+    raw = jnp.asarray([[-30.0, 40.0, -40.0], [0.0, 0.0, 0.0], [30.0, 0.3, -2.0]])
+    theta = models.inside_attention(raw, 0.2)
+    assert float(theta[:, 0].min()) >= 0.2 and float(theta[:, 0].max()) <= 1.0
+    box = boxes.attention_box(theta)
+    assert float(box.min()) >= -1 - 1e-6 and float(box.max()) <= 1 + 1e-6
+    np.testing.assert_allclose(models.inside_attention_inverse(theta[1:2], 0.2), raw[1:2],
+                               atol=1e-5)
+    start = jnp.asarray([[0.5, 0.1, -0.2]])
+    np.testing.assert_allclose(
+        models.inside_attention(models.inside_attention_inverse(start, 0.2), 0.2), start,
+        atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- model and loss
@@ -177,7 +201,7 @@ def make_model(seed=0):
 def test_model_outputs_start_at_the_whole_image():
     model = make_model()
     images = jnp.asarray(np.random.default_rng(0).random((4, 84, 84, 1)), jnp.float32)
-    rand = jnp.tile(jnp.asarray([[1 / 3, 0.2, -0.1]]), (4, 1))
+    rand = jnp.tile(jnp.asarray([[0.2, -0.1]]), (4, 1))
     out = model(images, rand)
     assert out["theta"].shape == (4, 3) and out["box"].shape == (4, 4)
     assert out["embedding"].shape == out["random_embedding"].shape
@@ -192,6 +216,21 @@ def test_model_outputs_start_at_the_whole_image():
     assert len(layers.localisation_paths(model)) == 1
 
 
+def test_bounded_start_and_unit_descriptors():
+    model = models.CoLocaliser((84, 84, 1), mnist.CNN((28, 28, 1), rngs=nnx.Rngs(1)),
+                               initial_scale=0.5, min_scale=0.2, descriptor="unit",
+                               loc_hidden=(16, 16), rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(0).random((3, 84, 84, 1)), jnp.float32)
+    out = model(images, jnp.zeros((3, 2)))
+    np.testing.assert_allclose(out["theta"], jnp.tile(jnp.asarray([[0.5, 0, 0]]), (3, 1)),
+                               atol=1e-5)
+    # each of the three layers' blocks has unit norm: squared norm 3
+    np.testing.assert_allclose(jnp.sum(jnp.square(out["embedding"]), axis=-1), 3.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="descriptor"):
+        models.CoLocaliser((84, 84, 1), mnist.CNN((28, 28, 1), rngs=nnx.Rngs(1)),
+                           descriptor="cosine", rngs=nnx.Rngs(0))
+
+
 def test_embedding_is_fixed_and_only_the_localiser_is_trained():
     model = make_model()
     trainable = num_params(model)
@@ -200,10 +239,10 @@ def test_embedding_is_fixed_and_only_the_localiser_is_trained():
     graphdef, state = nnx.split(model)
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.random((4, 84, 84, 1)), jnp.float32),
-             "rand_box": jnp.tile(jnp.asarray([[1 / 3, 0.3, 0.3]]), (4, 1))}
+             "rand_pos": jnp.tile(jnp.asarray([[0.3, 0.3]]), (4, 1))}
 
     def loss(state):
-        outputs = nnx.merge(graphdef, state)(batch["image"], batch["rand_box"])
+        outputs = nnx.merge(graphdef, state)(batch["image"], batch["rand_pos"])
         return models.colocalisation_loss(outputs).mean()
 
     grads = jax.jit(jax.grad(loss))(state)

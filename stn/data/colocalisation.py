@@ -9,9 +9,9 @@ places and max-combined. The digit's true box (its 28x28 cell, in normalised coo
 A co-localisation data set holds one digit class (`class_digits`). Every set is fixed: made in
 chunks of `pipeline.TEST_CHUNK` images with keys `fold_in(fold_in(key(seed), stream), chunk)`,
 so the same on every machine and every run. The training batches draw images from the fixed
-training set in `pipeline.batch_indices` order, and beside each a random patch box
-(`random_patch_boxes`, key `fold_in(fold_in(key(seed), RANDOM_PATCH), step)`) for the triplet
-loss's `I_n^rand`.
+training set in `pipeline.batch_indices` order, and beside each a random position
+(`random_positions`, key `fold_in(fold_in(key(seed), RANDOM_PATCH), step)`) where the model
+cuts the triplet loss's random patch `I_n^rand`.
 """
 from __future__ import annotations
 
@@ -82,52 +82,49 @@ def compose(digits: jax.Array, pool: jax.Array, key: jax.Array, *,
     return images, box
 
 
-def random_patch_boxes(key: jax.Array, batch: int, scale: float) -> jax.Array:
-    """`[B, 3]` attention parameters `(s, t_x, t_y)` of random square patches inside the canvas:
-    `s = scale` (the patch's half-side, normalised), centres uniform in `[-(1 - s), 1 - s]`."""
-    centre = jax.random.uniform(key, (batch, 2), jnp.float32, -(1.0 - scale), 1.0 - scale)
-    return jnp.concatenate([jnp.full((batch, 1), scale, jnp.float32), centre], axis=-1)
+def random_positions(key: jax.Array, batch: int) -> jax.Array:
+    """`[B, 2]` uniform in [-1, 1]^2: where each random patch lies, as a fraction of the room
+    its size leaves (`stn.models.colocalisation.random_patch_params`)."""
+    return jax.random.uniform(key, (batch, 2), jnp.float32, -1.0, 1.0)
 
 
-def fixed_set(images: np.ndarray, pool: np.ndarray, *, clutter: int, seed: int, stream: int,
-              patch_scale: float) -> dict[str, np.ndarray]:
+def fixed_set(images: np.ndarray, pool: np.ndarray, *, clutter: int, seed: int,
+              stream: int) -> dict[str, np.ndarray]:
     """A fixed set from uint8 `[N, 28, 28]` digits: `{"image": f32 [N, 84, 84, 1], "box":
-    f32 [N, 4], "rand_box": f32 [N, 3]}` (numpy), made in chunks of `pipeline.TEST_CHUNK` with
+    f32 [N, 4], "rand_pos": f32 [N, 2]}` (numpy), made in chunks of `pipeline.TEST_CHUNK` with
     keys from `(seed, stream, chunk)`; `pool` uint8 `[M, 28, 28]` gives the clutter."""
     if clutter and len(pool) == 0:
         raise ValueError("co-localisation clutter needs a non-empty pool of digits")
     base = jax.random.fold_in(jax.random.key(seed), stream)
     pool = pipeline.to_float(pool)[..., 0]
     make = jax.jit(lambda d, k: compose(d, pool, k, clutter=clutter))
-    parts = {"image": [], "box": [], "rand_box": []}
+    parts = {"image": [], "box": [], "rand_pos": []}
     for number, start in enumerate(range(0, len(images), pipeline.TEST_CHUNK)):
         chunk = pipeline.to_float(images[start:start + pipeline.TEST_CHUNK])[..., 0]
         key_place, key_patch = jax.random.split(jax.random.fold_in(base, number))
         image, box = make(chunk, key_place)
         parts["image"].append(np.asarray(image))
         parts["box"].append(np.asarray(box))
-        parts["rand_box"].append(np.asarray(random_patch_boxes(key_patch, len(chunk),
-                                                               patch_scale)))
-    empty = {"image": (0, CANVAS, CANVAS, 1), "box": (0, 4), "rand_box": (0, 3)}
+        parts["rand_pos"].append(np.asarray(random_positions(key_patch, len(chunk))))
+    empty = {"image": (0, CANVAS, CANVAS, 1), "box": (0, 4), "rand_pos": (0, 2)}
     return {k: np.concatenate(v) if v else np.zeros(empty[k], np.float32)
             for k, v in parts.items()}
 
 
 def train_batch(images: jax.Array, true_boxes: jax.Array, seed: jax.Array | int,
-                step: jax.Array | int, *, batch_size: int,
-                patch_scale: float) -> dict[str, jax.Array]:
+                step: jax.Array | int, *, batch_size: int) -> dict[str, jax.Array]:
     """The training batch of `step` from the fixed training set (`fixed_set`'s `image` and
-    `box`): `{"image": [B, 84, 84, 1], "box": [B, 4], "rand_box": [B, 3]}`; pure and jittable
-    with `batch_size` and `patch_scale` static, a function of `(seed, step)` only."""
+    `box`): `{"image": [B, 84, 84, 1], "box": [B, 4], "rand_pos": [B, 2]}`; pure and jittable
+    with `batch_size` static, a function of `(seed, step)` only."""
     index = pipeline.batch_indices(images.shape[0], seed, step, batch_size)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), RANDOM_PATCH), step)
     return {"image": jnp.asarray(images)[index], "box": jnp.asarray(true_boxes)[index],
-            "rand_box": random_patch_boxes(key, batch_size, patch_scale)}
+            "rand_pos": random_positions(key, batch_size)}
 
 
 def datasets(digits: DigitSet, *, digit_class: int, num_train: int, validation_size: int,
-             validation_seed: int = 0, clutter: int, seed: int,
-             patch_scale: float) -> dict[str, dict[str, np.ndarray]]:
+             validation_seed: int = 0, clutter: int,
+             seed: int) -> dict[str, dict[str, np.ndarray]]:
     """The fixed `train`, `validation` and `test` sets of one class (`fixed_set`, keys from
     `seed`).
 
@@ -148,6 +145,5 @@ def datasets(digits: DigitSet, *, digit_class: int, num_train: int, validation_s
                "validation": held_images[held_labels == digit_class],
                "test": ours.test_images}
     streams = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
-    return {name: fixed_set(images, pool, clutter=clutter, seed=seed, stream=streams[name],
-                            patch_scale=patch_scale)
+    return {name: fixed_set(images, pool, clutter=clutter, seed=seed, stream=streams[name])
             for name, images in sources.items()}

@@ -25,14 +25,36 @@ CROP_SIZE = 28
 MARGIN = 1.0
 
 
+def inside_attention(raw: jax.Array, min_scale: float) -> jax.Array:
+    """`[B, 3]` unconstrained `(z_s, z_x, z_y)` -> attention `(s, t_x, t_y)` whose box lies in
+    the image: `s = m + (1 - m) sigmoid(z_s)` in (m, 1), `t = (1 - s) tanh(z_t)`."""
+    scale = min_scale + (1.0 - min_scale) * jax.nn.sigmoid(raw[:, :1])
+    return jnp.concatenate([scale, (1.0 - scale) * jnp.tanh(raw[:, 1:])], axis=-1)
+
+
+def inside_attention_inverse(theta: jax.Array, min_scale: float) -> jax.Array:
+    """The raw `(z_s, z_x, z_y)` that `inside_attention` maps to `theta` (`m < s < 1`)."""
+    theta = jnp.asarray(theta, jnp.float32)
+    fraction = (theta[..., :1] - min_scale) / (1.0 - min_scale)
+    z_s = jnp.log(fraction) - jnp.log1p(-fraction)
+    return jnp.concatenate([z_s, jnp.arctanh(theta[..., 1:] / (1.0 - theta[..., :1]))], axis=-1)
+
+
 class AttentionLocNet(layers.LocalisationNet):
     """conv 8 9x9 stride 4 (VALID) -> ReLU -> 2x2 max-pool -> fc 8 -> ReLU -> fc 8 -> ReLU ->
-    identity-initialised regression of `(s, t_x, t_y)` (appendix A.2)."""
+    regression of `(s, t_x, t_y)` (appendix A.2), initialised to `initial`.
 
-    def __init__(self, input_shape: Sequence[int], identity: jax.Array, *,
+    With `min_scale > 0` the regression gives unconstrained values that `inside_attention` maps
+    to a box inside the image with half-side in (min_scale, 1); else it gives `(s, t_x, t_y)`.
+    """
+
+    def __init__(self, input_shape: Sequence[int], initial: jax.Array, *,
                  features: int = LOC_CONV["features"], kernel_size: int = LOC_CONV["kernel_size"],
                  stride: int = LOC_CONV["stride"], hidden: Sequence[int] = LOC_HIDDEN,
-                 rngs: nnx.Rngs):
+                 min_scale: float = 0.0, rngs: nnx.Rngs):
+        self.min_scale = float(min_scale)
+        if self.min_scale > 0:
+            initial = inside_attention_inverse(initial, self.min_scale)
         height, width, channels = (int(d) for d in input_shape)
         self.conv = nnx.Conv(channels, features, (kernel_size, kernel_size),
                              strides=(stride, stride), padding="VALID", rngs=rngs)
@@ -42,49 +64,82 @@ class AttentionLocNet(layers.LocalisationNet):
             raise ValueError(f"AttentionLocNet: input {tuple(input_shape)} is too small for a "
                              f"{kernel_size}x{kernel_size} stride-{stride} conv and a 2x2 pool")
         self.hidden = layers.ReluStack((height, width, features), hidden, rngs=rngs)
-        self.regression = layers.regression_layer(self.hidden.out_features, identity, rngs=rngs)
+        self.regression = layers.regression_layer(self.hidden.out_features, initial, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> `[B, 3]` attention parameters."""
         h = layers.max_pool(jax.nn.relu(self.conv(x)))
-        return self.regression(self.hidden(h))
+        raw = self.regression(self.hidden(h))
+        return inside_attention(raw, self.min_scale) if self.min_scale > 0 else raw
 
 
-def embed(embedding: mnist.CNN, crops: jax.Array) -> jax.Array:
+DESCRIPTORS = ("raw", "unit")
+
+
+def embed(embedding: mnist.CNN, crops: jax.Array, descriptor: str = "raw") -> jax.Array:
     """`[B, h, w, C]` crops -> `[B, D]` descriptors: the CNN's three layer outputs, flattened
-    and concatenated (appendix A.2)."""
-    outputs = embedding.layer_outputs(crops)
-    return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outputs], axis=-1)
+    and concatenated (appendix A.2). `descriptor="unit"` first scales each layer's output to
+    unit L2 norm (so squared distances lie in [0, 12] whatever the widths)."""
+    outputs = [o.reshape(o.shape[0], -1) for o in embedding.layer_outputs(crops)]
+    if descriptor == "unit":
+        outputs = [o / jnp.sqrt(jnp.sum(jnp.square(o), axis=-1, keepdims=True) + 1e-12)
+                   for o in outputs]
+    return jnp.concatenate(outputs, axis=-1)
+
+
+def random_patch_params(theta: jax.Array, position: jax.Array, scale: float) -> jax.Array:
+    """`[B, 3]` attention parameters of the random patches `I_n^rand`: half-side `scale`, or
+    with `scale=0` the crop's own `|s|` (at most 1; no gradient flows through it: the patch is
+    a sample, not a decision), centred at `position * (1 - s)` for `position` `[B, 2]` in
+    [-1, 1]^2, so the patch lies inside the image."""
+    if scale > 0:
+        side = jnp.full(theta.shape[:1], scale, jnp.float32)
+    else:
+        side = jnp.minimum(jnp.abs(jax.lax.stop_gradient(theta[:, 0])), 1.0)
+    return jnp.concatenate([side[:, None], position * (1.0 - side[:, None])], axis=-1)
 
 
 class CoLocaliser(nnx.Module):
-    """Attention transformer + fixed embedding; `model(images, rand_box)` -> dict of outputs."""
+    """Attention transformer + fixed embedding; `model(images, rand_pos)` -> dict of outputs."""
 
     def __init__(self, input_shape: Sequence[int], embedding: mnist.CNN, *,
                  crop_size: int = CROP_SIZE, kernel: str = "bilinear", margin: float = MARGIN,
+                 initial_scale: float = 1.0, descriptor: str = "raw", patch_scale: float = 0.0,
+                 min_scale: float = 0.0, loc_hidden: Sequence[int] = LOC_HIDDEN,
                  rngs: nnx.Rngs):
         """`embedding` is a trained classification CNN on `crop_size` crops; it is frozen here.
-        `margin` is the triplet loss's alpha, passed on in the outputs."""
+        `margin` is the triplet loss's alpha, passed on in the outputs. The crop starts as the
+        centred box of half-side `initial_scale` (1: the identity, the whole image).
+        `patch_scale` is the random patches' half-side (0: the crop's own, `random_patch_params`).
+        """
+        if descriptor not in DESCRIPTORS:
+            raise ValueError(f"descriptor {descriptor!r} is unknown; expected one of "
+                             f"{', '.join(DESCRIPTORS)}")
         self.margin = float(margin)
-        identity = transforms.get("attention").identity()
-        loc_net = AttentionLocNet(input_shape, identity, rngs=rngs)
+        self.descriptor = descriptor
+        self.patch_scale = float(patch_scale)
+        initial = jnp.asarray([initial_scale, 0.0, 0.0], jnp.float32)
+        loc_net = AttentionLocNet(input_shape, initial, min_scale=min_scale, hidden=loc_hidden,
+                                  rngs=rngs)
         self.transformer = layers.SpatialTransformer(loc_net, "attention", crop_size,
                                                      kernel=kernel)
         self.embedding = layers.freeze(embedding)
 
-    def __call__(self, images: jax.Array, rand_box: jax.Array | None = None) -> dict:
-        """`images [B, H, W, C]`, optional `rand_box [B, 3]` (attention parameters of a random
-        patch per image) -> `{"theta": [B, 3], "box": [B, 4], "embedding": [B, D], "margin":
-        float}` and, with `rand_box`, `"random_embedding": [B, D]` (the random patch's
-        descriptor)."""
+    def __call__(self, images: jax.Array, rand_pos: jax.Array | None = None) -> dict:
+        """`images [B, H, W, C]`, optional `rand_pos [B, 2]` (where each random patch lies,
+        `random_patch_params`) -> `{"theta": [B, 3], "box": [B, 4], "embedding": [B, D],
+        "margin": float}` and, with `rand_pos`, `"random_embedding": [B, D]` (the random
+        patch's descriptor)."""
         crops, theta = self.transformer(images, return_params=True)
         outputs = {"theta": theta, "box": boxes.attention_box(theta),
-                   "embedding": embed(self.embedding, crops), "margin": self.margin}
-        if rand_box is not None:
+                   "embedding": embed(self.embedding, crops, self.descriptor),
+                   "margin": self.margin}
+        if rand_pos is not None:
             height, width = self.transformer.output_size
-            grid = transforms.get("attention").grid(rand_box, height, width)
+            patch = random_patch_params(theta, rand_pos, self.patch_scale)
+            grid = transforms.get("attention").grid(patch, height, width)
             patches = sampling.sample(images, grid, kernel=self.transformer.kernel)
-            outputs["random_embedding"] = embed(self.embedding, patches)
+            outputs["random_embedding"] = embed(self.embedding, patches, self.descriptor)
         return outputs
 
     def transformer_grids(self, images: jax.Array) -> list[jax.Array]:

@@ -3,17 +3,19 @@
 Config fields read here (configs/colocalisation.py): `data.source`, `data.digit_class`,
 `data.clutter` (6x6 distractor patches per image: 0 for T, 16 for TC), `data.num_train` (the
 images optimised on; the paper's 100), `data.validation_size` and `data.validation_seed`
-(training digits held out, all classes), `data.test_seed` (seed of the fixed sets),
-`data.patch_scale` (half-side of the random patches `I_n^rand`, normalised); `model.crop_size`,
-`model.kernel`, `model.margin` (alpha), `model.embedding.*` (how the fixed embedding CNN is
+(training digits held out, all classes), `data.test_seed` (seed of the fixed sets);
+`model.crop_size`, `model.kernel`, `model.margin` (alpha), `model.initial_scale`,
+`model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
+crop's own), `model.embedding.*` (how the fixed embedding CNN is
 trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`);
 `train.batch_size`.
 
 The embedding is the section-4.1 CNN (`stn.models.mnist.CNN`) trained on digit classification
 by `pretrained_embedding` before the co-localiser is built, then frozen. Loss: the appendix's
 triplet hinge loss (`stn.models.colocalisation`). Metrics: `error`, the fraction of images whose
-predicted box has IoU <= 0.5 with the true box (the paper's success is IoU > 0.5); `iou`; and
-`centre_box_error`, the error of a fixed box of the digit's size at the centre (a baseline).
+predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
+IoU > 0.5); `iou`; and `centre_box_error`, the error of a fixed box of the digit's size at the
+centre (a baseline).
 """
 from __future__ import annotations
 
@@ -53,8 +55,21 @@ def validate_config(config) -> None:
     if int(config.train.batch_size) < 2:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} must be at least 2 "
                          f"(the triplet loss pairs the images of a batch)")
-    if not 0 < float(config.data.patch_scale) <= 1:
-        raise ValueError(f"config.data.patch_scale={config.data.patch_scale} must be in (0, 1]")
+    if config.model.descriptor not in models.DESCRIPTORS:
+        raise ValueError(f"config.model.descriptor={config.model.descriptor!r} is unknown; set "
+                         f"it to one of {', '.join(models.DESCRIPTORS)}")
+    low = float(config.model.min_scale)
+    if not 0 <= low < 1:
+        raise ValueError(f"config.model.min_scale={low} must be in [0, 1) (0: no bound)")
+    if low and not low < float(config.model.initial_scale) < 1:
+        raise ValueError(f"config.model.initial_scale={config.model.initial_scale} must lie in "
+                         f"(min_scale, 1) = ({low}, 1) when the crop is kept inside the image")
+    if not all(int(w) > 0 for w in config.model.loc_hidden):
+        raise ValueError(f"config.model.loc_hidden={tuple(config.model.loc_hidden)} must be "
+                         f"positive widths")
+    if not 0 <= float(config.model.patch_scale) <= 1:
+        raise ValueError(f"config.model.patch_scale={config.model.patch_scale} must be in "
+                         f"[0, 1] (0: the crop's own size)")
     if int(config.data.get("validation_size", 0)) < 0:
         raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
                          f">= 0 (0: no validation split)")
@@ -86,15 +101,13 @@ def _datasets(config) -> dict[str, dict[str, np.ndarray]]:
         num_train=int(config.data.num_train),
         validation_size=int(config.data.get("validation_size", 0)),
         validation_seed=int(config.data.get("validation_seed", 0)),
-        clutter=int(config.data.clutter), seed=int(config.data.get("test_seed", 0)),
-        patch_scale=float(config.data.patch_scale))
+        clutter=int(config.data.clutter), seed=int(config.data.get("test_seed", 0)))
 
 
 def load_data(config) -> Data:
     """The fixed training images of one class, their batch maker, the fixed sets."""
     sets = _datasets(config)
-    batch = functools.partial(colocalisation.train_batch, batch_size=int(config.train.batch_size),
-                              patch_scale=float(config.data.patch_scale))
+    batch = functools.partial(colocalisation.train_batch, batch_size=int(config.train.batch_size))
     return Data(train_arrays=(sets["train"]["image"], sets["train"]["box"]),
                 train_batch=lambda arrays, seed, step: batch(*arrays, seed, step),
                 validation=sets["validation"] if int(config.data.validation_size) else None,
@@ -152,12 +165,18 @@ def make_model(config, shape, rngs):
     nnx.update(cnn, state)
     return models.CoLocaliser(shape, cnn, crop_size=size,
                               kernel=config.model.get("kernel", "bilinear"),
-                              margin=float(config.model.margin), rngs=rngs)
+                              margin=float(config.model.margin),
+                              initial_scale=float(config.model.initial_scale),
+                              descriptor=config.model.descriptor,
+                              patch_scale=float(config.model.patch_scale),
+                              min_scale=float(config.model.min_scale),
+                              loc_hidden=tuple(int(w) for w in config.model.loc_hidden),
+                              rngs=rngs)
 
 
 def forward(model, batch: dict) -> dict:
     """The crop's and the random patch's descriptors, the box, and the model's margin."""
-    return model(batch["image"], batch["rand_box"])
+    return model(batch["image"], batch["rand_pos"])
 
 
 def loss(outputs: dict, batch: dict) -> jax.Array:
@@ -167,12 +186,14 @@ def loss(outputs: dict, batch: dict) -> jax.Array:
 
 
 def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
-    """`error` (IoU <= 0.5), `iou`, and `centre_box_error` of a centred box of the digit's size."""
+    """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and
+    `centre_box_error`: the error of a centred box of the digit's size."""
     overlap = boxes.iou(outputs["box"], batch["box"])
     true = batch["box"]
     half = 0.5 * (true[:, 2:] - true[:, :2])
     centred = boxes.iou(jnp.concatenate([-half, half], axis=-1), true)
-    return {"error": (overlap <= 0.5).astype(jnp.float32), "iou": overlap,
+    localised = (overlap > 0.5).astype(jnp.float32)
+    return {"error": 1.0 - localised, "localised": localised, "iou": overlap,
             "centre_box_error": (centred <= 0.5).astype(jnp.float32)}
 
 
