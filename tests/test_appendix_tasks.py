@@ -79,7 +79,7 @@ def test_addition_config_errors(field, value, message):
 @pytest.mark.parametrize("field,value,message", [
     ("data.digit_class", 10, "config.data.digit_class=10 must be in 0..9"),
     ("train.weight_decay", 5e-4, "must be 0: the embedding CNN is fixed"),
-    ("model.crop_size", 30, "config.model.crop_size=30 must equal the embedding CNN's input"),
+    ("model.crop_size", 30, "config.model.crop_size=30 must be in 1..28"),
     ("train.batch_size", 1, "must be at least 2"),
     ("model.descriptor", "cosine", "config.model.descriptor='cosine' is unknown"),
 ])
@@ -171,3 +171,15 @@ def test_addition_short_run_beats_chance(tmp_path):
     results = training.train_and_evaluate(config, str(tmp_path))
     assert results["test_error"] < 0.5 and results["validation_error"] < 0.5
     assert (tmp_path / "images" / "transformer_latest.png").is_file()
+
+
+@pytest.mark.slow
+def test_colocalisation_short_run_beats_a_centred_box(tmp_path):
+    # Threes on the translated (T) canvases of the embedded sample, no label and no box used
+    # in training: the predicted boxes overlap the digits more than a fixed centred box does.
+    config = coloc_config("t,class=3,quick")
+    config.model.embedding.steps = 300
+    config.train.num_images = 2
+    results = training.train_and_evaluate(config, str(tmp_path))
+    assert results["test_iou"] > results["test_centre_box_iou"] + 0.05
+    assert results["validation_iou"] > results["validation_centre_box_iou"] + 0.05

@@ -151,6 +151,11 @@ def test_inside_attention_keeps_the_box_inside_and_inverts():
     np.testing.assert_allclose(
         models.inside_attention(models.inside_attention_inverse(start, 0.2), 0.2), start,
         atol=1e-5)
+    capped = models.inside_attention(raw, 0.3, 0.45)
+    assert float(capped[:, 0].min()) >= 0.3 and float(capped[:, 0].max()) <= 0.45
+    start = jnp.asarray([[0.4, -0.3, 0.5]])
+    np.testing.assert_allclose(models.inside_attention(
+        models.inside_attention_inverse(start, 0.3, 0.45), 0.3, 0.45), start, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- model and loss

@@ -25,17 +25,18 @@ CROP_SIZE = 28
 MARGIN = 1.0
 
 
-def inside_attention(raw: jax.Array, min_scale: float) -> jax.Array:
+def inside_attention(raw: jax.Array, min_scale: float, max_scale: float = 1.0) -> jax.Array:
     """`[B, 3]` unconstrained `(z_s, z_x, z_y)` -> attention `(s, t_x, t_y)` whose box lies in
-    the image: `s = m + (1 - m) sigmoid(z_s)` in (m, 1), `t = (1 - s) tanh(z_t)`."""
-    scale = min_scale + (1.0 - min_scale) * jax.nn.sigmoid(raw[:, :1])
+    the image: `s = m + (M - m) sigmoid(z_s)` in (m, M), `t = (1 - s) tanh(z_t)`."""
+    scale = min_scale + (max_scale - min_scale) * jax.nn.sigmoid(raw[:, :1])
     return jnp.concatenate([scale, (1.0 - scale) * jnp.tanh(raw[:, 1:])], axis=-1)
 
 
-def inside_attention_inverse(theta: jax.Array, min_scale: float) -> jax.Array:
-    """The raw `(z_s, z_x, z_y)` that `inside_attention` maps to `theta` (`m < s < 1`)."""
+def inside_attention_inverse(theta: jax.Array, min_scale: float,
+                             max_scale: float = 1.0) -> jax.Array:
+    """The raw `(z_s, z_x, z_y)` that `inside_attention` maps to `theta` (`m < s < M`)."""
     theta = jnp.asarray(theta, jnp.float32)
-    fraction = (theta[..., :1] - min_scale) / (1.0 - min_scale)
+    fraction = (theta[..., :1] - min_scale) / (max_scale - min_scale)
     z_s = jnp.log(fraction) - jnp.log1p(-fraction)
     return jnp.concatenate([z_s, jnp.arctanh(theta[..., 1:] / (1.0 - theta[..., :1]))], axis=-1)
 
@@ -45,16 +46,17 @@ class AttentionLocNet(layers.LocalisationNet):
     regression of `(s, t_x, t_y)` (appendix A.2), initialised to `initial`.
 
     With `min_scale > 0` the regression gives unconstrained values that `inside_attention` maps
-    to a box inside the image with half-side in (min_scale, 1); else it gives `(s, t_x, t_y)`.
+    to a box inside the image with half-side in (min_scale, max_scale); else it gives
+    `(s, t_x, t_y)`.
     """
 
     def __init__(self, input_shape: Sequence[int], initial: jax.Array, *,
                  features: int = LOC_CONV["features"], kernel_size: int = LOC_CONV["kernel_size"],
                  stride: int = LOC_CONV["stride"], hidden: Sequence[int] = LOC_HIDDEN,
-                 min_scale: float = 0.0, rngs: nnx.Rngs):
-        self.min_scale = float(min_scale)
+                 min_scale: float = 0.0, max_scale: float = 1.0, rngs: nnx.Rngs):
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         if self.min_scale > 0:
-            initial = inside_attention_inverse(initial, self.min_scale)
+            initial = inside_attention_inverse(initial, self.min_scale, self.max_scale)
         height, width, channels = (int(d) for d in input_shape)
         self.conv = nnx.Conv(channels, features, (kernel_size, kernel_size),
                              strides=(stride, stride), padding="VALID", rngs=rngs)
@@ -70,16 +72,25 @@ class AttentionLocNet(layers.LocalisationNet):
         """`[B, H, W, C]` -> `[B, 3]` attention parameters."""
         h = layers.max_pool(jax.nn.relu(self.conv(x)))
         raw = self.regression(self.hidden(h))
-        return inside_attention(raw, self.min_scale) if self.min_scale > 0 else raw
+        if self.min_scale > 0:
+            return inside_attention(raw, self.min_scale, self.max_scale)
+        return raw
 
 
 DESCRIPTORS = ("raw", "unit")
 
 
-def embed(embedding: mnist.CNN, crops: jax.Array, descriptor: str = "raw") -> jax.Array:
+def embed(embedding: mnist.CNN, crops: jax.Array, descriptor: str = "raw",
+          canvas: int | None = None) -> jax.Array:
     """`[B, h, w, C]` crops -> `[B, D]` descriptors: the CNN's three layer outputs, flattened
-    and concatenated (appendix A.2). `descriptor="unit"` first scales each layer's output to
-    unit L2 norm (so squared distances lie in [0, 12] whatever the widths)."""
+    and concatenated (appendix A.2). With `canvas` larger than the crop, the crop is first
+    centred on a black `canvas`-sized image (as a digit sits on a distorted-MNIST canvas).
+    `descriptor="unit"` scales each layer's output to unit L2 norm (so squared distances lie
+    in [0, 12] whatever the widths)."""
+    if canvas and canvas > crops.shape[1]:
+        top, left = (canvas - crops.shape[1]) // 2, (canvas - crops.shape[2]) // 2
+        crops = jnp.pad(crops, ((0, 0), (top, canvas - crops.shape[1] - top),
+                                (left, canvas - crops.shape[2] - left), (0, 0)))
     outputs = [o.reshape(o.shape[0], -1) for o in embedding.layer_outputs(crops)]
     if descriptor == "unit":
         outputs = [o / jnp.sqrt(jnp.sum(jnp.square(o), axis=-1, keepdims=True) + 1e-12)
@@ -105,9 +116,11 @@ class CoLocaliser(nnx.Module):
     def __init__(self, input_shape: Sequence[int], embedding: mnist.CNN, *,
                  crop_size: int = CROP_SIZE, kernel: str = "bilinear", margin: float = MARGIN,
                  initial_scale: float = 1.0, descriptor: str = "raw", patch_scale: float = 0.0,
-                 min_scale: float = 0.0, loc_hidden: Sequence[int] = LOC_HIDDEN,
+                 min_scale: float = 0.0, max_scale: float = 1.0,
+                 loc_hidden: Sequence[int] = LOC_HIDDEN, embedding_size: int | None = None,
                  rngs: nnx.Rngs):
-        """`embedding` is a trained classification CNN on `crop_size` crops; it is frozen here.
+        """`embedding` is a trained classification CNN on `embedding_size` inputs (default
+        `crop_size`; a smaller crop is centred on a black canvas that size); it is frozen here.
         `margin` is the triplet loss's alpha, passed on in the outputs. The crop starts as the
         centred box of half-side `initial_scale` (1: the identity, the whole image).
         `patch_scale` is the random patches' half-side (0: the crop's own, `random_patch_params`).
@@ -118,9 +131,10 @@ class CoLocaliser(nnx.Module):
         self.margin = float(margin)
         self.descriptor = descriptor
         self.patch_scale = float(patch_scale)
+        self.canvas = int(embedding_size or crop_size)
         initial = jnp.asarray([initial_scale, 0.0, 0.0], jnp.float32)
-        loc_net = AttentionLocNet(input_shape, initial, min_scale=min_scale, hidden=loc_hidden,
-                                  rngs=rngs)
+        loc_net = AttentionLocNet(input_shape, initial, min_scale=min_scale,
+                                  max_scale=max_scale, hidden=loc_hidden, rngs=rngs)
         self.transformer = layers.SpatialTransformer(loc_net, "attention", crop_size,
                                                      kernel=kernel)
         self.embedding = layers.freeze(embedding)
@@ -132,14 +146,15 @@ class CoLocaliser(nnx.Module):
         patch's descriptor)."""
         crops, theta = self.transformer(images, return_params=True)
         outputs = {"theta": theta, "box": boxes.attention_box(theta),
-                   "embedding": embed(self.embedding, crops, self.descriptor),
+                   "embedding": embed(self.embedding, crops, self.descriptor, self.canvas),
                    "margin": self.margin}
         if rand_pos is not None:
             height, width = self.transformer.output_size
             patch = random_patch_params(theta, rand_pos, self.patch_scale)
             grid = transforms.get("attention").grid(patch, height, width)
             patches = sampling.sample(images, grid, kernel=self.transformer.kernel)
-            outputs["random_embedding"] = embed(self.embedding, patches, self.descriptor)
+            outputs["random_embedding"] = embed(self.embedding, patches, self.descriptor,
+                                                self.canvas)
         return outputs
 
     def transformer_grids(self, images: jax.Array) -> list[jax.Array]:

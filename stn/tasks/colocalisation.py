@@ -14,8 +14,8 @@ The embedding is the section-4.1 CNN (`stn.models.mnist.CNN`) trained on digit c
 by `pretrained_embedding` before the co-localiser is built, then frozen. Loss: the appendix's
 triplet hinge loss (`stn.models.colocalisation`). Metrics: `error`, the fraction of images whose
 predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
-IoU > 0.5); `iou`; and `centre_box_error`, the error of a fixed box of the digit's size at the
-centre (a baseline).
+IoU > 0.5); `iou`; and a baseline, the error and IoU of a fixed box of the digit's size at the
+centre (`centre_box_error`, `centre_box_iou`).
 """
 from __future__ import annotations
 
@@ -58,12 +58,14 @@ def validate_config(config) -> None:
     if config.model.descriptor not in models.DESCRIPTORS:
         raise ValueError(f"config.model.descriptor={config.model.descriptor!r} is unknown; set "
                          f"it to one of {', '.join(models.DESCRIPTORS)}")
-    low = float(config.model.min_scale)
-    if not 0 <= low < 1:
-        raise ValueError(f"config.model.min_scale={low} must be in [0, 1) (0: no bound)")
-    if low and not low < float(config.model.initial_scale) < 1:
+    low, high = float(config.model.min_scale), float(config.model.max_scale)
+    if not (0 <= low < high <= 1):
+        raise ValueError(f"config.model.min_scale={low} and max_scale={high} must satisfy "
+                         f"0 <= min_scale < max_scale <= 1 (min_scale 0: no bound)")
+    if low and not low < float(config.model.initial_scale) < high:
         raise ValueError(f"config.model.initial_scale={config.model.initial_scale} must lie in "
-                         f"(min_scale, 1) = ({low}, 1) when the crop is kept inside the image")
+                         f"(min_scale, max_scale) = ({low}, {high}) when the crop is kept inside "
+                         f"the image")
     if not all(int(w) > 0 for w in config.model.loc_hidden):
         raise ValueError(f"config.model.loc_hidden={tuple(config.model.loc_hidden)} must be "
                          f"positive widths")
@@ -79,9 +81,10 @@ def validate_config(config) -> None:
         raise ValueError(f"config.model.embedding.distortion={embedding.distortion!r} is "
                          f"unknown; set it to one of {', '.join(distortions.NAMES)}")
     canvas = distortions.get(embedding.distortion).canvas_size
-    if canvas != int(config.model.crop_size):
-        raise ValueError(f"config.model.crop_size={config.model.crop_size} must equal the "
-                         f"embedding CNN's input, the {embedding.distortion!r} canvas ({canvas})")
+    if not 0 < int(config.model.crop_size) <= canvas:
+        raise ValueError(f"config.model.crop_size={config.model.crop_size} must be in "
+                         f"1..{canvas}: at most the embedding CNN's input, the "
+                         f"{embedding.distortion!r} canvas")
     for key in ("steps", "batch_size"):
         if int(embedding[key]) <= 0:
             raise ValueError(f"config.model.embedding.{key}={embedding[key]} must be positive")
@@ -160,16 +163,18 @@ def make_model(config, shape, rngs):
         int(config.data.get("validation_seed", 0)), embedding.distortion, int(embedding.steps),
         int(embedding.batch_size), float(embedding.learning_rate), float(embedding.momentum),
         int(config.seed))
-    size = int(config.model.crop_size)
-    cnn = mnist.CNN((size, size, 1), rngs=nnx.Rngs(params=int(config.seed)))
+    canvas = distortions.get(embedding.distortion).canvas_size
+    cnn = mnist.CNN((canvas, canvas, 1), rngs=nnx.Rngs(params=int(config.seed)))
     nnx.update(cnn, state)
-    return models.CoLocaliser(shape, cnn, crop_size=size,
+    return models.CoLocaliser(shape, cnn, crop_size=int(config.model.crop_size),
+                              embedding_size=canvas,
                               kernel=config.model.get("kernel", "bilinear"),
                               margin=float(config.model.margin),
                               initial_scale=float(config.model.initial_scale),
                               descriptor=config.model.descriptor,
                               patch_scale=float(config.model.patch_scale),
                               min_scale=float(config.model.min_scale),
+                              max_scale=float(config.model.max_scale),
                               loc_hidden=tuple(int(w) for w in config.model.loc_hidden),
                               rngs=rngs)
 
@@ -186,15 +191,15 @@ def loss(outputs: dict, batch: dict) -> jax.Array:
 
 
 def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
-    """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and
-    `centre_box_error`: the error of a centred box of the digit's size."""
+    """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and the
+    baseline `centre_box_error` and `centre_box_iou` of a centred box of the digit's size."""
     overlap = boxes.iou(outputs["box"], batch["box"])
     true = batch["box"]
     half = 0.5 * (true[:, 2:] - true[:, :2])
     centred = boxes.iou(jnp.concatenate([-half, half], axis=-1), true)
     localised = (overlap > 0.5).astype(jnp.float32)
     return {"error": 1.0 - localised, "localised": localised, "iou": overlap,
-            "centre_box_error": (centred <= 0.5).astype(jnp.float32)}
+            "centre_box_error": (centred <= 0.5).astype(jnp.float32), "centre_box_iou": centred}
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
