@@ -62,8 +62,8 @@ class RegressionLayer(nnx.Linear):
         identity = jnp.asarray(identity, jnp.float32).reshape(-1)
 
         def bias_init(key, shape, dtype=jnp.float32):
-            del key
-            return identity.reshape(shape).astype(dtype)
+            del key  # a fresh copy: layers built from one identity must not share a buffer
+            return jnp.array(identity.reshape(shape), dtype=dtype, copy=True)
 
         super().__init__(in_features, identity.shape[0], kernel_init=nnx.initializers.zeros,
                          bias_init=bias_init, rngs=rngs)
@@ -72,6 +72,28 @@ class RegressionLayer(nnx.Linear):
 def regression_layer(in_features: int, identity: jax.Array, *, rngs: nnx.Rngs) -> RegressionLayer:
     """A `RegressionLayer` regressing `identity.size` parameters from `in_features`."""
     return RegressionLayer(in_features, identity, rngs=rngs)
+
+
+class Frozen(nnx.Variable):
+    """A fixed weight: read through `jax.lax.stop_gradient`, and not an `nnx.Param`.
+
+    Gradients flow through the layer to its input but never reach the weight, and optimisers
+    and `stn.models.num_params` (which count `nnx.Param`s) leave it out: e.g. the pretrained
+    embedding of co-localisation (appendix A.2), which the triplet loss must not train.
+    """
+
+    def get_value(self, *args, **kwargs):
+        return jax.lax.stop_gradient(super().get_value(*args, **kwargs))
+
+
+def freeze(module: nnx.Module) -> nnx.Module:
+    """Turns every `nnx.Param` of `module` (in place) into a `Frozen` weight; returns it."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Module):
+            for name, value in list(vars(node).items()):
+                if isinstance(value, nnx.Param):
+                    setattr(node, name, Frozen(value.get_value()))
+    return module
 
 
 class LocalisationNet(nnx.Module):

@@ -118,3 +118,63 @@ def save_step_picture(image: Image.Image, directory: str, step: int,
         with open(os.path.join(directory, name), "wb") as f:
             f.write(png)
     return png
+
+
+def _outlined_panel(image: np.ndarray, grids: list, index: int, cell: int,
+                    align_corners: bool) -> Image.Image:
+    """One `[H, W, C]` image filling 70% of a `cell`-sized black panel (so outlines reaching
+    outside it stay visible, clipped to the panel), with the outline of each grid's example
+    `index` in its own colour."""
+    height, width = image.shape[:2]
+    scale = 0.7 * cell / max(height, width)
+    picture = Image.fromarray(_to_rgb(image)).resize(
+        (round(width * scale), round(height * scale)), Image.NEAREST)
+    panel = Image.new("RGB", (cell, cell), (0, 0, 0))
+    off = ((cell - picture.width) // 2, (cell - picture.height) // 2)
+    panel.paste(picture, off)
+    draw = ImageDraw.Draw(panel)
+    draw.rectangle([off[0] - 1, off[1] - 1, off[0] + picture.width, off[1] + picture.height],
+                   outline=FRAME)
+    for k, grid in enumerate(grids):
+        points = grid_outline(grid[index], height, width, scale, align_corners)
+        draw.line([(a + off[0], b + off[1]) for a, b in points],
+                  fill=OUTLINES[k % len(OUTLINES)], width=2)
+    return panel
+
+
+def channel_panels_image(inputs: np.ndarray, outputs, grids, *, cell: int = 96,
+                         align_corners: bool = False) -> Image.Image:
+    """A PIL image, one row per example: each channel of the input as its own grey panel with
+    every transformer's grid outline (in `OUTLINES` order), then each transformer's output, its
+    channels side by side, under a bar of that transformer's colour.
+
+    For multi-channel inputs whose channels hold different objects (MNIST addition: one digit a
+    channel), so a reader sees which channel each transformer picked up.
+    """
+    inputs = np.asarray(inputs)
+    outputs = [np.asarray(o) for o in outputs]
+    grids = [np.asarray(g) for g in grids]
+    n, _, _, channels = inputs.shape
+    pad, bar = 4, 4
+    groups = [channels] + [o.shape[-1] for o in outputs]
+    row_width = sum(groups) * (cell + pad) + len(groups) * 3 * pad
+    canvas = Image.new("RGB", (row_width, n * (cell + 2 * pad + bar)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        y0 = i * (cell + 2 * pad + bar) + pad + bar
+        x = pad
+        for c in range(channels):
+            canvas.paste(_outlined_panel(inputs[i, ..., c:c + 1], grids, i, cell,
+                                         align_corners), (x, y0))
+            x += cell + pad
+        for k, output in enumerate(outputs):
+            x += 2 * pad
+            span = output.shape[-1] * (cell + pad) - pad
+            draw.rectangle([x, y0 - bar, x + span, y0 - 1], fill=OUTLINES[k % len(OUTLINES)])
+            oh, ow = output.shape[1:3]
+            oscale = cell / max(oh, ow)
+            for c in range(output.shape[-1]):
+                canvas.paste(Image.fromarray(_to_rgb(output[i, ..., c:c + 1])).resize(
+                    (round(ow * oscale), round(oh * oscale)), Image.NEAREST), (x, y0))
+                x += cell + pad
+    return canvas

@@ -287,7 +287,7 @@ def draw_figure(table: Mapping[str, Any], spec: Mapping[str, Any], path: str | o
         draw.line([(left - 4, y), (left + len(cols) * (panel_w + pad) - pad, y)],
                   fill=(230, 230, 230))
         draw.text((left - 8, y), f"{t:g}", fill=ink, font=small, anchor="rm")
-    draw.text((8, top - 24), "error %", fill=ink, font=font)
+    draw.text((8, top - 24), spec.get("unit", "error %"), fill=ink, font=font)
     for j, col in enumerate(cols):
         x0 = left + j * (panel_w + pad)
         draw.rectangle([x0, top, x0 + panel_w, top + plot_h], outline=(120, 120, 120))

@@ -176,3 +176,15 @@ def test_transformer_samples_with_its_kernel_padding_and_align_corners(kernel, p
     np.testing.assert_allclose(st(x), expected, atol=1e-6)
     default = sampling.sample(x, t.grid(jnp.tile(theta, (2, 1)), 9, 11))
     assert float(jnp.abs(st(x) - default).max()) > 1e-2
+
+
+def test_regression_layers_built_from_one_identity_do_not_share_a_buffer():
+    # Two loc nets given the same identity array (as parallel transformers are) must own their
+    # biases: the trainer donates the state, and a buffer donated twice fails the train step.
+    identity = transforms.get("affine").identity()
+    rngs = nnx.Rngs(0)
+    first = layers.regression_layer(4, identity, rngs=rngs)
+    second = layers.regression_layer(4, identity, rngs=rngs)
+    state = nnx.state(nnx.List([first, second]))
+    step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+    jax.block_until_ready(step(state))

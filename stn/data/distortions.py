@@ -373,6 +373,9 @@ _DISTORTIONS = {name: Distortion(name, r.canvas_size, _make_apply(r))
                 for name, r in _RECIPES.items()}
 
 
-def get(name: str) -> Distortion:
-    """The `Distortion` named `name`: one of `none`, `r`, `rts`, `p`, `e`, `tc`."""
+def get(name: str | Distortion) -> Distortion:
+    """The `Distortion` named `name`: one of `none`, `r`, `rts`, `p`, `e`, `tc` (a `Distortion`
+    is returned as it is)."""
+    if isinstance(name, Distortion):
+        return name
     return _DISTORTIONS[recipe(name).name]

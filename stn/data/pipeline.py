@@ -45,15 +45,16 @@ def to_float(images: jax.Array) -> jax.Array:
 
 
 def batch_indices(num_examples: int, seed: jax.Array | int, step: jax.Array | int,
-                  batch_size: int) -> jax.Array:
+                  batch_size: int, *, stream: int = _ORDER) -> jax.Array:
     """int32 `[batch_size]` example indices of step `step` (a per-epoch permutation).
 
     A batch may straddle two epochs; each epoch is a fresh permutation, so every example is
-    seen exactly once per epoch.
+    seen exactly once per epoch. `stream` tags the permutations (another tag gives another,
+    independent order over the same examples, e.g. for a second digit per example).
     """
     if batch_size > num_examples:
         raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
-    order = jax.random.fold_in(jax.random.key(seed), _ORDER)
+    order = jax.random.fold_in(jax.random.key(seed), stream)
     position = jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
     epoch, within = position // num_examples, position % num_examples
     first = epoch[0]

@@ -59,11 +59,15 @@ class CNN(nnx.Module):
             raise ValueError(f"CNN: input {tuple(input_shape)} is too small (needs at least 24x24)")
         self.classifier = nnx.Linear(height * width * features[1], num_classes, rngs=rngs)
 
+    def layer_outputs(self, x: jax.Array) -> list[jax.Array]:
+        """The three weight layers' outputs: both pooled ReLU conv maps and the logits."""
+        h1 = layers.max_pool(jax.nn.relu(self.conv1(x)))
+        h2 = layers.max_pool(jax.nn.relu(self.conv2(h1)))
+        return [h1, h2, self.classifier(h2.reshape(h2.shape[0], -1))]
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> logits `[B, num_classes]`."""
-        h = layers.max_pool(jax.nn.relu(self.conv1(x)))
-        h = layers.max_pool(jax.nn.relu(self.conv2(h)))
-        return self.classifier(h.reshape(h.shape[0], -1))
+        return self.layer_outputs(x)[-1]
 
     def transformer_grids(self, x: jax.Array) -> list[jax.Array]:
         """No transformer: an empty list (the model contract, `stn.models`)."""

@@ -86,6 +86,8 @@ class Task:
 _MODULES = {
     "classification": "stn.tasks.classification",
     "sequences": "stn.tasks.sequences",
+    "addition": "stn.tasks.addition",
+    "colocalisation": "stn.tasks.colocalisation",
 }
 NAMES = tuple(_MODULES)
 

@@ -1,0 +1,47 @@
+"""MNIST addition (appendix A.1, Table 4): every model, each point a configs/mnist_addition.py run.
+
+    python -m stn.sweeps --sweep=configs/sweeps/addition.py:reduced --workdir=runs/addition_reduced
+    python -m stn.tables --workdir=runs/addition_reduced --table=addition
+
+`reduced` (the CPU preset, one seed, the embedded sample): FCN, CNN, ST-FCN Aff, 2xST-FCN Aff /
+Proj / TPS and 2xST-CNN Aff, at the `reduced` preset of configs/mnist_addition.py (FCN models
+20k steps of 64, CNN models 4k: see docs/addition_colocalisation.md for the budget and how it
+was chosen on validation). Without it, all 11 rows at the paper's setting (section 4.1's
+optimiser; an accelerator).
+
+Argument (comma-separated): `reduced`, and `key=value` for seeds=N (default 1),
+first_seed=K (default 0), data=SOURCE (`idx:DIR`, `tfds:NAME`, `sample`, or a bare folder).
+"""
+from stn import config_args, sweeps
+
+MODELS = (
+    ("fcn", None), ("cnn", None),
+    ("st_fcn", "affine"), ("st_fcn", "projective"), ("st_fcn", "tps"),
+    ("2xst_fcn", "affine"), ("2xst_fcn", "projective"), ("2xst_fcn", "tps"),
+    ("2xst_cnn", "affine"), ("2xst_cnn", "projective"), ("2xst_cnn", "tps"),
+)
+REDUCED_MODELS = (
+    ("fcn", None), ("cnn", None), ("st_fcn", "affine"),
+    ("2xst_fcn", "affine"), ("2xst_fcn", "projective"), ("2xst_fcn", "tps"),
+    ("2xst_cnn", "affine"),
+)
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """The addition sweep; see the module docstring for the argument."""
+    opts = config_args.parse(arg, where="configs/sweeps/addition.py",
+                             choices={"preset": ("reduced",)}, preset=None, seeds=1,
+                             first_seed=0, data=None)
+    models = REDUCED_MODELS if opts["preset"] else MODELS
+    common = {"data.source": sweeps.data_source(opts["data"])} if opts["data"] else {}
+    points = []
+    for axis in sweeps.product(model=models,
+                               seed=range(opts["first_seed"], opts["first_seed"] + opts["seeds"])):
+        (model, transform), seed = axis["model"], axis["seed"]
+        parts = [model] + ([transform] if transform else []) + ([opts["preset"]]
+                                                                 if opts["preset"] else [])
+        points.append(sweeps.point(
+            name="-".join([model] + ([transform] if transform else []) + [f"s{seed}"]),
+            config="configs/mnist_addition.py:" + ",".join(parts),
+            overrides={"seed": seed, **common}))
+    return points

@@ -1,0 +1,120 @@
+"""Task `addition`: MNIST addition (paper appendix A.1), the sum of two digits in two channels.
+
+Config fields read here (configs/mnist_addition.py): `data.source`, `data.distortion` (each
+digit's, default `rts`), `data.validation_size` (training digits held out, 0 = none),
+`data.validation_seed`, `data.test_seed`; `model.name` (`stn.models.addition.MODEL_NAMES`),
+`model.transform`, `model.kernel`, `model.padding`, `model.st_output_size`;
+`train.batch_size`. Loss and error are the classification ones over the 19 sums.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from stn import plots, sampling, transforms
+from stn.data import addition, distortions, pipeline, sources
+from stn.models import addition as models
+from stn.tasks import Data, Task, classification
+
+
+def validate_config(config) -> None:
+    """One-line ValueErrors for the model and data fields of an addition config."""
+    model = config.model.name
+    if model not in models.MODEL_NAMES:
+        raise ValueError(f"config.model.name={model!r} is unknown for task 'addition'; set it "
+                         f"to one of {', '.join(models.MODEL_NAMES)}")
+    if models.transformer_count(model) and config.model.transform not in transforms.NAMES:
+        raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
+                         f"to one of {', '.join(transforms.NAMES)}")
+    for field, allowed in (("kernel", sampling.KERNELS), ("padding", sampling.PADDINGS)):
+        if config.model.get(field, allowed[0]) not in allowed:
+            raise ValueError(f"config.model.{field}={config.model[field]!r} is unknown; set it "
+                             f"to one of {', '.join(allowed)}")
+    if int(config.model.get("st_output_size", 0)) < 0:
+        raise ValueError(f"config.model.st_output_size={config.model.st_output_size} must be "
+                         f">= 0 (0: the input's size)")
+    if config.data.distortion not in distortions.NAMES:
+        raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
+                         f"to one of {', '.join(distortions.NAMES)}")
+    sources.check_source(config.data.source, field="config.data.source")
+    if int(config.data.get("validation_size", 0)) < 0:
+        raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
+                         f">= 0 (0: no validation split)")
+
+
+def input_shape(config) -> tuple[int, int, int]:
+    """`(S, S, 2)`: the distortion's canvas, one channel per digit."""
+    size = int(distortions.get(config.data.distortion).canvas_size)
+    return (size, size, addition.CHANNELS)
+
+
+def _test_set(digits, config) -> dict:
+    return addition.test_set(digits, config.data.distortion,
+                             seed=int(config.data.get("test_seed", 0)))
+
+
+def load_data(config) -> Data:
+    """Training digits (minus the validation split), the pair batch maker, the fixed sets."""
+    digits = sources.load_digits(config.data.source)
+    size = int(config.data.get("validation_size", 0))
+    digits, held_images, held_labels = pipeline.split_validation(
+        digits, size, seed=int(config.data.get("validation_seed", 0)),
+        field="config.data.validation_size")
+    validation = (addition.validation_set(held_images, held_labels, config.data.distortion,
+                                          seed=int(config.data.get("test_seed", 0)))
+                  if size else None)
+    batch = functools.partial(addition.train_batch, batch_size=int(config.train.batch_size),
+                              distortion=config.data.distortion)
+    return Data(train_arrays=(digits.train_images, digits.train_labels),
+                train_batch=lambda arrays, seed, step: batch(*arrays, seed, step),
+                validation=validation, test=_test_set(digits, config),
+                input_shape=input_shape(config))
+
+
+def make_model(config, shape, rngs):
+    """The configured FCN / CNN / ST-FCN / ST-CNN / 2xST-FCN / 2xST-CNN."""
+    return models.create(config.model.name, shape, transform=config.model.transform,
+                         st_output_size=int(config.model.get("st_output_size", 0)),
+                         kernel=config.model.get("kernel", "bilinear"),
+                         padding=config.model.get("padding", "zeros"), rngs=rngs)
+
+
+def load_eval_set(config, spec: str) -> tuple[dict, str]:
+    """`test`, `validation`, or `npz:FILE` holding `image` `[N, S, S, 2]` (uint8, or float in
+    [0, 1], the model's input size) and `label` `[N]` sums in 0..18."""
+    if spec == "test":
+        return _test_set(sources.load_digits(config.data.source), config), spec
+    if spec == "validation":
+        validation = load_data(config).validation
+        if validation is None:
+            raise ValueError("the config has no validation split (config.data.validation_size "
+                             "is 0)")
+        return validation, spec
+    if not spec.startswith("npz:"):
+        raise ValueError(f"--data must be 'test', 'validation' or 'npz:FILE' for task "
+                         f"'addition', got {spec!r}")
+    path = os.path.expanduser(spec[4:])
+    images, labels = classification._read_npz(path)  # noqa: SLF001 (shared reader)
+    shape = input_shape(config)
+    if images.shape[1:] != shape:
+        raise ValueError(f"{path}: 'image' must be [N, {', '.join(map(str, shape))}], got "
+                         f"{images.shape}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= addition.NUM_CLASSES:
+        raise ValueError(f"{path}: labels must be sums in 0..{addition.NUM_CLASSES - 1}")
+    images = (images.astype(np.float32) / 255.0 if images.dtype == np.uint8
+              else images.astype(np.float32))
+    return ({"image": images, "label": labels},
+            "npz_" + os.path.splitext(os.path.basename(path))[0])
+
+
+def draw(batch: dict, grids: list, outputs: list):
+    """Each input channel with every transformer's outline, then each transformer's output
+    channels: a reader sees each transformer take one digit (`plots.channel_panels_image`)."""
+    return plots.channel_panels_image(batch["image"], outputs, grids)
+
+
+TASK = Task(name="addition", validate_config=validate_config, load_data=load_data,
+            input_shape=input_shape, make_model=make_model, loss=classification.loss,
+            metrics=classification.metrics, load_eval_set=load_eval_set, draw=draw)

@@ -1,0 +1,185 @@
+"""The `addition` and `colocalisation` tasks: registry, configs, checks, sweeps, tables,
+pictures, and short end-to-end runs on the embedded sample (marked slow)."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stn import boxes, sweeps, tables, tasks, training, transforms
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_module(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def addition_config(arg="2xst_fcn,affine"):
+    return config_module("mnist_addition").get_config(arg)
+
+
+def coloc_config(arg="tc"):
+    return config_module("colocalisation").get_config(arg)
+
+
+# ----------------------------------------------------------------------------- registry, configs
+def test_registered_and_shapes_without_data():
+    for name, config in (("addition", addition_config()), ("colocalisation", coloc_config())):
+        task = tasks.get(name)
+        assert task.name == name and tasks.for_config(config) is task
+        task.validate_config(config)
+    assert tasks.get("addition").input_shape(addition_config()) == (42, 42, 2)
+    assert tasks.get("colocalisation").input_shape(coloc_config()) == (84, 84, 1)
+
+
+def test_addition_configs():
+    config = addition_config("2xst_cnn,tps")
+    assert config.name == "addition_2xst_cnn_tps" and config.model.st_output_size == 30
+    assert addition_config("st_fcn").model.st_output_size == 42
+    assert addition_config("cnn").name == "addition_cnn"
+    reduced = addition_config("2xst_fcn,reduced")
+    assert reduced.data.source == "sample" and reduced.train.steps == 20_000
+    assert addition_config("cnn,reduced").train.steps == 4000
+    quick = addition_config("2xst_fcn,quick")
+    assert quick.data.distortion == "none" and quick.model.st_output_size == 20
+    with pytest.raises(ValueError, match="configs/mnist_addition.py: unknown part"):
+        addition_config("3xst_fcn")
+
+
+def test_colocalisation_configs():
+    config = coloc_config("t,class=7")
+    assert config.name == "coloc_t_class7" and config.data.clutter == 0
+    assert config.data.digit_class == 7 and coloc_config().data.clutter == 16
+    assert coloc_config("tc,reduced").data.source == "sample"
+    with pytest.raises(ValueError, match="class"):
+        coloc_config("class=x")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.name", "3xst_fcn", "config.model.name='3xst_fcn' is unknown for task 'addition'"),
+    ("model.transform", "spline", "config.model.transform='spline' is unknown"),
+    ("data.distortion", "zoom", "config.data.distortion='zoom' is unknown"),
+    ("data.source", "cloud:mnist", "config.data.source='cloud:mnist' is unknown"),
+])
+def test_addition_config_errors(field, value, message):
+    config = addition_config()
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        tasks.get("addition").validate_config(config)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.digit_class", 10, "config.data.digit_class=10 must be in 0..9"),
+    ("train.weight_decay", 5e-4, "must be 0: the embedding CNN is fixed"),
+    ("model.crop_size", 30, "config.model.crop_size=30 must be in 1..28"),
+    ("train.batch_size", 1, "must be at least 2"),
+    ("model.descriptor", "cosine", "config.model.descriptor='cosine' is unknown"),
+])
+def test_colocalisation_config_errors(field, value, message):
+    config = coloc_config()
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        tasks.get("colocalisation").validate_config(config)
+
+
+# ----------------------------------------------------------------------------- sweeps, tables
+def test_sweeps():
+    reduced = sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":reduced")
+    assert len(reduced) == 7 and all(p["config"].endswith(",reduced") for p in reduced)
+    assert len(sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":seeds=2")) == 22
+    coloc = sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py")
+                              + ":reduced,classes=3,8,data=tc")
+    assert [p["name"] for p in coloc] == ["tc-class3-s0", "tc-class8-s0"]
+    assert len(sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py"))) == 20
+    with pytest.raises(ValueError, match="class 12"):
+        sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py") + ":classes=12")
+
+
+def _run(root: Path, name: str, config, **metrics) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(
+        {"name": name, "config": config.to_dict(), "steps": 10, **metrics}))
+
+
+def test_tables_put_runs_in_their_cells(tmp_path):
+    _run(tmp_path, "fcn", addition_config("fcn"), test_error=0.5)
+    _run(tmp_path, "two", addition_config("2xst_fcn,tps"), test_error=0.25)
+    markdown = tables.make_table(tmp_path, "addition", figure=True)
+    assert "| FCN | 47.7 / 50.00 |" in markdown
+    assert "| 2xST-FCN TPS | 5.8 / 25.00 |" in markdown
+    assert "| 2xST-CNN Aff | n/a / — |" in markdown
+    assert (tmp_path / "tableaddition.png").is_file()
+
+    _run(tmp_path / "c", "t3", coloc_config("t,class=3"), test_error=0.1, test_localised=0.9)
+    _run(tmp_path / "c", "tc3", coloc_config("tc,class=3"), test_error=0.4, test_localised=0.6)
+    markdown = tables.make_table(tmp_path / "c", "colocalisation", figure=False)
+    assert "| class 3 | 100.0 / 90.00 | n/a / 60.00 |" in markdown
+    assert "| class 4 | 100.0 / — | n/a / — |" in markdown
+
+
+# ----------------------------------------------------------------------------- pictures
+def test_addition_picture_shows_both_channels_and_each_transformer():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 42, 42, 2)).astype(np.float32)
+    theta = jnp.tile(jnp.asarray([[0.5, 0, -0.4, 0, 0.5, 0.2]]), (3, 1))
+    grid = np.asarray(transforms.get("affine").grid(theta, 30, 30))
+    outputs = [images[:, :30, :30], images[:, :30, :30]]
+    picture = tasks.get("addition").draw({"image": images, "label": np.zeros(3)}, [grid, grid],
+                                         outputs)
+    pixels = np.asarray(picture)
+    assert picture.height > 3 * 96 and picture.width > 6 * 96  # 2 input + 2 x 2 output panels
+    for colour in ((255, 64, 64), (64, 220, 64)):  # both transformers' outlines and bars
+        assert np.all(pixels == colour, axis=-1).sum() > 50
+
+
+def test_colocalisation_picture_shows_predicted_and_true_boxes():
+    images = np.zeros((2, 84, 84, 1), np.float32)
+    true = np.asarray(boxes.pixel_box(np.array([0, 40]), np.array([10, 50]), 28, 28, 84, 84))
+    predicted = transforms.get("attention").grid(jnp.asarray([[0.5, 0.1, 0.1]] * 2), 28, 28)
+    picture = tasks.get("colocalisation").draw(
+        {"image": images, "box": true}, [np.asarray(predicted)], [images[:, :28, :28]])
+    pixels = np.asarray(picture)
+    for colour in ((255, 64, 64), (64, 220, 64)):  # predicted red, true green
+        assert np.all(pixels == colour, axis=-1).sum() > 50
+
+
+def test_eval_sets_are_named_one_line_errors():
+    with pytest.raises(ValueError, match="--data must be one of test, validation, train"):
+        tasks.get("colocalisation").load_eval_set(coloc_config(), "npz:x.npz")
+    with pytest.raises(ValueError, match="--data must be 'test', 'validation' or 'npz:FILE'"):
+        tasks.get("addition").load_eval_set(addition_config(), "idx:/nowhere")
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_addition_short_run_beats_chance(tmp_path):
+    # Two transformers on undistorted pairs of the embedded sample: chance is 90% error.
+    config = addition_config("2xst_fcn,affine,quick")
+    config.train.steps = 600
+    config.train.lr_decay_every = 450
+    config.train.eval_every = config.train.checkpoint_every = 600
+    config.train.num_images = 4
+    results = training.train_and_evaluate(config, str(tmp_path))
+    assert results["test_error"] < 0.5 and results["validation_error"] < 0.5
+    assert (tmp_path / "images" / "transformer_latest.png").is_file()
+
+
+@pytest.mark.slow
+def test_colocalisation_short_run_beats_a_centred_box(tmp_path):
+    # Threes on the translated (T) canvases of the embedded sample, no label and no box used
+    # in training: the predicted boxes overlap the digits more than a fixed centred box does.
+    config = coloc_config("t,class=3,quick")
+    config.model.embedding.steps = 300
+    config.train.num_images = 2
+    results = training.train_and_evaluate(config, str(tmp_path))
+    assert results["test_iou"] > results["test_centre_box_iou"] + 0.05
+    assert results["validation_iou"] > results["validation_centre_box_iou"] + 0.05
