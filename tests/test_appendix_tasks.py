@@ -79,7 +79,7 @@ def test_addition_config_errors(field, value, message):
 @pytest.mark.parametrize("field,value,message", [
     ("data.digit_class", 10, "config.data.digit_class=10 must be in 0..9"),
     ("train.weight_decay", 5e-4, "must be 0: the embedding CNN is fixed"),
-    ("model.crop_size", 30, "config.model.crop_size=30 must be in 1..28"),
+    ("model.crop_size", 43, "config.model.crop_size=43 must be in 1..42"),
     ("train.batch_size", 1, "must be at least 2"),
     ("model.descriptor", "cosine", "config.model.descriptor='cosine' is unknown"),
 ])

@@ -152,7 +152,8 @@ def test_inside_attention_keeps_the_box_inside_and_inverts():
         models.inside_attention(models.inside_attention_inverse(start, 0.2), 0.2), start,
         atol=1e-5)
     capped = models.inside_attention(raw, 0.3, 0.45)
-    assert float(capped[:, 0].min()) >= 0.3 and float(capped[:, 0].max()) <= 0.45
+    # float32: a saturated sigmoid gives 0.3 + 0.15 * 1.0 = 0.45000002
+    assert float(capped[:, 0].min()) >= 0.3 - 1e-6 and float(capped[:, 0].max()) <= 0.45 + 1e-6
     start = jnp.asarray([[0.4, -0.3, 0.5]])
     np.testing.assert_allclose(models.inside_attention(
         models.inside_attention_inverse(start, 0.3, 0.45), 0.3, 0.45), start, atol=1e-5)

@@ -10,7 +10,9 @@ was chosen on validation). Without it, all 11 rows at the paper's setting (secti
 optimiser; an accelerator).
 
 Argument (comma-separated): `reduced`, and `key=value` for seeds=N (default 1),
-first_seed=K (default 0), data=SOURCE (`idx:DIR`, `tfds:NAME`, `sample`, or a bare folder).
+first_seed=K (default 0), data=SOURCE (`idx:DIR`, `tfds:NAME`, `sample`, or a bare folder),
+lrs=LIST (learning rates to compare on validation, e.g. `lrs=0.003,0.01`; each point's name
+gains `-lrV`; default: the config's rate).
 """
 from stn import config_args, sweeps
 
@@ -31,17 +33,24 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     """The addition sweep; see the module docstring for the argument."""
     opts = config_args.parse(arg, where="configs/sweeps/addition.py",
                              choices={"preset": ("reduced",)}, preset=None, seeds=1,
-                             first_seed=0, data=None)
+                             first_seed=0, data=None, lrs=[])
     models = REDUCED_MODELS if opts["preset"] else MODELS
+    try:
+        lrs = [float(v) for v in opts["lrs"]]
+    except ValueError:
+        raise ValueError(f"configs/sweeps/addition.py: lrs={','.join(opts['lrs'])} must be "
+                         f"numbers, e.g. lrs=0.003,0.01") from None
     common = {"data.source": sweeps.data_source(opts["data"])} if opts["data"] else {}
     points = []
-    for axis in sweeps.product(model=models,
+    for axis in sweeps.product(model=models, lr=lrs or [None],
                                seed=range(opts["first_seed"], opts["first_seed"] + opts["seeds"])):
-        (model, transform), seed = axis["model"], axis["seed"]
+        (model, transform), seed, lr = axis["model"], axis["seed"], axis["lr"]
+        tuned = {"train.learning_rate": lr} if lr is not None else {}
         parts = [model] + ([transform] if transform else []) + ([opts["preset"]]
                                                                  if opts["preset"] else [])
         points.append(sweeps.point(
-            name="-".join([model] + ([transform] if transform else []) + [f"s{seed}"]),
+            name="-".join([model] + ([transform] if transform else [])
+                          + ([f"lr{lr:g}"] if lr is not None else []) + [f"s{seed}"]),
             config="configs/mnist_addition.py:" + ",".join(parts),
-            overrides={"seed": seed, **common}))
+            overrides={"seed": seed, **tuned, **common}))
     return points

@@ -151,8 +151,11 @@ class CoLocaliser(nnx.Module):
         if rand_pos is not None:
             height, width = self.transformer.output_size
             patch = random_patch_params(theta, rand_pos, self.patch_scale)
-            grid = transforms.get("attention").grid(patch, height, width)
-            patches = sampling.sample(images, grid, kernel=self.transformer.kernel)
+            st = self.transformer
+            grid = transforms.get("attention").grid(patch, height, width,
+                                                    align_corners=st.align_corners)
+            patches = sampling.sample(images, grid, kernel=st.sampling_kernel(),
+                                      padding=st.padding, align_corners=st.align_corners)
             outputs["random_embedding"] = embed(self.embedding, patches, self.descriptor,
                                                 self.canvas)
         return outputs
