@@ -2,7 +2,6 @@
 pictures, and short end-to-end runs on the embedded sample (marked slow)."""
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -102,6 +101,18 @@ def test_sweeps():
     assert len(sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py"))) == 20
     with pytest.raises(ValueError, match="class 12"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py") + ":classes=12")
+    # The validation comparisons: one point per value, named by it, the value overridden.
+    tuned = sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":reduced,lrs=0.003,0.01")
+    assert len(tuned) == 14 and tuned[1]["name"] == "fcn-lr0.01-s0"
+    assert tuned[1]["overrides"]["train.learning_rate"] == 0.01
+    crops = sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py")
+                              + ":reduced,classes=3,data=t,crop_sizes=28,42")
+    assert [(p["name"], p["overrides"]["model.crop_size"]) for p in crops] == [
+        ("t-class3-crop28-s0", 28), ("t-class3-crop42-s0", 42)]
+    with pytest.raises(ValueError, match="lrs=fast must be numbers"):
+        sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":lrs=fast")
+    with pytest.raises(ValueError, match="crop_sizes=2.5 must be whole numbers"):
+        sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py") + ":crop_sizes=2.5")
 
 
 def _run(root: Path, name: str, config, **metrics) -> None:

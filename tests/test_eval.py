@@ -94,7 +94,6 @@ def test_eval_cli_last_line_is_json(trained):
 def test_evaluate_matches_numpy_at_every_eval_batch_size(batch_size):
     """The metrics of `evaluation.evaluate` equal an independent numpy computation from the
     model's logits, whatever the batch size (the padded last batch is masked out)."""
-    import jax
     from flax import nnx
     from stn import tasks
 

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from stn import plots, sampling, transforms
+from stn import plots, transforms
 from stn.data import addition, distortions, pipeline, sources
 from stn.models import addition as models
 from stn.tasks import Data, Task, classification
@@ -28,20 +28,10 @@ def validate_config(config) -> None:
     if models.transformer_count(model) and config.model.transform not in transforms.NAMES:
         raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
                          f"to one of {', '.join(transforms.NAMES)}")
-    for field, allowed in (("kernel", sampling.KERNELS), ("padding", sampling.PADDINGS)):
-        if config.model.get(field, allowed[0]) not in allowed:
-            raise ValueError(f"config.model.{field}={config.model[field]!r} is unknown; set it "
-                             f"to one of {', '.join(allowed)}")
     if int(config.model.get("st_output_size", 0)) < 0:
         raise ValueError(f"config.model.st_output_size={config.model.st_output_size} must be "
                          f">= 0 (0: the input's size)")
-    if config.data.distortion not in distortions.NAMES:
-        raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
-                         f"to one of {', '.join(distortions.NAMES)}")
-    sources.check_source(config.data.source, field="config.data.source")
-    if int(config.data.get("validation_size", 0)) < 0:
-        raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
-                         f">= 0 (0: no validation split)")
+    classification.validate_sampler_and_digits(config)
 
 
 def input_shape(config) -> tuple[int, int, int]:

@@ -22,15 +22,9 @@ from stn.tasks import Data, Task
 NUM_CLASSES = 10
 
 
-def validate_config(config) -> None:
-    """One-line ValueErrors for the model and data fields of a classification config."""
-    model = config.model.name
-    if model not in mnist.MODEL_NAMES:
-        raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
-                         f"{', '.join(mnist.MODEL_NAMES)}")
-    if model.startswith("st_") and config.model.transform not in transforms.names(2):
-        raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
-                         f"to one of {', '.join(transforms.names(2))}")
+def validate_sampler_and_digits(config) -> None:
+    """One-line ValueErrors for the fields every distorted-digit task shares: the sampler's
+    `model.kernel` and `model.padding`, `data.distortion`, `data.source`, `data.validation_size`."""
     for field, allowed in (("kernel", sampling.KERNELS), ("padding", sampling.PADDINGS)):
         if config.model.get(field, allowed[0]) not in allowed:
             raise ValueError(f"config.model.{field}={config.model[field]!r} is unknown; set it "
@@ -42,6 +36,18 @@ def validate_config(config) -> None:
     if int(config.data.get("validation_size", 0)) < 0:
         raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
                          f">= 0 (0: no validation split)")
+
+
+def validate_config(config) -> None:
+    """One-line ValueErrors for the model and data fields of a classification config."""
+    model = config.model.name
+    if model not in mnist.MODEL_NAMES:
+        raise ValueError(f"config.model.name={model!r} is unknown; set it to one of "
+                         f"{', '.join(mnist.MODEL_NAMES)}")
+    if model.startswith("st_") and config.model.transform not in transforms.names(2):
+        raise ValueError(f"config.model.transform={config.model.transform!r} is unknown; set it "
+                         f"to one of {', '.join(transforms.names(2))}")
+    validate_sampler_and_digits(config)
     try:  # builds nothing: shapes only, so a network too big for its input fails here
         nnx.eval_shape(lambda: make_model(config, input_shape(config), nnx.Rngs(0)))
     except ValueError as e:
