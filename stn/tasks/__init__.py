@@ -43,6 +43,13 @@ class Data:
     test: Batch
     input_shape: tuple[int, ...]
 
+    def require_validation(self) -> Batch:
+        """The validation set, or a one-line error when the config holds none out."""
+        if self.validation is None:
+            raise ValueError("the config has no validation split (config.data.validation_size "
+                             "is 0)")
+        return self.validation
+
 
 def default_forward(model: nnx.Module, batch: Batch) -> Any:
     """The model's outputs for a batch: `model(batch["image"])`."""

@@ -77,11 +77,7 @@ def load_eval_set(config, spec: str) -> tuple[dict, str]:
     if spec == "test":
         return _test_set(sources.load_digits(config.data.source), config), spec
     if spec == "validation":
-        validation = load_data(config).validation
-        if validation is None:
-            raise ValueError("the config has no validation split (config.data.validation_size "
-                             "is 0)")
-        return validation, spec
+        return load_data(config).require_validation(), spec
     if not spec.startswith("npz:"):
         raise ValueError(f"--data must be 'test', 'validation' or 'npz:FILE' for task "
                          f"'addition', got {spec!r}")

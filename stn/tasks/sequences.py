@@ -190,12 +190,10 @@ def fit_to_input(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
     """`test`, `validation`, or `npz:FILE` with `image` `[N, H, W, C]` (uint8, or float in
     [0, 1]) and `label` `[N, 5]` (digits, blank 10 after the end)."""
-    if spec in ("test", "validation"):
-        chosen = getattr(load_data(config), spec)
-        if chosen is None:
-            raise ValueError("the config has no validation split (config.data.validation_size "
-                             "is 0)")
-        return chosen, spec
+    if spec == "test":
+        return load_data(config).test, spec
+    if spec == "validation":
+        return load_data(config).require_validation(), spec
     if not spec.startswith("npz:"):
         raise ValueError(f"--data for task 'sequences' must be 'test', 'validation' or "
                          f"'npz:FILE', got {spec!r}")
