@@ -60,6 +60,7 @@ def transformer_grid_image(inputs: np.ndarray, outputs, grids=None, *, columns: 
                                         else [outputs])]
     if grids is not None and not isinstance(grids, (list, tuple)):
         grids = [grids]
+    grid_arrays = [np.asarray(g) for g in grids or []]
     n = inputs.shape[0]
     columns = max(1, min(columns, n))
     rows = (n + columns - 1) // columns
@@ -70,21 +71,7 @@ def transformer_grid_image(inputs: np.ndarray, outputs, grids=None, *, columns: 
     for i in range(n):
         r, c = divmod(i, columns)
         x0, y0 = c * block + pad, r * (cell + 2 * pad) + pad
-        h, w = inputs.shape[1:3]
-        # The input fills 70% of its cell, so a grid reaching outside it stays visible.
-        scale = 0.7 * cell / max(h, w)
-        inp = Image.fromarray(_to_rgb(inputs[i])).resize(
-            (round(w * scale), round(h * scale)), Image.NEAREST)
-        panel = Image.new("RGB", (cell, cell), (0, 0, 0))
-        off = ((cell - inp.width) // 2, (cell - inp.height) // 2)
-        panel.paste(inp, off)
-        draw = ImageDraw.Draw(panel)
-        draw.rectangle([off[0] - 1, off[1] - 1, off[0] + inp.width, off[1] + inp.height],
-                       outline=FRAME)
-        for k, grid in enumerate(grids or []):
-            points = grid_outline(np.asarray(grid)[i], h, w, scale, align_corners)
-            draw.line([(a + off[0], b + off[1]) for a, b in points],
-                      fill=OUTLINES[k % len(OUTLINES)], width=2)
+        panel = _outlined_panel(inputs[i], grid_arrays, i, cell, align_corners)
         canvas.paste(panel, (x0, y0))
         for k, output in enumerate(outputs):
             oh, ow = output.shape[1:3]
