@@ -7,8 +7,10 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from stn import boxes, sweeps, tables, tasks, training, transforms
+from stn.models import colocalisation as coloc_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,6 +170,35 @@ def test_eval_sets_are_named_one_line_errors():
         tasks.get("colocalisation").load_eval_set(coloc_config(), "npz:x.npz")
     with pytest.raises(ValueError, match="--data must be 'test', 'validation' or 'npz:FILE'"):
         tasks.get("addition").load_eval_set(addition_config(), "idx:/nowhere")
+
+
+# ----------------------------------------------------------------------------- loss landscape
+def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
+    # benchmarks/coloc_loss_landscape.py: the oracle box of half-side 1/3 is the true box
+    # (IoU 1); losses are finite hinge values; and the model's outputs at given boxes are what
+    # its own transformer crops (so the landscape probes the loss the runs train).
+    spec = importlib.util.spec_from_file_location(
+        "coloc_loss_landscape", ROOT / "benchmarks" / "coloc_loss_landscape.py")
+    landscape = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(landscape)
+    config = coloc_config("t,class=3,quick")
+    landscape.apply_override(config, "model.embedding.steps=5")
+    landscape.apply_override(config, "data.num_train=16")
+    assert config.model.embedding.steps == 5 and config.data.num_train == 16
+    rows = landscape.landscape(config, half_sides=(1 / 3, 0.9), repeats=1)
+    assert rows[0][1] == pytest.approx(1.0, abs=1e-5) and rows[1][1] < 0.2
+    assert all(np.isfinite(loss) and loss >= 0 for _, _, loss in rows)
+
+    task = tasks.get("colocalisation")
+    data = task.load_data(config)
+    model = task.make_model(config, data.input_shape, nnx.Rngs(0))
+    images = jnp.asarray(data.train_arrays[0][:4])
+    crops, theta = model.transformer(images, return_params=True)
+    given = model.outputs_at(images, theta)
+    np.testing.assert_allclose(
+        given["embedding"], coloc_models.embed(model.embedding, crops, model.descriptor,
+                                               model.canvas), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model(images)["embedding"], given["embedding"], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- end to end

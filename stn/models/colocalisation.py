@@ -144,21 +144,27 @@ class CoLocaliser(nnx.Module):
         `random_patch_params`) -> `{"theta": [B, 3], "box": [B, 4], "embedding": [B, D],
         "margin": float}` and, with `rand_pos`, `"random_embedding": [B, D]` (the random
         patch's descriptor)."""
-        crops, theta = self.transformer(images, return_params=True)
+        return self.outputs_at(images, self.transformer.loc_net(images), rand_pos)
+
+    def outputs_at(self, images: jax.Array, theta: jax.Array,
+                   rand_pos: jax.Array | None = None) -> dict:
+        """`__call__`'s outputs for the boxes `theta [B, 3]` given rather than localised (for
+        probing which boxes the loss prefers, benchmarks/coloc_loss_landscape.py)."""
         outputs = {"theta": theta, "box": boxes.attention_box(theta),
-                   "embedding": embed(self.embedding, crops, self.descriptor, self.canvas),
-                   "margin": self.margin}
+                   "embedding": self._descriptors(images, theta), "margin": self.margin}
         if rand_pos is not None:
-            height, width = self.transformer.output_size
             patch = random_patch_params(theta, rand_pos, self.patch_scale)
-            st = self.transformer
-            grid = transforms.get("attention").grid(patch, height, width,
-                                                    align_corners=st.align_corners)
-            patches = sampling.sample(images, grid, kernel=st.sampling_kernel(),
-                                      padding=st.padding, align_corners=st.align_corners)
-            outputs["random_embedding"] = embed(self.embedding, patches, self.descriptor,
-                                                self.canvas)
+            outputs["random_embedding"] = self._descriptors(images, patch)
         return outputs
+
+    def _descriptors(self, images: jax.Array, theta: jax.Array) -> jax.Array:
+        """The embedding's descriptors of the attention crops `theta` of `images`."""
+        st = self.transformer
+        grid = transforms.get("attention").grid(theta, *st.output_size,
+                                                align_corners=st.align_corners)
+        crops = sampling.sample(images, grid, kernel=st.sampling_kernel(), padding=st.padding,
+                                align_corners=st.align_corners)
+        return embed(self.embedding, crops, self.descriptor, self.canvas)
 
     def transformer_grids(self, images: jax.Array) -> list[jax.Array]:
         """The attention transformer's sampling grid `[B, h, w, 2]` (it sits on the input)."""
