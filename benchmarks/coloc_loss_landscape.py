@@ -15,38 +15,32 @@ optimiser will make the boxes pass IoU > 0.5. docs/addition_colocalisation.md ha
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import colocalisation as coloc_config  # noqa: E402
-from stn import boxes, tasks  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from stn import boxes, config_compare, tasks  # noqa: E402
 from stn.models import colocalisation as models  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "configs", "colocalisation.py")
 
 HALF_SIDES = (0.2, 0.25, 0.3, 1 / 3, 0.38, 0.42, 0.47, 0.5, 0.6, 0.7, 0.9)
 
 
-def apply_override(config, assignment: str) -> None:
-    """`model.crop_size=28` -> config.model.crop_size = 28 (the value parsed as a Python literal
-    where it is one, else kept as a string)."""
-    key, _, text = assignment.partition("=")
-    if not text:
-        raise SystemExit(f"override {assignment!r} must read dotted.key=value")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+def load_config(arg: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """configs/colocalisation.py's config for `arg` with `dotted.key=value` overrides, parsed
+    and type-checked exactly as `train.py --config=...:arg --config.KEY=VALUE` does."""
+    pairs = dict(item.partition("=")[::2] for item in overrides)
+    if any(not key or not value for key, value in pairs.items()):
+        raise SystemExit(f"overrides {overrides} must each read dotted.key=value")
+    return ml_collections.ConfigDict(config_compare.resolve(f"{CONFIG}:{arg}", pairs))
 
 
 def landscape(config, half_sides=HALF_SIDES, repeats: int = 4, seed: int = 0
@@ -79,9 +73,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
     parser.add_argument("--repeats", type=int, default=4, help="random-patch draws per size")
     args = parser.parse_args(argv)
-    config = coloc_config.get_config(args.arg)
-    for assignment in args.overrides:
-        apply_override(config, assignment)
+    try:
+        config = load_config(args.arg, args.overrides)
+    except ValueError as error:  # one line: an unknown field or a badly typed value
+        raise SystemExit(str(error)) from None
     print(f"{args.arg} {' '.join(args.overrides)} (jax {jax.__version__}, "
           f"{jax.devices()[0].platform})")
     print("half-side  IoU   loss")

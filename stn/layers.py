@@ -273,15 +273,25 @@ class SpatialTransformer(nnx.Module):
             raise ValueError(f"{self.transform_name} transforms {expected} inputs, got shape "
                              f"{x.shape}")
         theta = self.loc_net(x)
-        grid = self.transform.grid(theta, *self.output_size, align_corners=self.align_corners)
-        return theta, grid
+        return theta, self._grid(theta)
+
+    def _grid(self, theta: jax.Array) -> jax.Array:
+        return self.transform.grid(theta, *self.output_size, align_corners=self.align_corners)
+
+    def _sample(self, x: jax.Array, grid: jax.Array) -> jax.Array:
+        return sampling.sample(x, grid, kernel=self.sampling_kernel(), padding=self.padding,
+                               align_corners=self.align_corners)
+
+    def warp(self, x: jax.Array, theta: jax.Array) -> jax.Array:
+        """`x` sampled at the grid of given parameters `theta` (the loc net is not called): a
+        region other than the one localised, with this transformer's kernel and padding."""
+        return self._sample(x, self._grid(theta))
 
     def __call__(self, x: jax.Array, *, return_params: bool = False):
         """`[B, (D,) H, W, C]` -> `[B, *output_size, C]` (and `[B, P]` params if
         `return_params`)."""
         theta, grid = self.params_and_grid(x)
-        out = sampling.sample(x, grid, kernel=self.sampling_kernel(), padding=self.padding,
-                              align_corners=self.align_corners)
+        out = self._sample(x, grid)
         if return_params:
             return out, theta
         return out

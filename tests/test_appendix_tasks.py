@@ -15,11 +15,17 @@ from stn.models import colocalisation as coloc_models
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config_module(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+def module_at(relative_path):
+    """The Python file at `relative_path` under the repository root, imported."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def config_module(name):
+    return module_at(f"configs/{name}.py")
 
 
 def addition_config(arg="2xst_fcn,affine"):
@@ -177,13 +183,9 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     # benchmarks/coloc_loss_landscape.py: the oracle box of half-side 1/3 is the true box
     # (IoU 1); losses are finite hinge values; and the model's outputs at given boxes are what
     # its own transformer crops (so the landscape probes the loss the runs train).
-    spec = importlib.util.spec_from_file_location(
-        "coloc_loss_landscape", ROOT / "benchmarks" / "coloc_loss_landscape.py")
-    landscape = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(landscape)
-    config = coloc_config("t,class=3,quick")
-    landscape.apply_override(config, "model.embedding.steps=5")
-    landscape.apply_override(config, "data.num_train=16")
+    landscape = module_at("benchmarks/coloc_loss_landscape.py")
+    config = landscape.load_config("t,class=3,quick",
+                                   ["model.embedding.steps=5", "data.num_train=16"])
     assert config.model.embedding.steps == 5 and config.data.num_train == 16
     rows = landscape.landscape(config, half_sides=(1 / 3, 0.9), repeats=1)
     assert rows[0][1] == pytest.approx(1.0, abs=1e-5) and rows[1][1] < 0.2

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stn import boxes, layers, sampling, transforms
+from stn import boxes, layers
 from stn.models import mnist
 
 LOC_CONV = dict(features=8, kernel_size=9, stride=4)
@@ -159,11 +159,7 @@ class CoLocaliser(nnx.Module):
 
     def _descriptors(self, images: jax.Array, theta: jax.Array) -> jax.Array:
         """The embedding's descriptors of the attention crops `theta` of `images`."""
-        st = self.transformer
-        grid = transforms.get("attention").grid(theta, *st.output_size,
-                                                align_corners=st.align_corners)
-        crops = sampling.sample(images, grid, kernel=st.sampling_kernel(), padding=st.padding,
-                                align_corners=st.align_corners)
+        crops = self.transformer.warp(images, theta)
         return embed(self.embedding, crops, self.descriptor, self.canvas)
 
     def transformer_grids(self, images: jax.Array) -> list[jax.Array]:
