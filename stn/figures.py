@@ -190,7 +190,8 @@ def sweep_figure(summary: Mapping[str, Any], x: str | None = None, lines: str | 
                  ) -> tuple[Figure, str]:
     """(figure, one-line description): a panel for the ranking metric and one for its test
     twin (shared y axis), the mean over seeds against the `x` key with ±1 sd bars, one line per
-    value of the `lines` key (labelled `KEY = VALUE`), a ring on the best setting.
+    value of the `lines` key (errorbar containers labelled `KEY = VALUE`), a ring (gid `best`)
+    on the best setting.
 
     x is logarithmic when its values are numbers spanning more than a decade, evenly spaced
     categories when they are not numbers; y is logarithmic when the means span a decade. A NaN
@@ -255,7 +256,7 @@ def _sweep_line(ax, name: str, members: Sequence[Mapping[str, Any]], x_key: str,
     best = [(u, v) for u, v, s in zip(xs, ys, drawn) if s["best"]]
     if best:
         ax.scatter(*zip(*best), s=180, facecolors="none", edgecolors="black", linewidths=1.5,
-                   zorder=3, label="_best")
+                   zorder=3, label="_best", gid="best")
 
 
 # --------------------------------------------------------------------------------------------

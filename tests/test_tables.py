@@ -6,12 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from stn import tables
+from stn import figures, tables
 
 REPO = Path(__file__).resolve().parents[1]
-OURS_BLUE = (52, 101, 164)
 
 
 def _write(root: Path, name: str, test_error: float, **config) -> None:
@@ -94,18 +92,16 @@ def test_table2_marks_other_papers_models(tmp_path):
     assert "| ST-CNN Multi | 3.6 / — | 3.9 / — |" in md
 
 
-def test_figure_draws_our_bars_only_where_we_have_runs(table1_runs, tmp_path):
-    tables.make_table(table1_runs, 1)
-    with Image.open(table1_runs / "table1.png") as img:
-        assert img.width > 600 and img.height > 300
-        blue = sum(1 for px in img.convert("RGB").getdata() if px == OURS_BLUE)
-    assert blue > 50
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    tables.make_table(empty, 1)
-    with Image.open(empty / "table1.png") as img:
-        assert not any(px == OURS_BLUE for px in img.convert("RGB").getdata())
-    assert "Ours: no runs found." in (empty / "table1.md").read_text()
+def test_addition_runs_stay_out_of_table1(table1_runs):
+    # An addition run has Table 1's keys (distortion rts, model fcn) but another task.
+    _write(table1_runs, "addition-fcn", 0.5, seed=0, task="addition", data__distortion="rts",
+           model__name="fcn")
+    _write(table1_runs, "mnist-fcn", 0.04, seed=0, task="classification",
+           data__distortion="rts", model__name="fcn")
+    runs, _ = tables.collect_results(table1_runs)
+    built = tables.build_table(runs, tables.table_spec(1))
+    assert built["cells"][0][1]["values"] == pytest.approx([4.0])  # FCN, RTS: the MNIST run
+    assert any("addition-fcn" in path for path in built["ignored"])
 
 
 def test_cli(table1_runs):
@@ -115,7 +111,7 @@ def test_cli(table1_runs):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| CNN | 1.2 / 1.50±0.71 (n=2)" in out.stdout
-    assert (table1_runs / "table1.png").exists()
+    assert (table1_runs / "table1.png").exists() and not (table1_runs / "table1.pdf").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,23 +248,40 @@ def test_sweep_reports_missing_and_broken_runs(lr_sweep):
     assert summary["best"] is not None
 
 
-def _colour_pixels(path: Path, colour: tuple[int, int, int]) -> int:
-    with Image.open(path) as img:
-        return sum(1 for px in img.convert("RGB").getdata() if px == colour)
+def _sweep_lines(fig) -> dict[str, list[tuple[list, list]]]:
+    """{line label: [(x, y) in each panel]} of a sweep figure."""
+    lines: dict[str, list] = {}
+    for ax in fig.axes:
+        for container in ax.containers:  # each line is an errorbar: its data line comes first
+            line = container.lines[0]
+            lines.setdefault(container.get_label(), []).append(
+                (list(line.get_xdata()), list(line.get_ydata())))
+    return lines
 
 
 def test_sweep_figure(lr_sweep, tmp_path):
-    md, _ = tables.make_sweep_summary(lr_sweep)
+    md, summary = tables.make_sweep_summary(lr_sweep)
     assert ("Figure: sweep.png, validation error % and test error % against "
             "train.learning_rate, one line per model.loc_lr_multiplier.") in md
-    for colour in tables.PALETTE[:2]:  # one line per multiplier
-        assert _colour_pixels(lr_sweep / "sweep.png", colour) > 100
-    assert _colour_pixels(lr_sweep / "sweep.png", tables.PALETTE[2]) == 0
+    assert summary["figure"] == "sweep.png" and (lr_sweep / "sweep.png").is_file()
+    fig, _ = figures.sweep_figure(summary)
+    assert [ax.get_title() for ax in fig.axes] == ["validation error %", "test error %"]
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)  # lr spans two decades
+    lines = _sweep_lines(fig)
+    assert list(lines) == ["model.loc_lr_multiplier = 0.1", "model.loc_lr_multiplier = 1"]
+    (val_x, val_y), (test_x, test_y) = lines["model.loc_lr_multiplier = 0.1"]
+    assert val_x == test_x == pytest.approx([0.001, 0.01, 0.1])
+    assert val_y == pytest.approx([5.7, 2.5, 15.6])  # mean over seeds, in %
+    assert test_y == pytest.approx([4.2, 5.1, 14.1])
+    ring = [c.get_offsets().tolist() for c in fig.axes[0].collections if c.get_gid() == "best"]
+    assert ring == [[[0.01, pytest.approx(2.5)]]]  # the best setting, chosen on validation
     with pytest.raises(ValueError, match="--x='train.steps' is not a key that varies"):
         tables.make_sweep_summary(lr_sweep, x="train.steps")
-    md, _ = tables.make_sweep_summary(lr_sweep, x="model.loc_lr_multiplier")
+    md, summary = tables.make_sweep_summary(lr_sweep, x="model.loc_lr_multiplier")
     assert "against model.loc_lr_multiplier, one line per train.learning_rate" in md
-    assert _colour_pixels(lr_sweep / "sweep.png", tables.PALETTE[2]) > 100
+    lines = _sweep_lines(figures.sweep_figure(summary, x="model.loc_lr_multiplier")[0])
+    assert len(lines) == 3 and lines["train.learning_rate = 0.1"][0][1] == pytest.approx(
+        [15.6, 16.5])
 
     three = tmp_path / "three"
     for transform in ("affine", "tps"):
@@ -276,9 +289,11 @@ def test_sweep_figure(lr_sweep, tmp_path):
             for loc in (0.1, 1.0):
                 _sweep_run(three, f"{transform}-{lr:g}-{loc:g}", lr, loc, 0, lr + loc, 0.1,
                            transform)
-    md, _ = tables.make_sweep_summary(three)
+    md, summary = tables.make_sweep_summary(three)
     assert "against train.learning_rate, one line per model.transform; held at the best " \
            "setting: model.loc_lr_multiplier=0.1." in md
+    lines = _sweep_lines(figures.sweep_figure(summary)[0])
+    assert lines["model.transform = tps"][0] == ([0.01, 0.1], pytest.approx([11.0, 20.0]))
 
     single = tmp_path / "single"
     _sweep_run(single, "s0", 0.01, 1.0, 0, 0.1, 0.1)
@@ -306,20 +321,50 @@ def test_sweep_cli(lr_sweep, tmp_path):
     assert out.returncode == 1 and "unknown table '3'" in out.stderr
 
 
+def _curve_run(root: Path, name: str, points: list[dict], config: dict | None = None) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    if config is not None:
+        (root / name / "config.json").write_text(json.dumps(config))
+
+
 def test_curves_read_every_runs_metrics_and_draw_them(tmp_path):
     for run, errors in (("a", [0.5, 0.2]), ("b", [0.6, 0.4])):
-        (tmp_path / run).mkdir()
         lines = [{"step": 10, "train_loss": 1.0}]
         lines += [{"step": 100 * (i + 1), "validation_error": e} for i, e in enumerate(errors)]
         lines += [{"step": 200, "test_error": round(errors[-1] + 0.01, 6)}]
-        (tmp_path / run / "metrics.jsonl").write_text(
-            "".join(json.dumps(line) + "\n" for line in lines))
+        _curve_run(tmp_path, run, lines, {"task": "classification", "data": {
+            "distortion": "rts"}, "model": {"name": "cnn"}} if run == "a" else None)
     curves = tables.collect_curves(tmp_path)
     assert curves["a"] == {"validation_error": [(100, 0.5), (200, 0.2)],
                            "test_error": [(200, 0.21)]}
     markdown = tables.make_curves(tmp_path)
     assert "| b | 200 | 40.00 | 41.00 |" in markdown and "| a | 100 | 50.00 | — |" in markdown
+    assert "The paper's test error: a: 0.8% (CNN, RTS)." in markdown  # b has no config
     assert (tmp_path / "curves.png").stat().st_size > 0
+    fig = figures.curves_figure(curves, tables.curve_references(tmp_path, list(curves)))
+    validation, test = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["validation error %", "test error %"]
+    runs = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in validation.get_lines() if line.get_gid() != "paper"}
+    assert runs == {"a": ([100, 200], pytest.approx([50.0, 20.0])),
+                    "b": ([100, 200], pytest.approx([60.0, 40.0]))}
+    assert [(l.get_xdata().tolist(), l.get_ydata().tolist()) for l in test.get_lines()
+            if l.get_label() == "b"] == [([200], pytest.approx([41.0]))]
+    for ax in fig.axes:  # the paper's 0.8% for CNN on RTS, one horizontal line per panel
+        paper = [line for line in ax.get_lines() if line.get_gid() == "paper"]
+        assert [line.get_label() for line in paper] == ["paper: CNN, RTS"]
+        assert list(paper[0].get_ydata()) == [0.8, 0.8]
+        assert ax.get_xscale() == "linear"  # 100 to 200 steps: not a decade
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no metrics.jsonl"):
         tables.make_curves(tmp_path / "empty")
+
+
+def test_curves_log_steps_when_runs_span_decades(tmp_path):
+    _curve_run(tmp_path, "long", [{"step": s, "validation_error": e}
+                                  for s, e in ((100, 0.5), (1000, 0.1), (10000, 0.02))])
+    fig = figures.curves_figure(tables.collect_curves(tmp_path))
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert fig.axes[0].get_yscale() == "log"  # 50% to 2%: more than a decade
+    assert not any(line.get_gid() == "paper" for ax in fig.axes for line in ax.get_lines())
