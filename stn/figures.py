@@ -105,8 +105,11 @@ def table_figure(built: Mapping[str, Any], spec: Mapping[str, Any]) -> Figure:
             ax.set_title(col["label"])
         axes[0].set_ylabel(spec.get("unit", "error %"))
         axes[0].set_ylim(bottom=0)
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper right", ncols=3)
+        legend: dict[str, Any] = {}  # every panel's entries once (a cross may be in one only)
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=3)
         fig.suptitle(spec["title"] + ": paper vs ours", x=0.02, ha="left")
     return fig
 
@@ -121,11 +124,12 @@ def _table_panel(ax, rows: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[
     ax.bar([i - 0.2 for i, _ in paper], [v for _, v in paper], width=0.4,
            color=PAPER_COLOUR, label="paper")
     ax.bar([i + 0.2 for i, _ in ours], [s["mean"] for _, s in ours], width=0.4,
-           yerr=[s["std"] if s["n"] > 1 else 0.0 for _, s in ours],
+           yerr=[s["std"] if s["n"] > 1 else math.nan for _, s in ours],  # NaN: no whisker
            error_kw={"capsize": 3, "elinewidth": 1}, color=OURS_COLOUR,
            label="ours (±1 sd over seeds)")
-    ax.plot([i + 0.2 for i in no_run], [0.0] * len(no_run), "x", color=MISSING_COLOUR,
-            markersize=7, clip_on=False, label="no run", linestyle="none")
+    if no_run:  # (an empty unclipped line would break the layout)
+        ax.plot([i + 0.2 for i in no_run], [0.0] * len(no_run), "x", color=MISSING_COLOUR,
+                markersize=7, clip_on=False, label="no run", linestyle="none")
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=90)
     ax.set_xlim(-0.7, len(rows) - 0.3)
 
@@ -234,7 +238,8 @@ def sweep_figure(summary: Mapping[str, Any], x: str | None = None, lines: str | 
         unit = "error %" if metric.endswith("error") else metric[len(VALIDATION):].replace("_", " ")
         axes[0].set_ylabel(unit)
         if line_key:
-            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+                       ncols=2)
         subtitle = "mean over seeds, bar = ±1 sd; " + (
             f"ring = best by {metric}" if summary["best"] else f"no best setting ({metric} "
                                                                 f"missing)") + held_text
@@ -303,7 +308,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]
                 ax.set_yscale("log")
                 _plain_log_axis(ax.yaxis)
         axes[0].set_ylabel("error %")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
         fig.suptitle("error against training steps: one line per run"
                      + ("; dotted: the paper's test error" if drawn_refs else ""),
                      x=0.02, ha="left")

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,23 @@ def test_table_figure_of_other_papers_models_has_no_cross(tmp_path):
     crosses = [line for line in col64.get_lines() if line.get_label() == "no run"][0]
     # Maxout CNN (0) and DRAM* (2) are other papers' models: no run is expected of them.
     assert list(crosses.get_xdata()) == pytest.approx([1.2, 3.2, 4.2])
+
+
+def test_table_figure_with_every_cell_run_keeps_its_layout(tmp_path):
+    # No cross to draw: an empty unclipped marker line once collapsed the layout.
+    for variant in ("64px", "128px"):
+        for model in ("cnn", "st_cnn_single", "st_cnn_multi"):
+            _results(tmp_path, f"{variant}-{model}", {"data": {"variant": variant},
+                                                      "model": {"name": model}}, test_error=0.05)
+    spec = tables.table_spec(2)
+    runs, _ = tables.collect_results(tmp_path)
+    fig = figures.table_figure(tables.build_table(runs, spec), spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" is a warning
+        figures.save_figure(fig, tmp_path / "t.png")
+    assert all(ax.get_position().width > 0.25 for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["paper",
+                                                                  "ours (±1 sd over seeds)"]
 
 
 def _sweep_folder(root: Path) -> float:
