@@ -188,3 +188,25 @@ def test_no_chart_is_drawn_by_hand():
     charting = {str(p.relative_to(REPO)) for p in (REPO / "stn").rglob("*.py")
                 if "matplotlib" in p.read_text() and "import matplotlib" in p.read_text()}
     assert charting == {"stn/figures.py"}
+
+
+def test_docs_charts_are_redrawn_from_the_numbers_the_docs_print(tmp_path):
+    from test_appendix_tasks import module_at
+    redraw = module_at("benchmarks/redraw_doc_charts.py")
+    docs = REPO / "docs"
+    cells = redraw.table1(docs)["cells"]
+    assert cells[0][1]["ours"] == {"n": 3, "mean": 17.08, "std": 0.28, "min": 17.08,
+                                   "max": 17.08}  # FCN, RTS: "5.2 / 17.08±0.28", 3 seeds
+    assert cells[7][3]["ours"]["mean"] == 2.45 and cells[7][3]["ours"]["n"] == 1
+    addition = redraw.addition(docs)["cells"]
+    assert addition[1][0]["ours"]["mean"] == pytest.approx(73.525)  # CNN: 73.80, 73.25
+    assert addition[3][0]["ours"] is None  # ST-FCN Proj: not run
+    coloc = redraw.colocalisation(docs)["cells"]
+    assert coloc[9][0]["ours"]["mean"] == 24.9 and coloc[9][1]["ours"]["mean"] == 0.0
+    summary = redraw.tuning(docs)
+    assert summary["best"]["values"] == {"model.loc_lr_multiplier": 0.1,
+                                         "train.learning_rate": 0.03}
+    assert len(summary["settings"]) == 6
+    lines = {c.get_label(): list(c.lines[0].get_ydata())
+             for c in figures.sweep_figure(summary)[0].axes[0].containers}
+    assert lines["model.loc_lr_multiplier = 1"] == pytest.approx([3.3, 17.2, 88.6])
