@@ -235,6 +235,8 @@ def sweep_figure(summary: Mapping[str, Any], x: str | None = None, lines: str | 
             if spans_decade(means):
                 ax.set_yscale("log")
                 _plain_log_axis(ax.yaxis)
+            elif all(m >= 0 for m in means):
+                ax.set_ylim(bottom=0)  # an error, loss or accuracy: a bar below 0 is cut off
         unit = "error %" if metric.endswith("error") else metric[len(VALIDATION):].replace("_", " ")
         axes[0].set_ylabel(unit)
         if line_key:
@@ -307,6 +309,8 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]
             if spans_decade(errors + [v for _, v in drawn_refs]):
                 ax.set_yscale("log")
                 _plain_log_axis(ax.yaxis)
+            else:
+                ax.set_ylim(bottom=0)
         axes[0].set_ylabel("error %")
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
         fig.suptitle("error against training steps: one line per run"

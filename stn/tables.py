@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from stn import figures
-from stn.figures import PALETTE, plot_keys  # noqa: F401  (re-exported: stn.tables' old API)
+# Re-exported: the names scripts and tests used from stn.tables before it was split.
 from stn.results_collect import (build_table, collect_curves, collect_results,  # noqa: F401
                                  curve_references, paper_results, table_spec)
 from stn.results_render import (render_curves_markdown, render_markdown,  # noqa: F401
@@ -58,9 +58,8 @@ class Request:
     lines: str | None = None
     ignore: tuple[str, ...] = ()
 
-    @property
     def out(self) -> Path:
-        """The folder the files go to (created)."""
+        """The folder the files go to, created if absent."""
         out = Path(self.out_dir or self.workdir)
         out.mkdir(parents=True, exist_ok=True)
         return out
@@ -92,7 +91,7 @@ def build_paper_table(table: str | int, request: Request) -> Written:
                                      required=(spec.get("metric", "test_error"),))
     built = build_table(runs, spec)
     markdown = render_markdown(built, spec, paper_results()["citation"], problems)
-    out = request.out
+    out = request.out()
     files = [_write_text(out / f"table{table}.md", markdown),
              _write_text(out / f"table{table}.json",
                          json.dumps(table_json(table, built, spec), indent=1) + "\n")]
@@ -107,7 +106,7 @@ def build_sweep(request: Request) -> Written:
     an older sweep.png is then removed); `refused` is set when no setting can be chosen."""
     runs, problems = collect_results(request.workdir, required=())
     summary = summarize_sweep(runs, request.metric, request.ignore)
-    out, note, figure_files = request.out, None, []
+    out, note, figure_files = request.out(), None, []
     summary["figure"] = None
     if request.figure:
         try:
@@ -141,10 +140,10 @@ def build_curves(request: Request) -> Written:
     if references:
         markdown += "\n\nThe paper's test error: " + "; ".join(
             f"{run}: {value:g}% ({label})" for run, (label, value) in references.items()) + "."
-    files = [_write_text(request.out / "curves.md", markdown + "\n")]
+    files = [_write_text(request.out() / "curves.md", markdown + "\n")]
     if request.figure:
         files += figures.save_figure(figures.curves_figure(curves, references),
-                                     request.out / "curves.png", request.formats)
+                                     request.out() / "curves.png", request.formats)
     return Written(markdown, files)
 
 

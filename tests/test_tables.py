@@ -267,6 +267,7 @@ def test_sweep_figure(lr_sweep, tmp_path):
     fig, _ = figures.sweep_figure(summary)
     assert [ax.get_title() for ax in fig.axes] == ["validation error %", "test error %"]
     assert all(ax.get_xscale() == "log" for ax in fig.axes)  # lr spans two decades
+    assert fig.axes[0].get_yscale() == "log"  # means from 1.1% (test) to 16.5% (validation)
     lines = _sweep_lines(fig)
     assert list(lines) == ["model.loc_lr_multiplier = 0.1", "model.loc_lr_multiplier = 1"]
     (val_x, val_y), (test_x, test_y) = lines["model.loc_lr_multiplier = 0.1"]
@@ -356,6 +357,7 @@ def test_curves_read_every_runs_metrics_and_draw_them(tmp_path):
         assert [line.get_label() for line in paper] == ["paper: CNN, RTS"]
         assert list(paper[0].get_ydata()) == [0.8, 0.8]
         assert ax.get_xscale() == "linear"  # 100 to 200 steps: not a decade
+        assert ax.get_yscale() == "log"  # 20-60% and the paper's 0.8%: more than a decade
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no metrics.jsonl"):
         tables.make_curves(tmp_path / "empty")
@@ -368,3 +370,6 @@ def test_curves_log_steps_when_runs_span_decades(tmp_path):
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
     assert fig.axes[0].get_yscale() == "log"  # 50% to 2%: more than a decade
     assert not any(line.get_gid() == "paper" for ax in fig.axes for line in ax.get_lines())
+    fig = figures.curves_figure({"short": {"validation_error": [(10, 0.3), (20, 0.2)]}})
+    assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "linear"
+    assert fig.axes[0].get_ylim()[0] == 0  # errors from 0 on a linear axis
