@@ -11,8 +11,8 @@ restyle or inspect; `save_figure` writes it as PNG and, when asked, as PDF or SV
 - `curves_figure`: validation and test error against steps, one line per run, the paper's number
   as a dotted horizontal line where a table gives one.
 
-Styles: every figure is drawn under `STYLE` (matplotlib rcParams), inside any
-`matplotlib.rc_context` the caller opens, so fonts or sizes can be changed without editing this.
+Style: every figure is drawn and saved under `STYLE` (matplotlib rcParams); change that dict,
+or open a `matplotlib.rc_context` around the call for any rcParam it does not set.
 """
 from __future__ import annotations
 
@@ -92,8 +92,9 @@ def _plain_log_axis(axis) -> None:
 
 def table_figure(built: Mapping[str, Any], spec: Mapping[str, Any]) -> Figure:
     """One panel per column, one pair of bars per model: the paper's value (grey, container
-    label `paper`) beside ours (blue, label `ours`: the mean over seeds, a ±1 sd whisker where
-    a cell has several), a cross (label `no run`) where a model we run has no run yet.
+    label `paper`) beside ours (blue, label `ours (±1 sd over seeds)`: the mean over seeds, a
+    whisker where a cell has several), a cross (line label `no run`) where a model we run has
+    no run yet.
 
     Bars sit at x = row index -/+ 0.2; cells without a value have no bar."""
     rows, cols, cells = spec["rows"], spec["columns"], built["cells"]
