@@ -76,6 +76,7 @@ class Written:
 
 
 def _write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path`; returns `path` (for the list of files written)."""
     path.write_text(text)
     return path
 
