@@ -18,7 +18,9 @@ from typing import Any
 #: computation is spread: how often to log, evaluate and checkpoint, how many checkpoints and
 #: pictures to keep (checkpoint/resume is bit-identical, docs/training.md), the evaluation
 #: batch (padding is masked out), multi-host start-up, and where the SVHN archives are read
-#: from the first time the prepared set is built.
+#: from the first time the prepared set is built. tests/test_config_fields.py classes every
+#: field of every config file and checks this set against its harmless class (and by
+#: training, that changing them leaves the numbers bit-identical).
 NON_COMPUTATIONAL = frozenset({
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.num_images", "train.max_steps_in_flight", "eval.batch_size",
