@@ -404,9 +404,6 @@ def train_and_evaluate(config, workdir: str, *,
         # -- data (read before anything is written: its checks may still refuse the run, and a
         # refused run leaves neither config.json nor the lock, stn.run_lock)
         data = task.load_data(config)
-        if is_main:
-            metrics_io.write_text(os.path.join(workdir, "config.json"),
-                                  json.dumps(config.to_dict(), indent=2, sort_keys=True))
         mesh = parallel.make_mesh()
         replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
         train_arrays = parallel.global_tree(data.train_arrays, replicated)
@@ -423,6 +420,10 @@ def train_and_evaluate(config, workdir: str, *,
                              in_shardings=(replicated, replicated, sharded),
                              out_shardings=(replicated, replicated, replicated),
                              donate_argnums=(0, 1))
+
+        if is_main:  # every check passed: from here on the workdir holds this run
+            metrics_io.write_text(os.path.join(workdir, "config.json"),
+                                  json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
         # -- checkpoint: resume from the newest one that verifies
         mngr = checkpointing.manager(workdir, max_to_keep=int(config.train.keep_checkpoints))
