@@ -23,7 +23,7 @@ from flax import nnx
 
 from stn import (checkpointing, config_compare, evaluation, layers, metrics_io, models, parallel,
                  plots, sampling, tasks)
-from stn.run_lock import workdir_lock  # noqa: F401 (part of this module's interface)
+from stn.run_lock import workdir_lock
 
 
 class TrainingInterrupted(RuntimeError):
