@@ -10,6 +10,7 @@ differing field, and a rerun resumes only the same config.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,7 +18,9 @@ from typing import Any
 #: computation is spread: how often to log, evaluate and checkpoint, how many checkpoints and
 #: pictures to keep (checkpoint/resume is bit-identical, docs/training.md), the evaluation
 #: batch (padding is masked out), multi-host start-up, and where the SVHN archives are read
-#: from the first time the prepared set is built.
+#: from the first time the prepared set is built. tests/test_config_fields.py classes every
+#: field of every config file and checks this set against its harmless class (and by
+#: training, that changing them leaves the numbers bit-identical).
 NON_COMPUTATIONAL = frozenset({
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.num_images", "train.max_steps_in_flight", "eval.batch_size",
@@ -119,6 +122,28 @@ def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any], *,
             continue
         names.append(name)
     return names
+
+
+def non_finite_fields(config: Mapping[str, Any]) -> list[str]:
+    """Sorted dotted names of the float fields (or float items of list fields) of `config`
+    that are NaN or infinite."""
+    def bad(value) -> bool:
+        if isinstance(value, (list, tuple)):
+            return any(bad(v) for v in value)
+        return isinstance(value, float) and not math.isfinite(value)
+    return sorted(name for name, value in flatten(config).items() if bad(value))
+
+
+def check_finite(config: Mapping[str, Any]) -> None:
+    """Refuses (one-line ValueError naming the fields) a config with a NaN or infinite number:
+    no field of any config means anything by one, and a NaN only shows up later as a
+    'diverged' run."""
+    fields = non_finite_fields(config)
+    if fields:
+        flat = flatten(config)
+        shown = ", ".join(f"config.{name}={flat[name]}" for name in fields)
+        raise ValueError(f"{shown}: every number of a config must be finite; set "
+                         f"{'it' if len(fields) == 1 else 'them'} to a finite value")
 
 
 def describe(old: Mapping[str, Any], new: Mapping[str, Any], fields: list[str],

@@ -11,6 +11,7 @@ initialisation, appendix A). This layer imports only layer 1 (`stn.transforms`, 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -47,6 +48,11 @@ def max_pool(x: jax.Array, size: int = 2, padding: str = "VALID") -> jax.Array:
     windows = x[:, :out_h * size, :out_w * size].reshape(batch, out_h, size, out_w, size,
                                                            channels)
     return windows.max(axis=(2, 4))
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """`[B, ...]` -> `[B, F]`; unlike `reshape(B, -1)` it also holds for an empty batch."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 class RegressionLayer(nnx.Linear):
@@ -134,7 +140,7 @@ class ReluStack(nnx.Module):
         self.out_features = features
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
+        h = flatten(x)
         for layer in self.layers:
             h = jax.nn.relu(layer(h))
         return h
@@ -196,7 +202,7 @@ class ConvLocNet(LocalisationNet):
             h = jax.nn.relu(conv(h))
             if i < len(self.convs) - 1:
                 h = max_pool(h)
-        h = jax.nn.relu(self.fc(h.reshape(h.shape[0], -1)))
+        h = jax.nn.relu(self.fc(flatten(h)))
         return self.regression(h)
 
 
@@ -330,7 +336,7 @@ class ConvLocNet3D(LocalisationNet):
         h = x
         for conv in self.convs:
             h = nnx.max_pool(jax.nn.relu(conv(h)), (2, 2, 2), strides=(2, 2, 2))
-        h = jax.nn.relu(self.fc(h.reshape(h.shape[0], -1)))
+        h = jax.nn.relu(self.fc(flatten(h)))
         return self.regression(h)
 
 

@@ -25,6 +25,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._events = None
+        self._kept: set[tuple] = set()  # (step, keys) of the records kept by truncate_after
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
@@ -36,8 +37,11 @@ class MetricWriter:
         values = {k: float(v) for k, v in scalars.items()}
         record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v))
                                         for k, v in values.items()}}
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if _identity(record) in self._kept:  # redone after a resume: replace, never repeat
+            self._replace(record)
+        else:
+            with open(self.jsonl_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         summary = summary_pb2.Summary(value=[
             summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
@@ -60,6 +64,15 @@ class MetricWriter:
             return
         kept = [r for r in read_jsonl(self.jsonl_path) if int(r.get("step", 0)) <= step]
         write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._kept = {_identity(r) for r in kept}
+
+    def _replace(self, record: dict) -> None:
+        """Rewrites `metrics.jsonl` with `record` in place of the kept one of its step and keys
+        (an evaluation redone by a resumed or evaluating-only rerun is held once)."""
+        records = [record if _identity(r) == _identity(record) else r
+                   for r in read_jsonl(self.jsonl_path)]
+        write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in records))
+        self._kept.discard(_identity(record))
 
     def flush(self) -> None:
         if self._events is not None:
@@ -69,6 +82,18 @@ class MetricWriter:
         if self._events is not None:
             self._events.close()
             self._events = None
+
+
+def _identity(record: Mapping) -> tuple:
+    """What makes a metrics record one event: its step and the names it holds."""
+    return int(record.get("step", 0)), frozenset(k for k in record if k != "step")
+
+
+def recorded_keys(path: str, step: int) -> set[str]:
+    """Every metric name recorded at `step` in the `metrics.jsonl` at `path` (empty if none)."""
+    if not os.path.exists(path):
+        return set()
+    return {k for r in read_jsonl(path) if int(r.get("step", 0)) == step for k in r} - {"step"}
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -87,6 +112,8 @@ def write_text(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, path) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

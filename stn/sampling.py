@@ -573,8 +573,21 @@ def sample(
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid
       points give 0 (module docstring).
     """
+    image, grid = jnp.asarray(image), jnp.asarray(grid)
+    if image.size == 0 or grid.size == 0:  # an empty batch, channel axis or grid
+        return _empty_output(image, grid, kernel, padding)
     return _sample(image, grid, kernel=kernel, padding=padding, align_corners=align_corners,
                    method="auto")
+
+
+def _empty_output(image: jax.Array, grid: jax.Array, kernel: KernelSpec,
+                  padding: str) -> jax.Array:
+    """``sample``'s result when there is nothing to sample (no examples, channels or points):
+    zeros of the right shape ``[B, *grid_size, C]`` (checked as ``sample`` checks), since the
+    samplers' index arithmetic divides by these sizes."""
+    _check_inputs(image, grid, padding)  # the grid's leading axes hold the batch axis, if any
+    axis_kernels(kernel, grid.shape[-1])
+    return jnp.zeros((*grid.shape[:-1], image.shape[-1]), image.dtype)
 
 
 def _pick_method(image: jax.Array, kernels: Sequence[kernel_lib.Kernel], method: str) -> str:

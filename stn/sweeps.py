@@ -16,7 +16,9 @@ Every point becomes `python .../train.py --config=CONFIG --workdir=WORKDIR/NAME 
 (the train.py beside the `stn` package), run as an argv list (never through a shell), its output
 in `WORKDIR/NAME/log.txt`. A point whose finished run has the point's config is skipped, so
 re-running the same command resumes a sweep; a point whose existing run has another config is
-refused (or, with --rerun_changed, its old run is moved aside and the point runs afresh).
+refused (or, with --rerun_changed, its old run is moved aside and the point runs afresh). A
+point whose folder is locked by a live run (stn.run_lock) is never moved, restarted or marked
+changed: it is refused in one line naming that process, and the sweep goes on with the others.
 SIGTERM or Ctrl-C stops the running points as a direct SIGTERM would (they save a checkpoint)
 and starts no new ones.
 """
@@ -41,7 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stn import config_compare
+from stn import config_compare, run_lock
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -236,12 +238,14 @@ class Plan:
 
     `todo`: points to run (fresh, resuming a checkpoint of the same config, or a finished run
     whose `train.steps` grew); `skipped`: names of points whose finished run has their config;
-    `changed`: name -> description of the fields in which an existing run differs.
+    `changed`: name -> description of the fields in which an existing run differs; `busy`:
+    name -> id of the live process whose run holds the point's folder (0: it wrote no id).
     """
 
     todo: list[dict[str, Any]]
     skipped: list[str]
     changed: dict[str, str]
+    busy: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def existing_config(run_dir: Path) -> tuple[str, dict[str, Any] | None] | None:
@@ -269,6 +273,10 @@ def plan_sweep(points: Sequence[dict[str, Any]], workdir: str | os.PathLike) -> 
     """
     plan = Plan([], [], {})
     for p in points:
+        holder = run_lock.live_holder(str(point_dir(p, workdir)))
+        if holder is not None:  # a live run: whatever its config, it is not ours to touch
+            plan.busy[p["name"]] = holder
+            continue
         existing = existing_config(point_dir(p, workdir))
         if existing is None:
             plan.todo.append(p)
@@ -308,14 +316,30 @@ def superseded_dir(workdir: Path) -> Path:
     return workdir.parent / f"{workdir.name}.superseded"
 
 
-def move_aside(names: Iterable[str], workdir: Path, log=print) -> None:
-    """Move each named run folder to `superseded_dir(workdir)/NAME-<time>`."""
+def busy_line(name: str, workdir: Path, pid: int) -> str:
+    """The one line that refuses a point whose folder a live run holds."""
+    who = f"process {pid}" if pid else "a live process (it wrote no id)"
+    return (f"refused {name}: its run in {workdir / name} is live ({who} holds its lock); it is "
+            f"not moved, restarted or marked changed; rerun the sweep once that run has ended")
+
+
+def move_aside(names: Iterable[str], workdir: Path, log=print) -> dict[str, int]:
+    """Move each named run folder to `superseded_dir(workdir)/NAME-<time>`, holding its lock
+    while it moves (so no run can start in it, and a live one is never moved). Returns
+    name -> holder's process id for the folders left in place because a live run holds them."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    busy = {}
     for name in names:
         target = superseded_dir(workdir) / f"{name}-{stamp}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(workdir / name), str(target))
-        log(f"moved the old run of {name} to {target}")
+        with run_lock.held_or_none(str(workdir / name)) as holder:
+            if holder is None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(workdir / name), str(target))
+        if holder is None:
+            log(f"moved the old run of {name} to {target}")
+        else:  # a run started in it since the plan was made
+            busy[name] = holder
+    return busy
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,15 +459,16 @@ def child_env(parallel: int) -> dict[str, str]:
 def run_sweep(points: Sequence[dict[str, Any]], workdir: str | os.PathLike, *, parallel: int = 1,
               python: str = sys.executable, train_script: str | None = None,
               skipped: Sequence[str] = (), train_flags: Sequence[str] = (),
-              log=print) -> dict[str, Any]:
+              busy: Sequence[str] = (), log=print) -> dict[str, Any]:
     """Run `points`, `parallel` at a time; a failure does not stop the others, a signal does.
 
-    `skipped` names the points left out as finished (reported only). On SIGTERM or SIGINT the
-    running points are sent SIGTERM (they save a checkpoint) and no new one starts.
+    `skipped` names the points left out as finished, `busy` those refused because a live run
+    holds them (both reported only). On SIGTERM or SIGINT the running points are sent SIGTERM
+    (they save a checkpoint) and no new one starts.
 
-    Returns {"done": [...], "skipped": [names], "failed": [...], "stopped": [...],
-    "not_started": [names], "signal": signum or None}; done/failed/stopped hold `run_point`
-    outcomes.
+    Returns {"done": [...], "skipped": [names], "busy": [names], "failed": [...],
+    "stopped": [...], "not_started": [names], "signal": signum or None}; done/failed/stopped
+    hold `run_point` outcomes.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
@@ -454,8 +479,8 @@ def run_sweep(points: Sequence[dict[str, Any]], workdir: str | os.PathLike, *, p
         log(f"skipping {len(skipped)} finished point(s) (their results.json has the same config)")
     log(f"running {len(points)} point(s), {parallel} at a time, in {workdir}")
     env = child_env(parallel)
-    summary: dict[str, Any] = {"done": [], "skipped": list(skipped), "failed": [], "stopped": [],
-                               "not_started": [], "signal": None}
+    summary: dict[str, Any] = {"done": [], "skipped": list(skipped), "busy": list(busy),
+                               "failed": [], "stopped": [], "not_started": [], "signal": None}
     lock = threading.Lock()
     counter = itertools.count(1)
 
@@ -507,6 +532,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """A few lines saying what ran, what was skipped and where the failures' logs are."""
     lines = [f"sweep summary: {len(summary['done'])} done, {len(summary['skipped'])} skipped "
              f"(already finished), {len(summary['failed'])} failed"
+             + (f", {len(summary['busy'])} refused (live runs: {', '.join(summary['busy'])})"
+                if summary.get("busy") else "")
              + (f", {len(summary['stopped'])} stopped, {len(summary['not_started'])} not started"
                 if summary.get("signal") else "")]
     for f in summary["failed"]:
@@ -547,7 +574,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"# would move the old runs of {', '.join(plan.changed)} to "
               f"{superseded_dir(workdir)}/ and run those points afresh")
     elif plan.changed:
-        move_aside(plan.changed, workdir)
+        plan.busy.update(move_aside(plan.changed, workdir))
+        plan.changed = {k: v for k, v in plan.changed.items() if k not in plan.busy}
+    for name, pid in plan.busy.items():
+        print(busy_line(name, workdir, pid), file=sys.stderr, flush=True)
     run_names = {p["name"] for p in plan.todo} | set(plan.changed)
     todo = [p for p in points if p["name"] in run_names]  # in the sweep's order
 
@@ -567,12 +597,13 @@ def main(argv: Sequence[str]) -> int:
         return 0
     write_manifest(points, workdir, [command(p) for p in points], f.sweep)
     summary = run_sweep(todo, workdir, parallel=f.parallel, python=f.python,
-                        train_script=train_script, skipped=plan.skipped, train_flags=train_flags)
+                        train_script=train_script, skipped=plan.skipped, train_flags=train_flags,
+                        busy=list(plan.busy))
     print(format_summary(summary), flush=True)
     if summary["signal"] is not None:
         print(stopped_message(summary), file=sys.stderr)
         return STOPPED_EXIT
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or summary["busy"] else 0
 
 
 def _define_flags() -> None:

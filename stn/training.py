@@ -7,8 +7,6 @@ docs/training.md for what a run writes, and how it resumes, stops and refuses.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
 import math
@@ -25,6 +23,7 @@ from flax import nnx
 
 from stn import (checkpointing, config_compare, evaluation, layers, metrics_io, models, parallel,
                  plots, sampling, tasks)
+from stn.run_lock import workdir_lock
 
 
 class TrainingInterrupted(RuntimeError):
@@ -169,10 +168,15 @@ class MetricWindow:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it after each step."""
+    """Set by SIGTERM/SIGINT; the loop checks it after each step.
 
-    def __init__(self):
+    With `interrupt` (a message with `{signum}`), a signal raises `TrainingInterrupted` at
+    once instead: for work after the last save (an evaluation), which is redone on a rerun.
+    """
+
+    def __init__(self, interrupt: str | None = None):
         self.signum = None
+        self.interrupt = interrupt
         self._previous = {}
 
     def __enter__(self):
@@ -184,30 +188,12 @@ class _StopFlag:
     def _handle(self, signum, frame):
         del frame
         self.signum = signum
+        if self.interrupt is not None:
+            raise TrainingInterrupted(self.interrupt.format(signum=signum))
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str, enabled: bool = True):
-    """Holds an exclusive lock on `workdir/.lock` (the kernel drops it if the process dies);
-    a second run on a busy workdir is refused at once."""
-    if not enabled:
-        yield
-        return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, ".lock"), "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"another run is using {workdir}; wait for it to finish or choose "
-                             f"another --workdir") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def divergence_message(step: int, loss: float, params_finite: bool, config, mngr) -> str:
@@ -374,6 +360,20 @@ def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, me
     return done
 
 
+def evaluation_missing(config, data: tasks.Data, workdir: str, step: int) -> bool:
+    """Whether `step` is a (non-final) evaluation step whose checkpoint a resumed run starts from
+    but whose metrics `metrics.jsonl` lacks (the run was killed between the save and the
+    evaluation). Read on every process alike, so that all of them join the evaluation."""
+    if not 0 < step < int(config.train.steps) or step % int(config.train.eval_every):
+        return False
+    wanted = set()
+    if data.validation is not None:
+        wanted.add("validation_error")
+    if config.eval.get("test_during_training", False):
+        wanted.add("test_error")
+    return not wanted <= metrics_io.recorded_keys(os.path.join(workdir, "metrics.jsonl"), step)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -393,17 +393,16 @@ def train_and_evaluate(config, workdir: str, *,
     if config.get("distributed", False):
         parallel.initialize_distributed()
     task = tasks.for_config(config)
-    task.validate_config(config)
     validate_train_config(config)
+    config_compare.check_finite(config.to_dict())  # before the task's checks use the numbers
+    task.validate_config(config)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     with workdir_lock(workdir, enabled=is_main):
         check_same_run(workdir, config)
-        if is_main:
-            metrics_io.write_text(os.path.join(workdir, "config.json"),
-                                  json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
-        # -- data
+        # -- data (read before anything is written: its checks may still refuse the run, and a
+        # refused run leaves neither config.json nor the lock, stn.run_lock)
         data = task.load_data(config)
         mesh = parallel.make_mesh()
         replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -422,6 +421,10 @@ def train_and_evaluate(config, workdir: str, *,
                              out_shardings=(replicated, replicated, replicated),
                              donate_argnums=(0, 1))
 
+        if is_main:  # every check passed: from here on the workdir holds this run
+            metrics_io.write_text(os.path.join(workdir, "config.json"),
+                                  json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
         # -- checkpoint: resume from the newest one that verifies
         mngr = checkpointing.manager(workdir, max_to_keep=int(config.train.keep_checkpoints))
         start_step, state, opt_state = checkpointing.restore_newest_good(mngr, state, opt_state)
@@ -430,6 +433,11 @@ def train_and_evaluate(config, workdir: str, *,
                   flush=True)
         writer = metrics_io.MetricWriter(workdir)
         writer.truncate_after(start_step)
+        if evaluation_missing(config, data, workdir, start_step):  # killed between save and eval
+            with _StopFlag(interrupt=f"stopped by signal {{signum}} while redoing the evaluation "
+                                     f"of step {start_step}; rerun the same command to resume"):
+                evaluate_run(task, config, graphdef, state, data, mesh, writer, workdir,
+                             start_step, final=False)
 
         # -- loop: metrics are read in groups (at most max_steps_in_flight apart), always before
         # a save, so a diverged state is never checkpointed
@@ -473,15 +481,18 @@ def train_and_evaluate(config, workdir: str, *,
         if start_step >= total_steps:
             print(f"Checkpoint of step {start_step} already reaches train.steps={total_steps}; "
                   f"evaluating only", flush=True)
-        evaluations = evaluate_run(task, config, graphdef, state, data, mesh, writer, workdir,
-                                   final_step, final=True)
-        writer.close()
-        results = results_record(
-            config, steps=final_step, start_step=start_step, evaluations=evaluations,
-            wall=time.time() - t_start, num_params=num_params,
-            images_per_second=steps_done * batch_size / train_time if steps_done else 0.0)
-        if is_main:
-            metrics_io.write_json(os.path.join(workdir, "results.json"), results)
+        with _StopFlag(interrupt=f"stopped by signal {{signum}} during the final evaluation; "
+                                 f"the checkpoint of step {final_step} is saved in "
+                                 f"{mngr.directory}; rerun the same command to evaluate it"):
+            evaluations = evaluate_run(task, config, graphdef, state, data, mesh, writer,
+                                       workdir, final_step, final=True)
+            writer.close()
+            results = results_record(
+                config, steps=final_step, start_step=start_step, evaluations=evaluations,
+                wall=time.time() - t_start, num_params=num_params,
+                images_per_second=steps_done * batch_size / train_time if steps_done else 0.0)
+            if is_main:
+                metrics_io.write_json(os.path.join(workdir, "results.json"), results)
     test = evaluations["test"]
     print(f"Final test error: {test['error']:.4f} ({100 * test['error']:.2f}%) after "
           f"{final_step} steps; wall time {results['wall_time_s']:.1f}s; results in "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stn import boxes, sweeps, tables, tasks, training, transforms
+from stn import boxes, sampling, sweeps, tables, tasks, training, transforms
 from stn.models import colocalisation as coloc_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,26 +181,48 @@ def test_eval_sets_are_named_one_line_errors():
 # ----------------------------------------------------------------------------- loss landscape
 def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     # benchmarks/coloc_loss_landscape.py: the oracle box of half-side 1/3 is the true box
-    # (IoU 1); losses are finite hinge values; and the model's outputs at given boxes are what
-    # its own transformer crops (so the landscape probes the loss the runs train).
+    # (IoU 1), a box of half-side 0.9 barely overlaps it; and each loss is the appendix's
+    # triplet loss, recomputed here in numpy from crops sampled independently at the same
+    # boxes (so the landscape probes the loss the runs train, at the boxes it names).
     landscape = module_at("benchmarks/coloc_loss_landscape.py")
     config = landscape.load_config("t,class=3,quick",
                                    ["model.embedding.steps=5", "data.num_train=16"])
     assert config.model.embedding.steps == 5 and config.data.num_train == 16
-    rows = landscape.landscape(config, half_sides=(1 / 3, 0.9), repeats=1)
+    sides = (1 / 3, 0.9)
+    rows = landscape.landscape(config, half_sides=sides, repeats=1, seed=0)
+    assert [row[0] for row in rows] == pytest.approx(sides)
     assert rows[0][1] == pytest.approx(1.0, abs=1e-5) and rows[1][1] < 0.2
-    assert all(np.isfinite(loss) and loss >= 0 for _, _, loss in rows)
 
     task = tasks.get("colocalisation")
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(0))
-    images = jnp.asarray(data.train_arrays[0][:4])
-    crops, theta = model.transformer(images, return_params=True)
-    given = model.outputs_at(images, theta)
-    np.testing.assert_allclose(
-        given["embedding"], coloc_models.embed(model.embedding, crops, model.descriptor,
-                                               model.canvas), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model(images)["embedding"], given["embedding"], rtol=1e-6)
+    images, true_boxes = (np.asarray(a) for a in data.train_arrays)
+    centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
+    rng = np.random.default_rng(0)  # the landscape's draws of the random patches, in order
+    crop = model.transformer.output_size
+    grid = transforms.get("attention").grid
+
+    def descriptors(theta):  # the crops sampled here, not through the model
+        crops = sampling.sample(jnp.asarray(images), grid(jnp.asarray(theta), *crop),
+                                kernel=config.model.kernel)
+        return np.asarray(coloc_models.embed(model.embedding, crops, model.descriptor,
+                                             model.canvas), np.float64)
+
+    for side, (_, _, loss) in zip(sides, rows):
+        theta = np.concatenate([np.full((len(images), 1), side), centres], -1).astype(np.float32)
+        rand_pos = rng.uniform(-1, 1, (len(images), 2)).astype(np.float32)
+        anchor = descriptors(theta)
+        negative = descriptors(coloc_models.random_patch_params(
+            jnp.asarray(theta), jnp.asarray(rand_pos), float(config.model.patch_scale)))
+        np.testing.assert_allclose(model.outputs_at(jnp.asarray(images), jnp.asarray(theta))[
+            "embedding"], anchor, rtol=1e-4, atol=1e-5)  # the boxes given, not the localised
+        close = ((anchor[:, None, :] - anchor[None, :, :]) ** 2).sum(-1)
+        far = ((anchor - negative) ** 2).sum(-1)
+        pairs = np.maximum(0.0, close - far[:, None] + float(config.model.margin))
+        np.fill_diagonal(pairs, 0.0)
+        expected = (pairs.sum(1) / (len(images) - 1)).mean()
+        assert loss == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert rows[0][2] != pytest.approx(rows[1][2], rel=1e-3)  # the box size matters
 
 
 # ----------------------------------------------------------------------------- end to end

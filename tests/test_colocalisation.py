@@ -258,3 +258,20 @@ def test_embedding_is_fixed_and_only_the_localiser_is_trained():
     regression = [v for k, v in flat.items() if "regression" in k]
     assert embedding and all(v == 0 for v in embedding)
     assert sum(regression) > 0
+
+
+def test_the_centre_box_baseline_on_hand_made_boxes():
+    """`centre_box_iou` is the IoU of a box of the true box's size centred in the image: worked
+    out by hand for a box in a corner, one already centred, and a flat one off centre. Using
+    the full side as the half side would give 0.25 for each."""
+    from stn.tasks import colocalisation as task  # noqa: PLC0415
+
+    true = jnp.asarray([[0.0, 0.0, 0.5, 0.5],      # centre box +-0.25: overlap 1/16 of 7/16
+                        [-0.2, -0.2, 0.2, 0.2],    # already centred: the same box
+                        [-0.6, -0.1, 0.2, 0.1]])   # 0.8 x 0.2: centre box overlap 0.12 of 0.2
+    predicted = jnp.asarray([[0.0, 0.0, 0.5, 0.5]] * 3)
+    values = task.metrics({"box": predicted}, {"box": true})
+    np.testing.assert_allclose(values["centre_box_iou"], [1 / 7, 1.0, 0.6], atol=1e-6)
+    np.testing.assert_array_equal(values["centre_box_error"], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(values["iou"], [1.0, 0.04 / 0.37, 0.02 / 0.39], atol=1e-6)
+    np.testing.assert_array_equal(values["error"], [0.0, 1.0, 1.0])

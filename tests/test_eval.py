@@ -103,9 +103,14 @@ def test_evaluate_matches_numpy_at_every_eval_batch_size(batch_size):
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(150, 28, 28, 1)).astype(np.float32)
     labels = rng.integers(0, 10, 150).astype(np.int32)
-    logits = np.asarray(model(images), np.float64) * 40.0  # sharpen: errors and losses vary
-    model.classifier.classifier.kernel.value = model.classifier.classifier.kernel.value * 40.0
-    model.classifier.classifier.bias.value = model.classifier.classifier.bias.value * 40.0
+    classifier = model.classifier.classifier
+    classifier.kernel.value = classifier.kernel.value * 40.0  # sharpen: errors and losses vary
+    # Class 0 is never predicted, so the padding (zero images, label 0) is all wrong and
+    # costly: an evaluation that counted it would be caught.
+    classifier.bias.value = (classifier.bias.value * 40.0).at[0].add(-30.0)
+    logits = np.asarray(model(images), np.float64)
+    padding = np.asarray(model(np.zeros((1, 28, 28, 1), np.float32)))[0]
+    assert padding.argmax() != 0 and padding.max() - padding[0] > 10
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     expected_loss = -log_softmax[np.arange(150), labels].mean()
