@@ -34,7 +34,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-ITEMS = ("params", "opt_state", "meta")
 T = TypeVar("T")
 CORRUPT_SUFFIX = ".corrupt-"  # checkpoints/<step>.corrupt-<reason>: set aside, not a step
 
@@ -250,8 +249,8 @@ def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any) ->
 # ----------------------------------------------------------------------------- restoring
 
 
-def _abstract(x: Any, sharding=None) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding)
+def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
 
 def _read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -395,6 +394,7 @@ def set_aside(mngr: ocp.CheckpointManager, step: int, reason: str) -> str:
     while os.path.exists(target):
         n += 1
         target = f"{base}.{n}"
+    _sync(f"stn_set_aside_name_{step}")  # every process has chosen the name before the move
     if jax.process_index() == 0:
         os.rename(os.path.join(directory, str(step)), target)
     _sync(f"stn_set_aside_{step}")
