@@ -108,7 +108,7 @@ def _checkpoint_step(mngr, workdir: str, step: int | None) -> int:
     return step
 
 
-def _restore_verified(mngr, step: int, state, workdir: str):
+def _restore_verified(mngr, step: int, state):
     """The parameters of checkpoint `step`, verified (`checkpointing.restore`); a checkpoint
     that fails verification is one line saying how to repair it (eval.py never moves files)."""
     try:
@@ -149,8 +149,7 @@ def evaluate_checkpoint(config, workdir: str, *, step: int | None = None,
     mesh = parallel.make_mesh()
     model = task.make_model(config, task.input_shape(config), nnx.Rngs(params=config.seed))
     graphdef, state = nnx.split(model)
-    state = _restore_verified(mngr, step, jax.device_put(state, parallel.replicated(mesh)),
-                              workdir)
+    state = _restore_verified(mngr, step, jax.device_put(state, parallel.replicated(mesh)))
     dataset, tag = task.load_eval_set(config, data or "test")
     metrics = evaluate(task, graphdef, state, dataset, batch_size=int(config.eval.batch_size),
                        mesh=mesh)

@@ -357,6 +357,24 @@ def test_addition_evaluates_an_npz_file(tmp_path):
         tasks.get("addition").load_eval_set(config, f"npz:{tmp_path}/sums.npz")
 
 
+@pytest.mark.slow
+def test_eval_py_on_an_addition_run_reads_an_npz_file(tmp_path):
+    """The README's `eval.py --workdir=RUN --data=npz:FILE` for an addition run, end to end."""
+    config = addition_config("fcn,quick")
+    config.train.update(steps=2, num_images=0, eval_every=100, checkpoint_every=100)
+    training.train_and_evaluate(config, str(tmp_path / "run"))
+    test, _ = tasks.get("addition").load_eval_set(config, "test")
+    images = np.round(test["image"][:50] * 255).astype(np.uint8)
+    np.savez(tmp_path / "pairs.npz", image=images, label=test["label"][:50])
+    proc = subprocess.run([sys.executable, "eval.py", f"--workdir={tmp_path / 'run'}",
+                           f"--data=npz:{tmp_path / 'pairs.npz'}"], cwd=tt.ROOT,
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["num_examples"] == 50 and last["step"] == 2 and 0 <= last["test_error"] <= 1
+    assert (tmp_path / "run" / "eval" / "step_2_npz_pairs.json").is_file()
+
+
 # ----------------------------------------------------------------------------- item 8
 
 
