@@ -149,8 +149,9 @@ def test_corrupt_checkpoints_are_skipped_for_the_newest_that_verifies(data_dir, 
     results = training.train_and_evaluate(longer, str(workdir))
     out = capsys.readouterr().out
     assert results["resumed_from_step"] == 2
-    skipped = [line for line in out.splitlines() if line.startswith("skipping checkpoint")]
-    assert len(skipped) == 2 and "checkpoint 6" in skipped[0] and "checkpoint 4" in skipped[1]
+    skipped = [line for line in out.splitlines() if "moved aside" in line]
+    assert len(skipped) == 2 and skipped[0].startswith("checkpoint 6 ") and \
+        skipped[1].startswith("checkpoint 4 ")
     # The resumed run equals one that went from step 2 straight to 8.
     straight = tt.small_config(data_dir, steps=8, checkpoint_every=2, eval_every=100)
     training.train_and_evaluate(straight, str(tmp_path / "straight"))

@@ -9,12 +9,9 @@ digit's, default `rts`), `data.validation_size` (training digits held out, 0 = n
 from __future__ import annotations
 
 import functools
-import os
-
-import numpy as np
 
 from stn import plots, transforms
-from stn.data import addition, distortions, pipeline, sources
+from stn.data import addition, distortions, external, pipeline, sources
 from stn.models import addition as models
 from stn.tasks import Data, Task, classification
 
@@ -81,18 +78,13 @@ def load_eval_set(config, spec: str) -> tuple[dict, str]:
     if not spec.startswith("npz:"):
         raise ValueError(f"--data must be 'test', 'validation' or 'npz:FILE' for task "
                          f"'addition', got {spec!r}")
-    path = os.path.expanduser(spec[4:])
-    images, labels = classification._read_npz(path)  # noqa: SLF001 (shared reader)
+    loaded = external.load(spec, num_classes=addition.NUM_CLASSES)
     shape = input_shape(config)
-    if images.shape[1:] != shape:
-        raise ValueError(f"{path}: 'image' must be [N, {', '.join(map(str, shape))}], got "
-                         f"{images.shape}")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= addition.NUM_CLASSES:
-        raise ValueError(f"{path}: labels must be sums in 0..{addition.NUM_CLASSES - 1}")
-    images = (images.astype(np.float32) / 255.0 if images.dtype == np.uint8
-              else images.astype(np.float32))
-    return ({"image": images, "label": labels},
-            "npz_" + os.path.splitext(os.path.basename(path))[0])
+    if loaded.images.shape[1:] != shape:
+        raise ValueError(f"{spec[4:]}: 'image' must be [N, {', '.join(map(str, shape))}] (two "
+                         f"digits, one per channel, on the model's canvas), got "
+                         f"{list(loaded.images.shape)}")
+    return {"image": loaded.images, "label": loaded.labels}, loaded.tag
 
 
 def draw(batch: dict, grids: list, outputs: list):
