@@ -74,8 +74,11 @@ class FrozenBatchNorm(nnx.Module):
 def he_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """N(0, 2 / fan_in) for an HWIO kernel (He et al. 2015), drawn by numpy from the bits of the
     jax `key` (deterministic in the config seed): the network has dozens of kernel shapes, and
-    a jax draw compiles once per shape (minutes on a loaded CPU)."""
+    a jax draw compiles once per shape (minutes on a loaded CPU). Under tracing (`jit`,
+    `eval_shape`) it is a jax draw of the same distribution."""
     fan_in = int(np.prod(shape[:-1]))
+    if isinstance(key, jax.core.Tracer):  # traced (jit, eval_shape): the jax draw
+        return jax.random.normal(key, shape, dtype) * np.sqrt(2.0 / fan_in).astype(dtype)
     bits = np.asarray(jax.random.key_data(key), np.uint32).ravel()
     rng = np.random.default_rng(bits)
     values = rng.standard_normal(tuple(shape), np.float32) * np.float32(np.sqrt(2.0 / fan_in))
