@@ -298,8 +298,12 @@ class InceptionV3(nnx.Module):
         """Normalised images `[B, H, W, in_features]` -> the last block's map `[B, h, w, D]`."""
         if x.ndim != 4:
             raise ValueError(f"InceptionV3 takes NHWC images [B, H, W, C], got shape {x.shape}")
+        size = x.shape[1:3]
         for name in self.blocks:
             x = max_pool_3x3_s2(x) if name.startswith("Pool") else getattr(self, name)(x)
+            if min(x.shape[1:3]) < 1:
+                raise ValueError(f"InceptionV3 up to {self.last_block}: a {size[0]}x{size[1]} "
+                                 f"input is too small ({name} leaves nothing)")
         return x
 
     def features(self, x: jax.Array) -> jax.Array:
