@@ -214,3 +214,31 @@ def test_smoke_run_writes_results_and_boxes(tmp_path, row, boxes):
     assert 0.0 <= results["test_error"] <= 1.0 and results["num_test_examples"] == 12
     colours = _picture_colours(workdir / "images" / "transformer_latest.png")
     assert colours[:boxes] == [True] * boxes and not any(colours[boxes:])
+
+
+def test_table3_sweep_emits_the_four_rows():
+    from stn import sweeps
+    points = sweeps.load_sweep(os.path.join(ROOT, "configs", "sweeps", "table3.py")
+                               + ":data=/d/CUB_200_2011,weights=/w.safetensors,steps=800")
+    assert [p["config"] for p in points] == [f"configs/cub.py:{r}" for r in
+                                             ("cnn", "2xst_224", "2xst_448", "4xst_448")]
+    assert points[0]["overrides"] == {"seed": 0, "data.source": "dir:/d/CUB_200_2011",
+                                      "model.weights": "/w.safetensors", "train.steps": 800,
+                                      "train.lr_decay_every": 300}
+
+
+def test_table3_puts_runs_in_their_rows(tmp_path):
+    """stn.tables --table=3: each row's runs in its cell (error %), smoke runs left out."""
+    from stn import tables
+    for row, error in (("cnn", 0.2), ("2xst_224", 0.18), ("2xst_448", 0.16), ("4xst_448", 0.15),
+                       ("4xst_448,smoke", 0.5)):
+        run = tmp_path / row.replace(",", "_")
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps(
+            {"config": cub_config(row).to_dict(), "test_error": error}))
+    runs, _ = tables.collect_results(tmp_path)
+    built = tables.build_table(runs, tables.table_spec(3))
+    ours = [row[0]["ours"]["mean"] for row in built["cells"]]
+    assert ours == pytest.approx([20.0, 18.0, 16.0, 15.0])
+    assert [row[0]["paper"] for row in built["cells"]] == [17.7, 16.9, 16.1, 15.9]
+    assert len(built["ignored"]) == 1
