@@ -14,6 +14,7 @@ import tempfile
 
 import numpy as np
 from flax import nnx
+from PIL import Image
 
 from stn.backbones import inception_v3
 from stn.data import cub as cub_data
@@ -99,15 +100,26 @@ def load_images(config) -> sources.DigitSet:
 
 
 def _cluttered(config) -> sources.DigitSet:
-    """The CPU stand-in: items of `clutter:SOURCE` on cluttered `store_size` canvases."""
+    """The CPU stand-in: items of `clutter:SOURCE` on cluttered `clutter.canvas` canvases,
+    stored at `store_size` (resized when smaller: the CNN row's lower-resolution view)."""
     c = config.data.clutter
     items = sources.load_digits(config.data.source[len("clutter:"):])
-    make = functools.partial(cub_data.cluttered_objects, canvas=int(config.data.store_size),
+    make = functools.partial(cub_data.cluttered_objects, canvas=int(c.canvas),
                              scale_range=(float(c.scale_min), float(c.scale_max)),
                              clutter=int(c.pieces))
+    store = int(config.data.store_size)
+
+    def stored(images, labels, seed):
+        canvases, labels = make(images, labels, seed=seed)
+        if store != canvases.shape[1]:
+            canvases = np.stack([np.asarray(Image.fromarray(x).resize((store, store),
+                                                                      Image.BILINEAR))
+                                 for x in canvases])
+        return canvases, labels
+
     train_n, test_n = int(c.train_limit) or None, int(c.test_limit) or None
-    train = make(items.train_images[:train_n], items.train_labels[:train_n], seed=int(c.seed))
-    test = make(items.test_images[:test_n], items.test_labels[:test_n], seed=int(c.seed) + 1)
+    train = stored(items.train_images[:train_n], items.train_labels[:train_n], int(c.seed))
+    test = stored(items.test_images[:test_n], items.test_labels[:test_n], int(c.seed) + 1)
     return sources.DigitSet(*train, *test, f"clutter:{items.name}")
 
 
