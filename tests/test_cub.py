@@ -242,3 +242,20 @@ def test_table3_puts_runs_in_their_rows(tmp_path):
     assert ours == pytest.approx([20.0, 18.0, 16.0, 15.0])
     assert [row[0]["paper"] for row in built["cells"]] == [17.7, 16.9, 16.1, 15.9]
     assert len(built["ignored"]) == 1
+
+
+def test_tfds_caltech_birds_through_mock_data(tmp_path):
+    """tfds' own mock data for caltech_birds2011, read TF-free: sizes, labels in 0..199."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=5):
+        images = cub_data.load_tfds("caltech_birds2011", 24, data_dir=str(tmp_path))
+    assert images.train_images.shape == (5, 24, 24, 3) and images.test_images.shape[0] == 5
+    assert images.train_images.dtype == np.uint8 and images.train_images.std() > 0
+    assert images.train_labels.min() >= 0 and images.train_labels.max() < 200
+
+
+def test_tfds_not_prepared_is_one_line(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(ValueError, match="not prepared as array_record") as info:
+        cub_data.load_tfds("caltech_birds2011", 24, data_dir=str(tmp_path))
+    assert "\n" not in str(info.value)

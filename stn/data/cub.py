@@ -6,7 +6,9 @@ Sources (`config.data.source`):
   `train_test_split.txt`). JPEGs decoded with Pillow (RGB), each resized to
   `store_size x store_size` (aspect ratio not kept: unstated in the paper, a choice of ours).
 - `tfds:caltech_birds2011`: tensorflow-datasets' copy, read TF-free through `tfds.data_source`
-  (array_record files prepared under the tfds data dir), resized the same way.
+  (array_record files prepared under the tfds data dir), resized the same way. Reading needs no
+  TensorFlow; preparing does (tfds' builder for this set calls `tf.io.gfile` and OpenCV), once:
+  `tfds build caltech_birds2011 --file_format=array_record` where tensorflow is installed.
 - `synthetic`: a miniature in the official layout written by `write_miniature` (coloured
   "birds", one head colour per class, at random places and sizes on textured backgrounds),
   then read back through `dir:`: the smoke runs and tests, with no download.
@@ -137,8 +139,9 @@ def load_tfds(name: str, store_size: int, *, data_dir: str | None = None) -> sou
     except Exception as e:  # not prepared as array_record
         raise ValueError(f"tfds:{name} is not prepared as array_record under "
                          f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}); prepare "
-                         f"it once with `tfds build {name} --file_format=array_record` or use "
-                         f"dir:PATH with the official CUB_200_2011 folder") from None
+                         f"it once with `tfds build {name} --file_format=array_record` (its "
+                         f"builder needs tensorflow and opencv-python) or use dir:PATH with the "
+                         f"official CUB_200_2011 folder") from None
     arrays = []
     for split in splits:
         images, labels = [], []
