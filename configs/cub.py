@@ -10,7 +10,7 @@ this CPU in a few minutes, with data it writes itself and a narrow backbone:
     python train.py --config=configs/cub.py:2xst_448,smoke --workdir=/tmp/cub_smoke
 
 `arg` is comma-separated: a row (`cnn`, `2xst_224`, `2xst_448`, `4xst_448`) and optionally a
-mode: `smoke` (synthetic birds, width 1/8, about 2 minutes) or `standin` (the CPU stand-in of
+mode: `smoke` (synthetic birds, width 1/8, one to two minutes) or `standin` (the CPU stand-in of
 docs/results.md: Fashion-MNIST items on a cluttered canvas; set data.source=clutter:idx:DIR).
 Choices the paper leaves open are marked (unstated); docs/cub.md lists what section 4.3 states.
 """

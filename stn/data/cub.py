@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from stn.data import sources
+from stn.data import pipeline, sources
 
 #: The official layout's index files (each line `<image id> <value>`).
 INDEX_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
@@ -249,8 +249,6 @@ def train_batch(images: jax.Array, labels: jax.Array, seed, step, *, batch_size:
                 size: int, flip: bool = True) -> dict[str, jax.Array]:
     """The training batch of `step`: a random `size x size` crop of each stored image, flipped
     left-right with probability 1/2 (if `flip`), float32 in [0, 1]; pure in `(seed, step)`."""
-    from stn.data import pipeline
-
     index = pipeline.batch_indices(images.shape[0], seed, step, batch_size, stream=_ORDER)
     base = jax.random.fold_in(jax.random.key(seed), step)
     limit = images.shape[1] - size
