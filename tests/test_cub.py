@@ -258,3 +258,24 @@ def test_tfds_not_prepared_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="not prepared as array_record") as info:
         cub_data.load_tfds("caltech_birds2011", 24, data_dir=str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("row, stored", [("cnn", 48), ("2xst_448", 96)])
+def test_standin_source_builds_cluttered_canvases(tmp_path, row, stored):
+    """`clutter:idx:DIR` (synthetic items here): 96x96 canvases, down-sampled to 48 for the
+    CNN row (its lower-resolution view), validation carved from training, test fixed."""
+    from stn.data import idx
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        items = np.zeros((n, 28, 28), np.uint8)
+        items[:, 8:20, 8:20] = rng.integers(100, 255, (n, 1, 1))
+        idx.write_split(tmp_path, split, items, np.arange(n) % 10)
+    config = cub_config(f"{row},standin")
+    config.data.source = f"clutter:idx:{tmp_path}"
+    config.data.validation_size = 8
+    config.data.clutter.update(train_limit=0, test_limit=0)
+    data = tasks.get("cub").load_data(config)
+    assert data.train_arrays[0].shape == (32, stored, stored, 3)
+    assert data.validation["image"].shape == (8, stored, stored, 3)
+    assert data.test["image"].shape == (10, stored, stored, 3)
+    np.testing.assert_array_equal(data.test["label"], np.arange(10))
