@@ -93,13 +93,24 @@ def parameter_mask(state, model: nnx.Module, prefixes: list[tuple], leaf: str | 
     return jax.tree_util.tree_map_with_path(chosen, state)
 
 
+def trainable_mask(state):
+    """A tree of bools like `state`: True for `nnx.Param` leaves (and plain arrays), False for
+    other variables (fixed state: running statistics, `layers.Frozen` weights)."""
+    def mark(v):
+        if isinstance(v, nnx.Variable):
+            return jax.tree.map(lambda _: isinstance(v, nnx.Param), v)
+        return True
+    return jax.tree.map(mark, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def make_optimizer(config, state, model: nnx.Module | None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """SGD (optional momentum), the lr times `lr_decay_factor` every `lr_decay_every` steps.
 
     - `train.grad_clip_norm > 0`: the gradient is first rescaled to at most that global norm.
-    - `train.weight_decay > 0`: `weight_decay * w` is added to every gradient (L2) except the
-      localisation nets' regression biases, which hold the transform's identity (decaying them
+    - `train.weight_decay > 0`: `weight_decay * w` is added to every parameter's gradient (L2;
+      fixed state such as frozen batch-norm statistics or `layers.Frozen` weights is never
+      decayed) except the localisation nets' regression biases, which hold the transform's identity (decaying them
       would pull every transformer towards the degenerate theta = 0).
     - `model.loc_lr_multiplier`: the localisation nets' whole update (gradient, decay and
       momentum) is scaled by it, i.e. they learn at that multiple of the learning rate, as a
@@ -116,8 +127,8 @@ def make_optimizer(config, state, model: nnx.Module | None
     if weight_decay > 0:
         regressions = layers.regression_paths(model) if model is not None else []
         identity_bias = parameter_mask(state, model, regressions, "bias")
-        parts.append(optax.add_decayed_weights(
-            weight_decay, mask=jax.tree.map(lambda b: not b, identity_bias)))
+        decayed = jax.tree.map(lambda t, b: t and not b, trainable_mask(state), identity_bias)
+        parts.append(optax.add_decayed_weights(weight_decay, mask=decayed))
     parts.append(optax.sgd(schedule, momentum=float(config.train.get("momentum", 0.0)) or None))
     multiplier = float(config.model.get("loc_lr_multiplier", 1.0))
     if multiplier != 1.0 and model is not None:

@@ -53,7 +53,7 @@ def test_paper_numbers_and_citation():
     t2 = {r["label"]: r["paper"] for r in tables.table_spec(2)["rows"]}
     assert t2["ST-CNN Multi"] == [3.6, 3.9] and t2["CNN"] == [4.0, 5.6]
     with pytest.raises(ValueError, match="unknown table"):
-        tables.table_spec(3)
+        tables.table_spec("nope")
 
 
 def test_cells_statistics_and_missing(table1_runs):
@@ -317,9 +317,9 @@ def test_sweep_cli(lr_sweep, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and out.stderr.strip().startswith("no best setting:")
     assert (tmp_path / "noval" / "sweep.md").exists()
-    out = subprocess.run(cmd[:3] + ["--table=3", f"--workdir={lr_sweep}"], cwd=REPO, env=env,
+    out = subprocess.run(cmd[:3] + ["--table=9", f"--workdir={lr_sweep}"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "unknown table '3'" in out.stderr
+    assert out.returncode == 1 and "unknown table '9'" in out.stderr
 
 
 def _curve_run(root: Path, name: str, points: list[dict], config: dict | None = None) -> None:

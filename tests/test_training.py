@@ -333,3 +333,23 @@ def test_validation_split_is_held_out_and_reported(data_dir, tmp_path):
     assert results["num_validation_examples"] == 100
     assert evaluated["validation_error"] == pytest.approx(results["validation_error"], abs=1e-9)
     assert evaluated["validation_loss"] == pytest.approx(results["validation_loss"], rel=1e-6)
+
+
+def test_weight_decay_leaves_fixed_state_alone():
+    """Weight decay shrinks parameters but never fixed state (frozen batch-norm statistics of
+    the pretrained backbones, issue 23): with zero gradients only the parameters move."""
+    from stn.backbones import inception_v3
+
+    layer = inception_v3.FrozenBatchNorm(3)
+    layer.mean.value = jnp.ones(3)
+    _, state = nnx.split(layer)
+    config = ml_collections.ConfigDict({"model": {}, "train": {
+        "learning_rate": 0.5, "lr_decay_every": 100, "lr_decay_factor": 0.1, "momentum": 0.0,
+        "weight_decay": 0.1}})
+    tx, _ = training.make_optimizer(config, state, layer)
+    zeros = jax.tree.map(jnp.zeros_like, state)
+    updates, _ = tx.update(zeros, tx.init(state), state)
+    assert float(jnp.abs(updates["mean"][...]).max()) == 0.0
+    assert float(jnp.abs(updates["var"][...]).max()) == 0.0
+    np.testing.assert_allclose(np.asarray(updates["scale"][...]), -0.5 * 0.1 * np.ones(3),
+                               rtol=1e-6)

@@ -95,6 +95,7 @@ _MODULES = {
     "sequences": "stn.tasks.sequences",
     "addition": "stn.tasks.addition",
     "colocalisation": "stn.tasks.colocalisation",
+    "cub": "stn.tasks.cub",
 }
 NAMES = tuple(_MODULES)
 

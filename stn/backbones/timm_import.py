@@ -1,0 +1,152 @@
+"""Load timm's published weights (safetensors files) into the NNX backbones, without torch.
+
+Generic part: an NNX backbone whose attribute paths spell timm's module names (as
+`stn.backbones.inception_v3` does) maps leaf by leaf through `LEAF_RULES`:
+
+| NNX module, leaf | checkpoint key | layout change |
+| --- | --- | --- |
+| `nnx.Conv.kernel` `[kh, kw, in, out]` | `<path>.weight` `[out, in, kh, kw]` | transpose |
+| `nnx.Linear.kernel` `[in, out]` | `<path>.weight` `[out, in]` | transpose |
+| `nnx.Conv` / `nnx.Linear` `.bias` | `<path>.bias` | none |
+| `FrozenBatchNorm` `.scale`, `.bias`, `.mean`, `.var` | `<path>.weight`, `.bias`, `.running_mean`, `.running_var` | none |
+
+Per-model part: a `NameMap` with the checkpoint keys to skip (e.g. Inception's auxiliary
+classifier, BN's `num_batches_tracked`), the classifier's name (skipped when the model is built
+without one, e.g. to fine-tune a new head) and any renames. A second backbone (e.g. a ResNet-50
+whose NNX names follow timm's `conv1`, `bn1`, `layer1.0.conv1`, ..., `fc`) needs its module and
+one more `NameMap` here.
+
+Every key of the file must be used or skipped, and every leaf filled with the right shape: the
+first mismatch raises a one-line ValueError naming the key (and both shapes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from stn.backbones.inception_v3 import FrozenBatchNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class NameMap:
+    """How one model's checkpoint names differ from its NNX paths.
+
+    Attributes:
+      skip_suffixes / skip_prefixes: checkpoint keys never loaded.
+      classifier: the classifier's path; its keys are skipped when the model has none.
+      renames: NNX path prefix -> checkpoint key prefix, for names that differ.
+    """
+
+    skip_suffixes: tuple[str, ...] = (".num_batches_tracked",)
+    skip_prefixes: tuple[str, ...] = ()
+    classifier: str = "fc"
+    renames: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+#: timm `inception_v3.tv_in1k`: the auxiliary classifier (only in torchvision's weights) unused.
+INCEPTION_V3 = NameMap(skip_prefixes=("AuxLogits.",))
+MAPS = {"inception_v3": INCEPTION_V3}
+
+_CONV_KERNEL = (lambda w: np.transpose(w, (2, 3, 1, 0)), lambda s: (s[3], s[2], s[0], s[1]))
+_LINEAR_KERNEL = (lambda w: np.transpose(w, (1, 0)), lambda s: (s[1], s[0]))
+_SAME = (lambda w: w, lambda s: tuple(s))
+#: module type -> {leaf name: (checkpoint suffix, (checkpoint -> NNX array, NNX shape ->
+#: checkpoint shape))}
+LEAF_RULES: dict[type, dict[str, tuple[str, tuple[Callable, Callable]]]] = {
+    nnx.Conv: {"kernel": ("weight", _CONV_KERNEL), "bias": ("bias", _SAME)},
+    nnx.Linear: {"kernel": ("weight", _LINEAR_KERNEL), "bias": ("bias", _SAME)},
+    FrozenBatchNorm: {"scale": ("weight", _SAME), "bias": ("bias", _SAME),
+                      "mean": ("running_mean", _SAME), "var": ("running_var", _SAME)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    module: nnx.Module
+    leaf: str
+    to_nnx: Callable[[np.ndarray], np.ndarray]
+    shape: tuple[int, ...]  # in the checkpoint's layout
+
+
+def _key_prefix(path: tuple, name_map: NameMap) -> str:
+    prefix = ".".join(str(p) for p in path)
+    for old, new in name_map.renames.items():
+        if prefix == old or prefix.startswith(old + "."):
+            return new + prefix[len(old):]
+    return prefix
+
+
+def _slots(model: nnx.Module, name_map: NameMap) -> dict[str, _Slot]:
+    """Checkpoint key -> where its tensor goes, for every leaf `LEAF_RULES` knows."""
+    slots = {}
+    for path, node in nnx.iter_graph(model):
+        rules = next((r for kind, r in LEAF_RULES.items() if type(node) is kind), None)
+        if rules is None:
+            continue
+        prefix = _key_prefix(tuple(path), name_map)
+        for leaf, (suffix, (to_nnx, to_ckpt_shape)) in rules.items():
+            variable = getattr(node, leaf, None)
+            if variable is None:  # e.g. a convolution without bias
+                continue
+            slots[f"{prefix}.{suffix}"] = _Slot(node, leaf, to_nnx,
+                                                to_ckpt_shape(variable[...].shape))
+    return slots
+
+
+def checkpoint_shapes(model: nnx.Module, name_map: NameMap = INCEPTION_V3
+                      ) -> dict[str, tuple[int, ...]]:
+    """The checkpoint keys `model` loads and their shapes in the checkpoint's layout."""
+    return {key: slot.shape for key, slot in _slots(model, name_map).items()}
+
+
+def _skipped(key: str, name_map: NameMap, has_classifier: bool) -> bool:
+    return (key.endswith(name_map.skip_suffixes) or key.startswith(name_map.skip_prefixes)
+            or (not has_classifier and key.startswith(name_map.classifier + ".")))
+
+
+def load_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray],
+                name_map: NameMap = INCEPTION_V3, *, what: str = "checkpoint") -> nnx.Module:
+    """Copies checkpoint `arrays` (timm names, torch layouts) into `model` in place; returns it.
+
+    Raises:
+      ValueError: one line naming the first key of the checkpoint that the model lacks, the
+        first leaf the checkpoint lacks, or the first shape that differs.
+    """
+    slots = _slots(model, name_map)
+    has_classifier = any(k.startswith(name_map.classifier + ".") for k in slots)
+    for key in sorted(arrays):
+        if key not in slots and not _skipped(key, name_map, has_classifier):
+            raise ValueError(f"{what}: key {key!r} has no place in the model "
+                             f"({type(model).__name__}); wrong file or model settings?")
+    missing = [k for k in slots if k not in arrays]
+    if missing:
+        raise ValueError(f"{what}: the model's {missing[0]!r} is not in the file "
+                         f"({len(missing)} keys missing)")
+    for key, slot in slots.items():
+        array = np.asarray(arrays[key])
+        if tuple(array.shape) != slot.shape:
+            raise ValueError(f"{what}: {key!r} has shape {tuple(array.shape)} in the file, "
+                             f"the model expects {slot.shape} (width or num_classes differs?)")
+        getattr(slot.module, slot.leaf).value = jnp.asarray(slot.to_nnx(array), jnp.float32)
+    return model
+
+
+def load_safetensors(model: nnx.Module, path: str | os.PathLike,
+                     name_map: NameMap = INCEPTION_V3) -> nnx.Module:
+    """Loads a timm `.safetensors` file (e.g. `inception_v3.tv_in1k`'s `model.safetensors`)
+    into `model` in place through `name_map`; one-line ValueError for any mismatch."""
+    from safetensors.numpy import load_file  # optional dependency: only when importing weights
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file {path} does not exist")
+    try:
+        arrays = load_file(path)
+    except Exception as e:  # a truncated or foreign file, or a dtype numpy lacks (bfloat16)
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    return load_arrays(model, arrays, name_map, what=path)

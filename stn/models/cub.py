@@ -1,0 +1,157 @@
+"""Fine-grained birds (paper section 4.3, Table 3): a CNN and N x ST-CNN on Inception backbones.
+
+- `BackboneCNN` ("CNN" row): an Inception-v3 on the image -> its pooled descriptor -> one
+  linear layer (the softmax classifier; the loss applies the softmax).
+- `ParallelAttentionCNN` ("2xST-CNN", "4xST-CNN"): a localisation net (`AttentionLocNet`: an
+  Inception on the image down-sampled to `loc_size`, its descriptor regressing N attention
+  transforms `(s, t_x, t_y)`, paper eq. 2, one linear layer per transformer, held as one
+  `RegressionLayer` of 3N outputs); N crops of `crop_size x crop_size` sampled from the
+  full-resolution image by `stn.sampling` (bilinear) on the attention grids; each crop through
+  its own Inception ("part description sub-nets", each initialised from the same pretrained
+  weights) or, with `share_backbones`, one Inception for all; the N descriptors concatenated;
+  one linear layer.
+
+Images come in as float32 `[B, H, W, 3]` in [0, 1]; the backbones see them normalised
+(`inception_v3.normalise`). Pretrained weights: `load_backbone_weights` (timm's safetensors).
+The initial boxes are a choice of ours (the paper does not give them): `initial_boxes`.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from stn import layers, sampling, transforms, xla_cpu
+from stn.backbones import inception_v3, timm_import
+
+MODEL_NAMES = ("cnn", "st")
+
+
+def make_backbone(width: float, last_block: str, rngs: nnx.Rngs) -> inception_v3.InceptionV3:
+    """A headless Inception-v3 (descriptor output) of the given width and depth."""
+    return inception_v3.InceptionV3(num_classes=0, width=width, last_block=last_block, rngs=rngs,
+                                    conv_general_dilated=xla_cpu.conv_general_dilated)
+
+
+def initial_boxes(count: int, scale: float, offset: float) -> np.ndarray:
+    """`[count, 3]` attention parameters `(s, t_x, t_y)` the transformers start from: scale
+    `scale`, centres evenly on a circle of radius `offset` (starting left, clockwise), so the
+    crops begin apart; one transformer starts centred."""
+    if count == 1:
+        return np.asarray([[scale, 0.0, 0.0]], np.float32)
+    angles = np.pi + 2 * np.pi * np.arange(count) / count
+    return np.stack([np.full(count, scale), offset * np.cos(angles),
+                     offset * np.sin(angles)], axis=1).astype(np.float32)
+
+
+def resize_to(images: jax.Array, size: int) -> jax.Array:
+    """`[B, H, W, C]` -> `[B, size, size, C]` by antialiased linear resizing (`jax.image`)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    shape = (images.shape[0], size, size, images.shape[3])
+    return jax.image.resize(images, shape, "linear", antialias=True)
+
+
+class AttentionLocNet(layers.LocalisationNet):
+    """The image down-sampled to `loc_size` -> Inception descriptor -> `[B, 3N]` attention
+    parameters (N transformers' `(s, t_x, t_y)` in order), identity-style initialised to
+    `boxes` (zero kernel, bias = the boxes)."""
+
+    def __init__(self, backbone: inception_v3.InceptionV3, boxes: np.ndarray, loc_size: int, *,
+                 rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.loc_size = int(loc_size)
+        self.regression = layers.regression_layer(backbone.num_features, np.ravel(boxes),
+                                                  rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = inception_v3.normalise(resize_to(images, self.loc_size))
+        return self.regression(self.backbone.features(x))
+
+
+class BackboneCNN(nnx.Module):
+    """Inception descriptor of the whole image -> linear classifier (Table 3's "CNN")."""
+
+    def __init__(self, backbone: inception_v3.InceptionV3, num_classes: int, *, rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.classifier = nnx.Linear(backbone.num_features, num_classes, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """float `[B, H, W, 3]` in [0, 1] -> logits `[B, num_classes]`."""
+        return self.classifier(self.backbone.features(inception_v3.normalise(images)))
+
+    def transformer_grids(self, images: jax.Array) -> list[jax.Array]:
+        """No transformer (the model contract, `stn.models`)."""
+        return []
+
+
+class ParallelAttentionCNN(nnx.Module):
+    """N attention transformers in parallel on the image, a backbone per crop, one classifier."""
+
+    def __init__(self, loc_net: AttentionLocNet, parts: Sequence[inception_v3.InceptionV3],
+                 count: int, crop_size: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.loc_net = loc_net
+        self.parts = nnx.List(list(parts))  # one per crop, or a single shared one
+        self.count, self.crop_size = int(count), int(crop_size)
+        features = sum(self._part(k).num_features for k in range(self.count))
+        self.classifier = nnx.Linear(features, num_classes, rngs=rngs)
+
+    def _part(self, k: int) -> inception_v3.InceptionV3:
+        return self.parts[k if len(self.parts) > 1 else 0]
+
+    def attention(self, images: jax.Array) -> jax.Array:
+        """The N transformers' parameters `[B, N, 3]` = `(s, t_x, t_y)` (paper eq. 2)."""
+        return self.loc_net(images).reshape(images.shape[0], self.count, 3)
+
+    def grids(self, images: jax.Array) -> list[jax.Array]:
+        """Each transformer's `[B, crop, crop, 2]` sampling grid on the image."""
+        attention = transforms.get("attention")
+        theta = self.attention(images)
+        return [attention.grid(theta[:, k], self.crop_size, self.crop_size)
+                for k in range(self.count)]
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """float `[B, H, W, 3]` in [0, 1] -> logits `[B, num_classes]`."""
+        descriptors = []
+        for k, grid in enumerate(self.grids(images)):
+            crop = sampling.sample(images, grid, kernel="bilinear", padding="zeros")
+            descriptors.append(self._part(k).features(inception_v3.normalise(crop)))
+        return self.classifier(jnp.concatenate(descriptors, axis=-1))
+
+    def transformer_grids(self, images: jax.Array) -> list[jax.Array]:
+        """The N grids (already in the input's frame), for the pictures of the boxes."""
+        return self.grids(images)
+
+
+def get_model(model_config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    """The configured model: `model.name` "cnn" or "st" (`model.num_transformers` crops)."""
+    get = model_config.get
+    width, last_block = float(get("width", 1.0)), get("last_block", "Mixed_7c")
+    if model_config.name == "cnn":
+        return BackboneCNN(make_backbone(width, last_block, rngs), num_classes, rngs=rngs)
+    count = int(model_config.num_transformers)
+    boxes = initial_boxes(count, float(model_config.init_scale), float(model_config.init_offset))
+    loc_net = AttentionLocNet(make_backbone(width, last_block, rngs), boxes,
+                              int(model_config.loc_size), rngs=rngs)
+    parts = [make_backbone(width, last_block, rngs)
+             for _ in range(1 if get("share_backbones", False) else count)]
+    return ParallelAttentionCNN(loc_net, parts, count, int(model_config.crop_size), num_classes,
+                                rngs=rngs)
+
+
+def backbones(model: nnx.Module) -> list[inception_v3.InceptionV3]:
+    """Every Inception of `model` (the loc net's and the parts')."""
+    return [node for _, node in nnx.iter_graph(model)
+            if isinstance(node, inception_v3.InceptionV3)]
+
+
+def load_backbone_weights(model: nnx.Module, arrays: Mapping[str, np.ndarray],
+                          *, what: str) -> nnx.Module:
+    """Copies one checkpoint (timm names) into every backbone of `model`, in place."""
+    for backbone in backbones(model):
+        timm_import.load_arrays(backbone, arrays, timm_import.INCEPTION_V3, what=what)
+    return model
+

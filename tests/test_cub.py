@@ -1,0 +1,281 @@
+"""Table 3 (issue 23): the CUB data path on miniatures in the official layout, the CNN and
+N x ST-CNN models, the configs' rows and the smoke runs."""
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+from safetensors.numpy import save_file
+
+from stn import tasks, transforms
+from stn.backbones import seeded, timm_import
+from stn.data import cub as cub_data
+from stn.models import cub as cub_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cub_config(arg="2xst_448,smoke"):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cub_config", os.path.join(ROOT, "configs",
+                                                                             "cub.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def write_layout(root, entries):
+    """A hand-written official layout: entries are (id, relative path, class 1.., is_train,
+    (height, width)); ids are written in the order given."""
+    for image_id, rel, label, train, (h, w) in entries:
+        os.makedirs(os.path.join(root, "images", os.path.dirname(rel)), exist_ok=True)
+        pixels = np.full((h, w, 3), 40 * label, np.uint8)
+        Image.fromarray(pixels).save(os.path.join(root, "images", rel))
+    for name, column in (("images.txt", 1), ("image_class_labels.txt", 2),
+                         ("train_test_split.txt", 3)):
+        with open(os.path.join(root, name), "w") as f:
+            f.write("".join(f"{e[0]} {e[column]}\n" for e in entries))
+    return str(root)
+
+
+ENTRIES = [(3, "002.B/c.jpg", 2, 0, (30, 50)), (1, "001.A/a.jpg", 1, 1, (40, 20)),
+           (2, "001.A/b.jpg", 1, 0, (25, 25)), (4, "002.B/d.jpg", 2, 1, (60, 33))]
+
+
+def test_read_index_official_layout(tmp_path):
+    """Ids sorted whatever the file order, classes from 1 become labels from 0, flags split."""
+    index = cub_data.read_index(write_layout(tmp_path, ENTRIES))
+    assert index.paths == ["001.A/a.jpg", "001.A/b.jpg", "002.B/c.jpg", "002.B/d.jpg"]
+    np.testing.assert_array_equal(index.labels, [0, 0, 1, 1])
+    np.testing.assert_array_equal(index.is_train, [True, False, False, True])
+
+
+def test_load_dir_sizes_and_labels(tmp_path):
+    images = cub_data.load_dir(write_layout(tmp_path, ENTRIES), 16)
+    assert images.train_images.shape == (2, 16, 16, 3) and images.train_images.dtype == np.uint8
+    np.testing.assert_array_equal(images.train_labels, [0, 1])
+    np.testing.assert_array_equal(images.test_labels, [0, 1])
+    assert images.test_images[1].mean() == pytest.approx(80, abs=2)  # class 2's grey level
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: os.remove(os.path.join(r, "train_test_split.txt")), "train_test_split.txt is missing"),
+    (lambda r: open(os.path.join(r, "image_class_labels.txt"), "a").write("9 1\n"),
+     "list different image ids \\(e.g. 9\\)"),
+    (lambda r: open(os.path.join(r, "images.txt"), "a").write("oops\n"),
+     "images.txt:5: expected '<image id> <value>'"),
+    (lambda r: os.remove(os.path.join(r, "images", "001.A", "b.jpg")), "cannot read image"),
+])
+def test_bad_layout_is_one_line(tmp_path, damage, message):
+    root = write_layout(tmp_path, ENTRIES)
+    damage(root)
+    with pytest.raises(ValueError, match=message) as info:
+        cub_data.load_dir(root, 8)
+    assert "\n" not in str(info.value)
+
+
+def test_miniature_and_task_splits(tmp_path):
+    """The synthetic miniature read through dir:, a validation split carved from training, the
+    test split fixed (same images whatever the validation size)."""
+    config = cub_config()
+    config.data.synthetic.dir = str(tmp_path / "mini")
+    task = tasks.get("cub")
+    data = task.load_data(config)
+    s = config.data.synthetic
+    n_train = s.num_classes * s.train_per_class - config.data.validation_size
+    assert data.train_arrays[0].shape == (n_train, config.data.store_size,
+                                          config.data.store_size, 3)
+    assert data.validation["image"].shape == (4, 96, 96, 3)
+    assert data.test["image"].shape == (s.num_classes * s.test_per_class, 96, 96, 3)
+    np.testing.assert_array_equal(np.bincount(data.test["label"]), [s.test_per_class] * 4)
+    config.data.validation_size = 8
+    other = task.load_data(config)
+    np.testing.assert_array_equal(other.test["image"], data.test["image"])
+    assert len(other.train_arrays[0]) == n_train - 4
+
+
+def test_train_batch_crops_flips_and_is_pure():
+    images = jnp.asarray(np.arange(4 * 6 * 6 * 1).reshape(4, 6, 6, 1) % 251, jnp.uint8)
+    labels = jnp.arange(4)
+    batch = cub_data.train_batch(images, labels, 0, 3, batch_size=4, size=4)
+    again = cub_data.train_batch(images, labels, 0, 3, batch_size=4, size=4)
+    np.testing.assert_array_equal(batch["image"], again["image"])
+    assert batch["image"].shape == (4, 4, 4, 1) and batch["image"].dtype == jnp.float32
+    source = np.asarray(images, np.float32) / 255.0
+    for crop, label in zip(np.asarray(batch["image"]), np.asarray(batch["label"])):
+        windows = [source[label, y:y + 4, x:x + 4] for y in range(3) for x in range(3)]
+        assert any(np.allclose(crop, w) or np.allclose(crop, w[:, ::-1]) for w in windows)
+    flipped = []  # whole-image crops: each is its image, or its mirror image
+    for step in range(4):
+        whole = cub_data.train_batch(images, labels, 0, step, batch_size=4, size=6)
+        for crop, label in zip(np.asarray(whole["image"]), np.asarray(whole["label"])):
+            same, mirror = np.allclose(crop, source[label]), np.allclose(crop, source[label, :, ::-1])
+            assert same != mirror
+            flipped.append(mirror)
+    assert 0 < sum(flipped) < len(flipped)
+
+
+def test_cluttered_objects_place_each_item_once():
+    items = np.zeros((3, 28, 28), np.uint8)
+    items[:, 10:18, 10:18] = 200
+    canvas, labels = cub_data.cluttered_objects(items, np.arange(3), canvas=60,
+                                                scale_range=(1.0, 1.0), clutter=0, seed=0)
+    assert canvas.shape == (3, 60, 60, 3)
+    assert [(c[..., 0] == 200).sum() for c in canvas] == [64, 64, 64]
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+
+
+def test_models_shapes_initial_boxes_and_grids():
+    config = cub_config("4xst_448,smoke")
+    model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
+    assert model(x).shape == (2, 4)
+    grids = model.transformer_grids(x)
+    assert len(grids) == 4 and grids[0].shape == (2, 48, 48, 2)
+    boxes = cub_models.initial_boxes(4, 0.5, 0.25)
+    for k, grid in enumerate(grids):  # zero-kernel regression: the initial boxes exactly
+        expected = transforms.get("attention").grid(jnp.asarray(boxes[k])[None], 48, 48)
+        np.testing.assert_allclose(np.asarray(grid[:1]), np.asarray(expected), atol=1e-6)
+    assert len({tuple(b) for b in boxes.tolist()}) == 4  # the crops start apart
+    assert len(model.parts) == 4  # a sub-net per crop
+    config.model.share_backbones = True
+    assert len(cub_models.get_model(config.model, 4, nnx.Rngs(0)).parts) == 1
+    config = cub_config("cnn,smoke")
+    cnn = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    assert cnn(x[:, :48, :48]).shape == (2, 4) and cnn.transformer_grids(x) == []
+
+
+def test_make_model_loads_weights_into_every_backbone(tmp_path):
+    config = cub_config("2xst_448,smoke")
+    probe = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    shapes = timm_import.checkpoint_shapes(cub_models.backbones(probe)[0])
+    arrays = seeded.seeded_weights({**shapes, "fc.weight": (1000, 36), "fc.bias": (1000,)}, 5)
+    save_file(arrays, str(tmp_path / "w.safetensors"))
+    config.model.weights = str(tmp_path / "w.safetensors")
+    model = tasks.get("cub").make_model(config, (96, 96, 3), nnx.Rngs(0))
+    found = cub_models.backbones(model)
+    assert len(found) == 3  # the loc net's and the two parts'
+    for backbone in found:
+        np.testing.assert_array_equal(np.asarray(backbone.Mixed_5d.branch_pool.bn.mean[...]),
+                                      arrays["Mixed_5d.branch_pool.bn.running_mean"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data.source", "cub", "config.data.source='cub' is unknown"),
+    ("model.last_block", "Mixed_6b", "config.model.last_block='Mixed_6b' is unknown"),
+    ("model.weights", "/nonexistent.safetensors", "config.model.weights='/nonexistent"),
+    ("data.image_size", 200, "config.data.image_size=200 must be in 1..data.store_size"),
+    ("model.crop_size", 8, "does not fit"),
+])
+def test_bad_configs_are_one_line(field, value, message):
+    config = cub_config()
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(ValueError, match=message) as info:
+        tasks.get("cub").validate_config(config)
+    assert "\n" not in str(info.value)
+
+
+def test_rows_follow_the_paper():
+    rows = {row: cub_config(row) for row in ("cnn", "2xst_224", "2xst_448", "4xst_448")}
+    assert rows["cnn"].model.name == "cnn" and rows["cnn"].data.image_size == 224
+    for row, (n, size) in {"2xst_224": (2, 224), "2xst_448": (2, 448), "4xst_448": (4, 448)}.items():
+        config = rows[row]
+        assert (config.model.name, config.model.num_transformers, config.data.image_size) == (
+            "st", n, size)
+        assert config.model.loc_size == 224 and config.model.crop_size == 224
+        assert config.data.num_classes == 200 and not config.model.share_backbones
+
+
+def _picture_colours(path):
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    from stn import plots
+    return [bool(np.all(pixels == np.asarray(c, np.uint8), axis=1).any()) for c in plots.OUTLINES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row, boxes", [("2xst_448", 2), ("4xst_448", 4)])
+def test_smoke_run_writes_results_and_boxes(tmp_path, row, boxes):
+    """The issue's done-when: `train.py --config=configs/cub.py:<row>,smoke` runs offline on
+    the CPU, writes results.json with test_error and a picture with one box per transformer."""
+    workdir = tmp_path / "run"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the synthetic miniature lands here
+    proc = subprocess.run([sys.executable, "train.py", f"--config=configs/cub.py:{row},smoke",
+                           f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert 0.0 <= results["test_error"] <= 1.0 and results["num_test_examples"] == 12
+    colours = _picture_colours(workdir / "images" / "transformer_latest.png")
+    assert colours[:boxes] == [True] * boxes and not any(colours[boxes:])
+
+
+def test_table3_sweep_emits_the_four_rows():
+    from stn import sweeps
+    points = sweeps.load_sweep(os.path.join(ROOT, "configs", "sweeps", "table3.py")
+                               + ":data=/d/CUB_200_2011,weights=/w.safetensors,steps=800")
+    assert [p["config"] for p in points] == [f"configs/cub.py:{r}" for r in
+                                             ("cnn", "2xst_224", "2xst_448", "4xst_448")]
+    assert points[0]["overrides"] == {"seed": 0, "data.source": "dir:/d/CUB_200_2011",
+                                      "model.weights": "/w.safetensors", "train.steps": 800,
+                                      "train.lr_decay_every": 300}
+
+
+def test_table3_puts_runs_in_their_rows(tmp_path):
+    """stn.tables --table=3: each row's runs in its cell (error %), smoke runs left out."""
+    from stn import tables
+    for row, error in (("cnn", 0.2), ("2xst_224", 0.18), ("2xst_448", 0.16), ("4xst_448", 0.15),
+                       ("4xst_448,smoke", 0.5)):
+        run = tmp_path / row.replace(",", "_")
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps(
+            {"config": cub_config(row).to_dict(), "test_error": error}))
+    runs, _ = tables.collect_results(tmp_path)
+    built = tables.build_table(runs, tables.table_spec(3))
+    ours = [row[0]["ours"]["mean"] for row in built["cells"]]
+    assert ours == pytest.approx([20.0, 18.0, 16.0, 15.0])
+    assert [row[0]["paper"] for row in built["cells"]] == [17.7, 16.9, 16.1, 15.9]
+    assert len(built["ignored"]) == 1
+
+
+def test_tfds_caltech_birds_through_mock_data(tmp_path):
+    """tfds' own mock data for caltech_birds2011, read TF-free: sizes, labels in 0..199."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=5):
+        images = cub_data.load_tfds("caltech_birds2011", 24, data_dir=str(tmp_path))
+    assert images.train_images.shape == (5, 24, 24, 3) and images.test_images.shape[0] == 5
+    assert images.train_images.dtype == np.uint8 and images.train_images.std() > 0
+    assert images.train_labels.min() >= 0 and images.train_labels.max() < 200
+
+
+def test_tfds_not_prepared_is_one_line(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(ValueError, match="not prepared as array_record") as info:
+        cub_data.load_tfds("caltech_birds2011", 24, data_dir=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("row, stored", [("cnn", 48), ("2xst_448", 96)])
+def test_standin_source_builds_cluttered_canvases(tmp_path, row, stored):
+    """`clutter:idx:DIR` (synthetic items here): 96x96 canvases, down-sampled to 48 for the
+    CNN row (its lower-resolution view), validation carved from training, test fixed."""
+    from stn.data import idx
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        items = np.zeros((n, 28, 28), np.uint8)
+        items[:, 8:20, 8:20] = rng.integers(100, 255, (n, 1, 1))
+        idx.write_split(tmp_path, split, items, np.arange(n) % 10)
+    config = cub_config(f"{row},standin")
+    config.data.source = f"clutter:idx:{tmp_path}"
+    config.data.validation_size = 8
+    config.data.clutter.update(train_limit=0, test_limit=0)
+    data = tasks.get("cub").load_data(config)
+    assert data.train_arrays[0].shape == (32, stored, stored, 3)
+    assert data.validation["image"].shape == (8, stored, stored, 3)
+    assert data.test["image"].shape == (10, stored, stored, 3)
+    np.testing.assert_array_equal(data.test["label"], np.arange(10))
