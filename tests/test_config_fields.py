@@ -53,6 +53,15 @@ CHANGES_NUMBERS = {
     "model.min_scale", "model.max_scale", "model.patch_scale", "model.loc_hidden",
     "model.embedding.distortion", "model.embedding.steps", "model.embedding.batch_size",
     "model.embedding.learning_rate", "model.embedding.momentum",
+    # cub (Table 3): image sizes, the stand-in's clutter, the synthetic miniature, the backbone
+    # and its weights file, the boxes' start
+    "data.clutter.canvas", "data.clutter.pieces", "data.clutter.scale_max",
+    "data.clutter.scale_min", "data.clutter.seed", "data.clutter.test_limit",
+    "data.clutter.train_limit", "data.flip", "data.image_size", "data.num_classes",
+    "data.store_size", "data.synthetic.dir", "data.synthetic.num_classes", "data.synthetic.seed",
+    "data.synthetic.test_per_class", "data.synthetic.train_per_class", "model.init_offset",
+    "model.init_scale", "model.last_block", "model.loc_size", "model.num_transformers",
+    "model.share_backbones", "model.weights", "model.width",
     # optimisation
     "train.steps", "train.batch_size", "train.learning_rate", "train.momentum",
     "train.weight_decay", "train.grad_clip_norm", "train.lr_decay_every",
@@ -67,6 +76,8 @@ ARGS = {
                         "quick"],
     "svhn": [None, "64px", "128px", *svhn.MODEL_NAMES, "smoke"],
     "colocalisation": [None, "t", "tc", "quick", "reduced", "class=5"],
+    "cub": [None, "cnn", "2xst_224", "2xst_448", "4xst_448", "2xst_448,smoke", "4xst_448,smoke",
+            "2xst_448,standin"],
 }
 
 
