@@ -110,13 +110,17 @@ UPSCALE_CASES = [  # (kernel, theta, padding)
     ("bilinear", _rotation(0.0), "zeros"), ("bicubic", _rotation(0.0), "reflection"),
     (kernels.Keys(-0.5), _rotation(0.0), "border"), ("bilinear", _rotation(30.0, 0.6), "zeros"),
     ("bicubic", _rotation(-70.0, 0.8), "border"),
-    (kernels.Keys(-0.5), [[0.9, 0.1, 0.2], [-0.05, 0.7, 0.0]], "reflection")]
+    (kernels.Keys(-0.5), [[0.9, 0.1, 0.2], [-0.05, 0.7, 0.0]], "reflection"),
+    # partly outside the image: index padding of the taps = coordinate padding for linear
+    ("bilinear", [[0.7, 0.2, 0.6], [-0.2, 0.7, -0.5]], "reflection"),
+    ("bilinear", [[0.7, 0.2, 0.6], [-0.2, 0.7, -0.5]], "border")]
 
 
 @pytest.mark.parametrize("kernel,theta,padding", UPSCALE_CASES,
                          ids=["identity-bilinear-zeros", "identity-bicubic-reflection",
                               "identity-keys-border", "rotate30-zoomin-bilinear-zeros",
-                              "rotate-70-zoomin-bicubic-border", "shear-zoomin-keys-reflection"])
+                              "rotate-70-zoomin-bicubic-border", "shear-zoomin-keys-reflection",
+                              "outside-bilinear-reflection", "outside-bilinear-border"])
 def test_identity_and_upscaling_equal_plain_sampling(kernel, theta, padding):
     """Footprint <= 1 on every axis: values and gradients are those of plain sampling (the
     interpolating kernels' weights already sum to one)."""
