@@ -393,14 +393,37 @@ def _windowed_jvp(primals, tangents):
             derivative = _contract_axes(windows, [*before, slopes[axis], *after])
             tangent = tangent + _scale_channels(derivative, d_coords[axis])
         if not _is_zero(d_kernels[axis]):
-            d_kernel = jax.tree_util.tree_map(
-                lambda t, p: jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t,
-                d_kernels[axis], kernels[axis], is_leaf=lambda x: isinstance(x, SymbolicZero))
-            _, d_weight = jax.jvp(
-                lambda k: k.tap_weights(coords[axis], firsts[axis].astype(coords[axis].dtype)),
-                (kernels[axis],), (d_kernel,))
-            tangent = tangent + _contract_axes(windows, [*before, d_weight, *after])
+            for partial, d_leaf in _kernel_partials(kernels[axis], d_kernels[axis],
+                                                    coords[axis], firsts[axis]):
+                derivative = _contract_axes(windows, [*before, partial, *after])
+                d_leaf = jnp.asarray(d_leaf, derivative.dtype)
+                tangent = tangent + (derivative * d_leaf if d_leaf.ndim == 0
+                                     else _scale_channels(derivative, d_leaf))
     return output, tangent
+
+
+def _kernel_partials(kernel, d_kernel, coord, first):
+    """``(dW/dphi, dphi)`` for each leaf ``phi`` of ``kernel`` with a non-zero tangent.
+
+    Every leaf is a scalar (``a``, ``sigma``) or one value per point (``Stretched``'s scale), so
+    ``dW/dphi`` (a JVP with tangent one) is a primal array and the tangent enters last, as a
+    product: its transpose is a product and a sum, not the transpose of the window contraction
+    (which XLA:CPU builds from one padded window array per tap).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(kernel)
+    d_leaves = jax.tree_util.tree_leaves(d_kernel, is_leaf=lambda x: isinstance(x, SymbolicZero))
+    first = first.astype(coord.dtype)
+    for index, (leaf, d_leaf) in enumerate(zip(leaves, d_leaves)):
+        if isinstance(d_leaf, SymbolicZero):
+            continue
+
+        def weights_of(value, index=index):
+            changed = list(leaves)
+            changed[index] = value
+            return jax.tree_util.tree_unflatten(treedef, changed).tap_weights(coord, first)
+
+        leaf = jnp.asarray(leaf)
+        yield jax.jvp(weights_of, (leaf,), (jnp.ones_like(leaf),))[1], d_leaf
 
 
 _windowed.defjvp(_windowed_jvp, symbolic_zeros=True)
