@@ -37,6 +37,11 @@ Grid points that are not finite, and huge ones (one rule for every kernel and pa
   that float32 cannot place a point within a pixel anyway. So a huge point is outside the image:
   zeros padding gives 0, border padding the edge pixel, reflection the mirror of the clamped point.
 
+Antialiasing (``antialias=True``, issue 26): each point's kernel is stretched along each input
+axis by the grid's footprint, the norm of that axis's row of the grid's Jacobian (finite
+differences), at least 1 and at most a static ``max_scale``, and its weights normalised; the
+section "antialiasing" below derives the estimate and gives its cost in taps.
+
 Neighbours outside the image are masked with ``where`` (never by multiplying by a mask), so no
 NaN or inf from an out-of-range value leaks into a gradient.
 
