@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "colocaliser"
     c.model.kernel = "bilinear"
+    # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
+    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    c.model.antialias = False
     c.model.margin = 1.0  # alpha (appendix A.2)
     # The embedding: section 4.1's CNN trained on digit classification first, then fixed; the
     # distortion it is trained on is (unstated): RTS, whose translation and scale tolerance

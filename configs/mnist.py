@@ -52,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.name = picked["model"]
     c.model.transform = picked["transform"]
     c.model.kernel = "bilinear"
+    # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
+    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    c.model.antialias = False
     c.model.padding = "zeros"
     c.model.st_output_size = 0  # 0: the input's size
     c.model.st_pool = 1  # > 1: average-pool the transformer's output (paper: 2 for RTS and TC)

@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.name = picked["model"]
     c.model.transform = picked["transform"]
     c.model.kernel = "bilinear"
+    # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
+    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    c.model.antialias = False
     c.model.padding = "zeros"
     # Each transformer's output side (unstated): the transformers' outputs together have the
     # input's area, so every FCN classifier has about as many weights as the plain FCN's (the

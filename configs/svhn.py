@@ -55,6 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.name = picked["model"]
     c.model.transform = "affine"
     c.model.kernel = "bilinear"
+    # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
+    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    c.model.antialias = False
     c.model.padding = "zeros"
     c.model.features = (48, 64, 128, 160, 192, 192, 192, 192)
     c.model.fc_widths = (3072, 3072, 3072)

@@ -27,6 +27,10 @@ NON_COMPUTATIONAL = frozenset({
     "eval.test_during_training", "distributed", "data.manual_dir",
 })
 STEPS = "train.steps"
+#: Fields added after runs were recorded, with the value that reproduces those runs: a field
+#: absent from one config compares as this value (so an old run still stands for the default),
+#: and any other value differs. `model.antialias` (issue 26): False is the plain sampler.
+ADDED_DEFAULTS: Mapping[str, Any] = {"model.antialias": False}
 
 
 def format_value(value: bool | int | float | str) -> str:
@@ -101,7 +105,8 @@ def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any], *,
     """Sorted dotted names of the fields in which config `new` changes `old`'s computation.
 
     A field present in one config only counts as differing (a field added since the old run
-    may change what runs). Values compare as JSON values (a tuple equals its list).
+    may change what runs), unless it is in `ADDED_DEFAULTS` and the other config holds its
+    default. Values compare as JSON values (a tuple equals its list).
 
     Args:
       old: the existing run's config (as recorded in its `config.json` / `results.json`).
@@ -110,8 +115,8 @@ def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any], *,
         smaller one still differs.
       ignore: fields that do not change the computation (default `NON_COMPUTATIONAL`).
     """
-    old_flat = flatten(json.loads(json.dumps(old)))
-    new_flat = flatten(json.loads(json.dumps(new)))
+    old_flat = {**ADDED_DEFAULTS, **flatten(json.loads(json.dumps(old)))}
+    new_flat = {**ADDED_DEFAULTS, **flatten(json.loads(json.dumps(new)))}
     ignored = set(ignore)
     names = []
     for name in sorted(set(old_flat) | set(new_flat)):

@@ -188,6 +188,43 @@ class Gaussian(Kernel):
         return jnp.where(_inside(distance, self.radius), weight, jnp.zeros_like(weight))
 
 
+@_register
+@dataclasses.dataclass(frozen=True)
+class Stretched(Kernel):
+    """``base`` stretched per point by ``scale >= 1`` and normalised: the antialiasing kernel.
+
+    A kernel stretched by ``s`` is ``k(d / s) / s``, its support widened to ``[-r s, r s)``; over
+    the integer taps its weights are divided by their sum (the ``1 / s`` cancels), so that a
+    constant image samples to the same constant whatever ``s`` (the lattice sum of a stretched
+    kernel ripples with the point's phase: linear at ``s = 1.5`` sums to 1.11 or 0.89):
+
+        w_t = k((x - m_t) / s; Phi) / sum_u k((x - m_u) / s; Phi).
+
+    ``scale`` is an array broadcast over the points (``[B, *out]``, one per output point) and a
+    pytree leaf, so gradients reach it (and through it the grid that set it); ``max_scale`` is
+    static and sets the taps, ``2 ceil(r max_scale)``, so ``scale`` must not exceed it.
+    """
+
+    base: Kernel
+    scale: Any
+    max_scale: float = dataclasses.field(default=1.0, metadata={"static": True})
+
+    @property
+    def radius(self) -> float:
+        return self.base.radius * self.max_scale
+
+    def __call__(self, distance: jax.Array) -> jax.Array:
+        scale = jnp.asarray(self.scale, distance.dtype)
+        return self.base(distance / scale) / scale
+
+    def tap_weights(self, coordinate: jax.Array, first: jax.Array) -> jax.Array:
+        offsets = jnp.arange(self.num_taps, dtype=coordinate.dtype)
+        offsets = offsets.reshape((1,) * coordinate.ndim + (self.num_taps,))
+        distance = (coordinate - first)[..., None] - offsets
+        weights = self.base(distance / jnp.asarray(self.scale, coordinate.dtype)[..., None])
+        return weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+
 _NAMED: dict[str, Kernel] = {"nearest": Nearest(), "bilinear": Linear(), "bicubic": Keys(-0.75)}
 NAMES = tuple(_NAMED)
 

@@ -252,11 +252,13 @@ class SpatialTransformer(nnx.Module):
     `(D_out, H_out, W_out)`): the grid's size, so the transformer can down- or over-sample
     (section 3.4). The output has as many channels as the input. `kernel` is a name, a
     `stn.kernels.Kernel` or one per axis; `learn_kernel` makes its `Phi` trainable.
+    `antialias` stretches the kernel by the grid's footprint where the transformer zooms out
+    (`stn.sampling.sample(..., antialias=True)`, its default `max_scale`); not with nearest.
     """
 
     def __init__(self, loc_net: nnx.Module, transform: str, output_size: int | Sequence[int], *,
                  kernel="bilinear", padding: str = "zeros", align_corners: bool = False,
-                 learn_kernel: bool = False):
+                 learn_kernel: bool = False, antialias: bool = False):
         self.loc_net = loc_net
         self.transform_name = transforms.get(transform).name
         ndim = self.transform.ndim
@@ -264,8 +266,11 @@ class SpatialTransformer(nnx.Module):
         if padding not in sampling.PADDINGS:
             raise ValueError(f"padding must be one of {sampling.PADDINGS}, got {padding!r}")
         self.sampling_kernel = SamplingKernel(kernel, ndim, learn=learn_kernel)
+        if antialias:
+            sampling.check_antialias(sampling.axis_kernels(kernel, ndim))
         self.padding = padding
         self.align_corners = align_corners
+        self.antialias = bool(antialias)
 
     @property
     def transform(self):
@@ -286,7 +291,7 @@ class SpatialTransformer(nnx.Module):
 
     def _sample(self, x: jax.Array, grid: jax.Array) -> jax.Array:
         return sampling.sample(x, grid, kernel=self.sampling_kernel(), padding=self.padding,
-                               align_corners=self.align_corners)
+                               align_corners=self.align_corners, antialias=self.antialias)
 
     def warp(self, x: jax.Array, theta: jax.Array) -> jax.Array:
         """`x` sampled at the grid of given parameters `theta` (the loc net is not called): a

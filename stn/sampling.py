@@ -37,6 +37,11 @@ Grid points that are not finite, and huge ones (one rule for every kernel and pa
   that float32 cannot place a point within a pixel anyway. So a huge point is outside the image:
   zeros padding gives 0, border padding the edge pixel, reflection the mirror of the clamped point.
 
+Antialiasing (``antialias=True``, issue 26): each point's kernel is stretched along each input
+axis by the grid's footprint, the norm of that axis's row of the grid's Jacobian (finite
+differences), at least 1 and at most a static ``max_scale``, and its weights normalised; the
+section "antialiasing" below derives the estimate and gives its cost in taps.
+
 Neighbours outside the image are masked with ``where`` (never by multiplying by a mask), so no
 NaN or inf from an out-of-range value leaks into a gradient.
 
@@ -393,14 +398,37 @@ def _windowed_jvp(primals, tangents):
             derivative = _contract_axes(windows, [*before, slopes[axis], *after])
             tangent = tangent + _scale_channels(derivative, d_coords[axis])
         if not _is_zero(d_kernels[axis]):
-            d_kernel = jax.tree_util.tree_map(
-                lambda t, p: jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t,
-                d_kernels[axis], kernels[axis], is_leaf=lambda x: isinstance(x, SymbolicZero))
-            _, d_weight = jax.jvp(
-                lambda k: k.tap_weights(coords[axis], firsts[axis].astype(coords[axis].dtype)),
-                (kernels[axis],), (d_kernel,))
-            tangent = tangent + _contract_axes(windows, [*before, d_weight, *after])
+            for partial, d_leaf in _kernel_partials(kernels[axis], d_kernels[axis],
+                                                    coords[axis], firsts[axis]):
+                derivative = _contract_axes(windows, [*before, partial, *after])
+                d_leaf = jnp.asarray(d_leaf, derivative.dtype)
+                tangent = tangent + (derivative * d_leaf if d_leaf.ndim == 0
+                                     else _scale_channels(derivative, d_leaf))
     return output, tangent
+
+
+def _kernel_partials(kernel, d_kernel, coord, first):
+    """``(dW/dphi, dphi)`` for each leaf ``phi`` of ``kernel`` with a non-zero tangent.
+
+    Every leaf is a scalar (``a``, ``sigma``) or one value per point (``Stretched``'s scale), so
+    ``dW/dphi`` (a JVP with tangent one) is a primal array and the tangent enters last, as a
+    product: its transpose is a product and a sum, not the transpose of the window contraction
+    (which XLA:CPU builds from one padded window array per tap).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(kernel)
+    d_leaves = jax.tree_util.tree_leaves(d_kernel, is_leaf=lambda x: isinstance(x, SymbolicZero))
+    first = first.astype(coord.dtype)
+    for index, (leaf, d_leaf) in enumerate(zip(leaves, d_leaves)):
+        if isinstance(d_leaf, SymbolicZero):
+            continue
+
+        def weights_of(value, index=index):
+            changed = list(leaves)
+            changed[index] = value
+            return jax.tree_util.tree_unflatten(treedef, changed).tap_weights(coord, first)
+
+        leaf = jnp.asarray(leaf)
+        yield jax.jvp(weights_of, (leaf,), (jnp.ones_like(leaf),))[1], d_leaf
 
 
 _windowed.defjvp(_windowed_jvp, symbolic_zeros=True)
@@ -506,6 +534,107 @@ def _bilinear_window_jvp(primals, tangents):
     return output, tangent
 
 
+# ------------------------------------------------------------ antialiasing (issue 26)
+#
+# A grid that reads the input more sparsely than its pixels (zooming out) aliases with any
+# fixed-width kernel. With ``antialias=True`` each point's kernel is stretched along each input
+# axis by the grid's local footprint there (``kernels.Stretched``), never narrowed:
+#
+#     s_a = clip(||row_a(J)||_2, 1, max_scale),   J_ak = d x_a / d u_k   (input px per output px)
+#
+# with J the Jacobian of the source point (input pixels) with respect to the output index,
+# estimated by central differences of the grid. Why the row norms: the output cell at a point
+# covers, to first order, the parallelogram spanned by J's columns; Heckbert's elliptical
+# weighted average filters it with the Gaussian of covariance J J^T, whose marginal along input
+# axis a has variance (J J^T)_aa = ||row_a(J)||^2. A separable kernel cannot tilt, so it takes
+# those marginal widths. Column norms (the step between neighbouring outputs) name output axes,
+# which match input axes only without rotation: a 45 degree turn with zoom (4, 1) has column
+# norms 4 and 1, but its footprint is a tilted ellipse 2.9 pixels wide along both x and y. On an
+# axis-aligned grid J is diagonal and s_a is the resize factor in/out: torch's and PIL's
+# antialiased resize filters. The price of separability: on a rotated anisotropic footprint it
+# blurs more than EWA across the ellipse's long axis.
+
+
+def default_max_scale(image_sizes: Sequence[int], grid_sizes: Sequence[int]) -> float:
+    """The static bound on the footprint when ``max_scale`` is None: ``max(2, max in / min out)``.
+
+    A grid that spans the whole input needs the ratio of input to output size; the floor of 2
+    leaves room for an equal-size transformer that zooms out by up to 2.
+    """
+    return max(2.0, max(image_sizes) / min(grid_sizes))
+
+
+def _output_slope(coord: jax.Array, valid: jax.Array, axis: int) -> jax.Array:
+    """``d coord / d u`` along output ``axis`` of ``[B, *out]`` coordinates: central differences,
+    one-sided at the ends and beside a non-finite point, 0 where no neighbour is valid (and on a
+    size-1 axis)."""
+    size = coord.shape[axis]
+    if size == 1:
+        return jnp.zeros_like(coord)
+
+    def part(x, start, stop):
+        return jax.lax.slice_in_dim(x, start, stop, axis=axis)
+
+    def pad(x, before):  # one zero (False) before or after along `axis`
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (1, 0) if before else (0, 1)
+        return jnp.pad(x, widths)
+
+    step = part(coord, 1, size) - part(coord, 0, size - 1)
+    step_ok = part(valid, 1, size) & part(valid, 0, size - 1)
+    ahead, ahead_ok = pad(step, False), pad(step_ok, False)
+    behind, behind_ok = pad(step, True), pad(step_ok, True)
+    zero = jnp.zeros((), coord.dtype)
+    total = jnp.where(ahead_ok, ahead, zero) + jnp.where(behind_ok, behind, zero)
+    count = ahead_ok.astype(coord.dtype) + behind_ok.astype(coord.dtype)
+    return total / jnp.maximum(count, 1.0)
+
+
+def _antialias_scales(coords: Sequence[jax.Array], valid: jax.Array,
+                      max_scale: float) -> list[jax.Array]:
+    """Per input axis ``a`` the stretch ``s_a = clip(||row_a(J)||_2, 1, max_scale)`` of every
+    point (section comment above); gradient only where ``1 < s_a < max_scale``."""
+    num_out = valid.ndim - 1
+    scales = []
+    for coord in coords:
+        square = sum(jnp.square(_output_slope(coord, valid, axis)) for axis in range(1, num_out + 1))
+        wide = square > 1.0
+        norm = jnp.sqrt(jnp.where(wide, square, 1.0))  # no sqrt'(0) = inf in the backward
+        scale = jnp.where(wide, norm, 1.0)
+        scales.append(jnp.where(scale < max_scale, scale, jnp.asarray(max_scale, scale.dtype)))
+    return scales
+
+
+def check_antialias(kernels: Sequence[kernel_lib.Kernel], max_scale: float | None = None) -> None:
+    """One-line errors: nearest has no width to stretch; ``max_scale`` must be a number >= 1."""
+    if any(isinstance(k, kernel_lib.Nearest) for k in kernels):
+        raise ValueError("antialias=True needs a kernel with a width (bilinear, bicubic, Keys, "
+                         "Gaussian) on every axis; nearest has none to stretch")
+    if max_scale is not None and not (isinstance(max_scale, (int, float))
+                                      and math.isfinite(max_scale) and max_scale >= 1):
+        raise ValueError(f"max_scale must be a number >= 1 (or None), got {max_scale!r}")
+
+
+def _sample_antialiased(image: jax.Array, kernels, coords, valid: jax.Array, padding: str,
+                        align_corners: bool, max_scale: float | None, method: str) -> jax.Array:
+    """Paper eq. 3 with each axis's kernel ``kernels.Stretched`` by the footprint ``s_a``.
+
+    Taps are padded by index (as for every wide kernel) and read by the window path (or the
+    gather path for integer images); gradients reach the footprint through the kernel's
+    ``scale`` leaf, i.e. the JVP's ``Phi`` term.
+    """
+    if max_scale is None:
+        max_scale = default_max_scale(image.shape[1:-1], valid.shape[1:])
+    max_scale = float(max_scale)
+    scales = _antialias_scales(coords, valid, max_scale)
+    stretched = [kernel_lib.Stretched(k, s, max_scale) for k, s in zip(kernels, scales)]
+    axes = [_axis_coordinate(k, c, size, padding, align_corners)
+            for k, c, size in zip(stretched, coords, image.shape[1:-1])]
+    coords, firsts, paddings = (list(part) for part in zip(*axes))
+    sampler = _sample_gather if method == "gather" else _sample_window
+    return sampler(image, stretched, coords, firsts, paddings, align_corners)
+
+
 def _check_inputs(image: jax.Array, grid: jax.Array, padding: str) -> bool:
     """Raises ValueError naming what was expected and what came; returns whether unbatched."""
     if padding not in PADDINGS:
@@ -549,6 +678,8 @@ def sample(
     kernel: KernelSpec = "bilinear",
     padding: str = "zeros",
     align_corners: bool = False,
+    antialias: bool = False,
+    max_scale: float | None = None,
 ) -> jax.Array:
     """Samples ``image`` at ``grid`` (paper eq. 3): ``V_i = sum_nm U_nm k(x_s - m) k(y_s - n)``.
 
@@ -568,6 +699,14 @@ def sample(
         ``"reflection"`` (the mirrored pixel); see the module docstring for where it applies.
       align_corners: whether -1 and 1 are the centres (True) or outer edges (False) of the corner
         pixels, as in ``torch.nn.functional.grid_sample``.
+      antialias: stretch each point's kernel along each input axis by the grid's local footprint
+        ``s_a = clip(||row_a(J)||, 1, max_scale)`` (J: the grid's Jacobian in input pixels per
+        output pixel, by finite differences) and normalise its weights, so a zoomed-out grid
+        low-passes instead of aliasing (see the antialiasing section). Identity and upscaling
+        grids sample as without it. Not with ``"nearest"`` (ValueError: it has no width).
+      max_scale: static bound on ``s_a``; sets the taps per axis, ``2 ceil(r max_scale)`` for a
+        kernel of radius ``r``. Footprints beyond it are filtered at ``max_scale``. None:
+        ``default_max_scale`` of the image and grid sizes.
 
     Returns:
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid
@@ -577,7 +716,7 @@ def sample(
     if image.size == 0 or grid.size == 0:  # an empty batch, channel axis or grid
         return _empty_output(image, grid, kernel, padding)
     return _sample(image, grid, kernel=kernel, padding=padding, align_corners=align_corners,
-                   method="auto")
+                   method="auto", antialias=antialias, max_scale=max_scale)
 
 
 def _empty_output(image: jax.Array, grid: jax.Array, kernel: KernelSpec,
@@ -609,7 +748,8 @@ def _pick_method(image: jax.Array, kernels: Sequence[kernel_lib.Kernel], method:
     return method
 
 
-def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: bool, method: str):
+def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: bool, method: str,
+            antialias: bool = False, max_scale: float | None = None):
     """``sample`` with an explicit internal ``method`` (tests and benchmarks use it)."""
     image = jnp.asarray(image)
     grid = jnp.asarray(grid)
@@ -618,6 +758,10 @@ def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: boo
         image, grid = image[None], grid[None]
     num_axes = grid.shape[-1]
     kernels = axis_kernels(kernel, num_axes)
+    if antialias:  # always the pure-jnp window (or gather) path
+        check_antialias(kernels, max_scale)
+        floating = jnp.issubdtype(image.dtype, jnp.floating)
+        method = "window" if floating and method != "gather" else "gather"
     method = _pick_method(image, kernels, method)
 
     # Coordinates in float32 or wider whatever the image dtype; non-finite points are moved to
@@ -631,7 +775,10 @@ def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: boo
               for axis, size in enumerate(sizes)]
     kernels = kernels[::-1]
 
-    if method == "bilinear2d":
+    if antialias:
+        output = _sample_antialiased(image, kernels, coords, valid, padding, align_corners,
+                                     max_scale, method)
+    elif method == "bilinear2d":
         y, x = (apply_padding(c, size, padding, align_corners) for c, size in zip(coords, sizes))
         output = _bilinear_window(image, x, y)
     else:

@@ -93,3 +93,17 @@ def test_fields_present_on_one_side_only_differ():
     assert config_compare.differing_fields(new, old) == ["train.max_loss"]
     assert config_compare.describe(old, new, ["train.max_loss"]) == \
         "train.max_loss (absent) -> 1000000.0"
+
+
+def test_antialias_changes_the_numbers_and_its_absence_means_off():
+    """model.antialias (issue 26) is computational; a run recorded before the field existed is
+    the plain sampler, so it stands for antialias=false and not for true."""
+    before = config_compare.resolve("configs/mnist.py:quick", {})
+    assert before["model"]["antialias"] is False
+    old = json.loads(json.dumps(before))
+    del old["model"]["antialias"]
+    assert config_compare.differing_fields(old, before) == []
+    on = config_compare.resolve("configs/mnist.py:quick", {"model.antialias": True})
+    assert config_compare.differing_fields(before, on) == ["model.antialias"]
+    assert config_compare.differing_fields(old, on) == ["model.antialias"]
+    assert "model.antialias" not in config_compare.NON_COMPUTATIONAL

@@ -52,7 +52,7 @@ CHANGES_NUMBERS = {
     "model.margin", "model.crop_size", "model.descriptor", "model.initial_scale",
     "model.min_scale", "model.max_scale", "model.patch_scale", "model.loc_hidden",
     "model.embedding.distortion", "model.embedding.steps", "model.embedding.batch_size",
-    "model.embedding.learning_rate", "model.embedding.momentum",
+    "model.embedding.learning_rate", "model.embedding.momentum", "model.antialias",
     # cub (Table 3): image sizes, the stand-in's clutter, the synthetic miniature, the backbone
     # and its weights file, the boxes' start
     "data.clutter.canvas", "data.clutter.pieces", "data.clutter.scale_max",

@@ -55,7 +55,7 @@ def equal_area_output_size(input_size: int, count: int) -> int:
 
 def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
            st_output_size: int = 0, kernel: str = "bilinear", padding: str = "zeros",
-           num_classes: int = NUM_CLASSES, rngs: nnx.Rngs) -> nnx.Module:
+           antialias: bool = False, num_classes: int = NUM_CLASSES, rngs: nnx.Rngs) -> nnx.Module:
     """Builds the model `name` (one of `MODEL_NAMES`) for one example of shape `(H, W, C)`.
 
     `st_output_size` is the side of each transformer's output (0: the input's size).
@@ -79,6 +79,6 @@ def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
         else:
             loc_net = layers.ConvLocNet(input_shape, identity, **mnist.ST_CNN_LOC, rngs=rngs)
         transformers.append(layers.SpatialTransformer(loc_net, transform, out_hw, kernel=kernel,
-                                                      padding=padding))
+                                                      padding=padding, antialias=antialias))
     return ParallelSTClassifier(
         transformers, classifier((*out_hw, channels * count), num_classes=num_classes, rngs=rngs))

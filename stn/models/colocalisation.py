@@ -114,7 +114,8 @@ class CoLocaliser(nnx.Module):
     """Attention transformer + fixed embedding; `model(images, rand_pos)` -> dict of outputs."""
 
     def __init__(self, input_shape: Sequence[int], embedding: mnist.CNN, *,
-                 crop_size: int = CROP_SIZE, kernel: str = "bilinear", margin: float = MARGIN,
+                 crop_size: int = CROP_SIZE, kernel: str = "bilinear", antialias: bool = False,
+                 margin: float = MARGIN,
                  initial_scale: float = 1.0, descriptor: str = "raw", patch_scale: float = 0.0,
                  min_scale: float = 0.0, max_scale: float = 1.0,
                  loc_hidden: Sequence[int] = LOC_HIDDEN, embedding_size: int | None = None,
@@ -136,7 +137,7 @@ class CoLocaliser(nnx.Module):
         loc_net = AttentionLocNet(input_shape, initial, min_scale=min_scale,
                                   max_scale=max_scale, hidden=loc_hidden, rngs=rngs)
         self.transformer = layers.SpatialTransformer(loc_net, "attention", crop_size,
-                                                     kernel=kernel)
+                                                     kernel=kernel, antialias=antialias)
         self.embedding = layers.freeze(embedding)
 
     def __call__(self, images: jax.Array, rand_pos: jax.Array | None = None) -> dict:

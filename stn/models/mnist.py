@@ -111,7 +111,7 @@ def _get(config, key, default):
 
 def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
            st_output_size: int | None = None, st_pool: int = 1, kernel: str = "bilinear",
-           padding: str = "zeros", rngs: nnx.Rngs) -> nnx.Module:
+           padding: str = "zeros", antialias: bool = False, rngs: nnx.Rngs) -> nnx.Module:
     """Builds the model `name` (one of `MODEL_NAMES`) for one example of shape `(H, W, C)`.
 
     ST models: the transformer outputs `st_output_size` squared (default the input's size),
@@ -137,7 +137,7 @@ def create(name: str, input_shape: Sequence[int], *, transform: str = "affine",
         loc_net = layers.ConvLocNet(input_shape, identity, **ST_CNN_LOC, rngs=rngs)
         classifier = CNN(out_shape, rngs=rngs)
     transformer = layers.SpatialTransformer(loc_net, transform, out_hw, kernel=kernel,
-                                            padding=padding)
+                                            padding=padding, antialias=antialias)
     return STClassifier(transformer, classifier, pool=st_pool)
 
 
@@ -146,7 +146,7 @@ def get_model(model_config, input_size: int | Sequence[int], rngs: nnx.Rngs,
     """The model named by `model_config.name` for square (or `(H, W)`) inputs of `input_size`.
 
     Reads `name`, and for ST models `transform`, optional `st_output_size`, `st_pool`, `kernel`,
-    `padding`.
+    `padding`, `antialias`.
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
@@ -157,6 +157,7 @@ def get_model(model_config, input_size: int | Sequence[int], rngs: nnx.Rngs,
         st_pool=int(_get(model_config, "st_pool", 1)),
         kernel=_get(model_config, "kernel", "bilinear"),
         padding=_get(model_config, "padding", "zeros"),
+        antialias=bool(_get(model_config, "antialias", False)),
         rngs=rngs,
     )
 

@@ -83,7 +83,7 @@ class SequenceCNN(nnx.Module):
                  pool_after: Sequence[int] = POOL_AFTER, fc_widths: Sequence[int] = FC_WIDTHS,
                  max_digits: int = MAX_DIGITS, transformer_at: Sequence[int] = (),
                  loc: str = "conv", transform: str = "affine", kernel: str = "bilinear",
-                 padding: str = "zeros", rngs: nnx.Rngs):
+                 padding: str = "zeros", antialias: bool = False, rngs: nnx.Rngs):
         shapes = _feature_shapes(input_shape, features, pool_after)
         self.pool_after = tuple(int(i) for i in pool_after)
         self.transformer_at = tuple(int(i) for i in transformer_at)
@@ -104,7 +104,7 @@ class SequenceCNN(nnx.Module):
             else:
                 raise ValueError(f"SequenceCNN: loc must be 'conv' or 'fc', got {loc!r}")
             stns.append(layers.SpatialTransformer(loc_net, transform, shape[:2], kernel=kernel,
-                                                  padding=padding))
+                                                  padding=padding, antialias=antialias))
         self.transformers = nnx.List(stns)
         # He initialisation: this deep plain ReLU stack (no normalisation layers) barely moves
         # from the default LeCun scale, whose activations shrink by ~2x per layer.
@@ -183,7 +183,7 @@ class SequenceCNN(nnx.Module):
 def create(name: str, input_shape: Sequence[int], *, features: Sequence[int] = CONV_FEATURES,
            fc_widths: Sequence[int] = FC_WIDTHS, max_digits: int = MAX_DIGITS,
            transform: str = "affine", kernel: str = "bilinear", padding: str = "zeros",
-           rngs: nnx.Rngs) -> SequenceCNN:
+           antialias: bool = False, rngs: nnx.Rngs) -> SequenceCNN:
     """Builds `cnn`, `st_cnn_single` or `st_cnn_multi` for one example of shape `(H, W, C)`."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown SVHN model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
@@ -193,7 +193,7 @@ def create(name: str, input_shape: Sequence[int], *, features: Sequence[int] = C
         raise ValueError(f"{name} needs at least {len(at)} conv layers, got features={features}")
     return SequenceCNN(input_shape, features=features, fc_widths=fc_widths,
                        max_digits=max_digits, transformer_at=at, loc=loc, transform=transform,
-                       kernel=kernel, padding=padding, rngs=rngs)
+                       kernel=kernel, padding=padding, antialias=antialias, rngs=rngs)
 
 
 def get_model(model_config, input_shape: Sequence[int], rngs: nnx.Rngs) -> SequenceCNN:
@@ -205,4 +205,5 @@ def get_model(model_config, input_shape: Sequence[int], rngs: nnx.Rngs) -> Seque
                   fc_widths=tuple(get("fc_widths", FC_WIDTHS)),
                   max_digits=int(get("max_digits", MAX_DIGITS)),
                   transform=get("transform", "affine"), kernel=get("kernel", "bilinear"),
-                  padding=get("padding", "zeros"), rngs=rngs)
+                  padding=get("padding", "zeros"), antialias=bool(get("antialias", False)),
+                  rngs=rngs)

@@ -3,7 +3,7 @@
 Config fields read here (configs/mnist_addition.py): `data.source`, `data.distortion` (each
 digit's, default `rts`), `data.validation_size` (training digits held out, 0 = none),
 `data.validation_seed`, `data.test_seed`; `model.name` (`stn.models.addition.MODEL_NAMES`),
-`model.transform`, `model.kernel`, `model.padding`, `model.st_output_size`;
+`model.transform`, `model.kernel`, `model.padding`, `model.antialias`, `model.st_output_size`;
 `train.batch_size`. Loss and error are the classification ones over the 19 sums.
 """
 from __future__ import annotations
@@ -65,7 +65,8 @@ def make_model(config, shape, rngs):
     return models.create(config.model.name, shape, transform=config.model.transform,
                          st_output_size=int(config.model.get("st_output_size", 0)),
                          kernel=config.model.get("kernel", "bilinear"),
-                         padding=config.model.get("padding", "zeros"), rngs=rngs)
+                         padding=config.model.get("padding", "zeros"),
+                         antialias=config.model.get("antialias", False), rngs=rngs)
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:

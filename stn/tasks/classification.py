@@ -3,7 +3,7 @@
 Config fields read here (configs/mnist.py): `data.source`, `data.distortion`,
 `data.validation_size` (training digits held out, 0 = none), `data.validation_seed`,
 `data.test_seed`; `model.name`, `model.transform`, `model.kernel`, `model.padding`,
-`model.st_output_size`; `train.batch_size`.
+`model.antialias`, `model.st_output_size`; `train.batch_size`.
 """
 from __future__ import annotations
 
@@ -22,13 +22,26 @@ from stn.tasks import Data, Task
 NUM_CLASSES = 10
 
 
+def validate_antialias(config) -> None:
+    """One-line ValueErrors for `model.antialias` (a bool; antialiased sampling stretches the
+    kernel, so not with `model.kernel="nearest"`)."""
+    antialias = config.model.get("antialias", False)
+    if not isinstance(antialias, bool):
+        raise ValueError(f"config.model.antialias={antialias!r} must be true or false")
+    if antialias and config.model.get("kernel", "bilinear") == "nearest":
+        raise ValueError("config.model.antialias=true needs a kernel with a width; set "
+                         "config.model.kernel to bilinear or bicubic (nearest has none)")
+
+
 def validate_sampler_and_digits(config) -> None:
     """One-line ValueErrors for the fields every distorted-digit task shares: the sampler's
-    `model.kernel` and `model.padding`, `data.distortion`, `data.source`, `data.validation_size`."""
+    `model.kernel`, `model.padding` and `model.antialias`, `data.distortion`, `data.source`,
+    `data.validation_size`."""
     for field, allowed in (("kernel", sampling.KERNELS), ("padding", sampling.PADDINGS)):
         if config.model.get(field, allowed[0]) not in allowed:
             raise ValueError(f"config.model.{field}={config.model[field]!r} is unknown; set it "
                              f"to one of {', '.join(allowed)}")
+    validate_antialias(config)
     if config.data.distortion not in distortions.NAMES:
         raise ValueError(f"config.data.distortion={config.data.distortion!r} is unknown; set it "
                          f"to one of {', '.join(distortions.NAMES)}")

@@ -4,7 +4,7 @@ Config fields read here (configs/colocalisation.py): `data.source`, `data.digit_
 `data.clutter` (6x6 distractor patches per image: 0 for T, 16 for TC), `data.num_train` (the
 images optimised on; the paper's 100), `data.validation_size` and `data.validation_seed`
 (training digits held out, all classes), `data.test_seed` (seed of the fixed sets);
-`model.crop_size`, `model.kernel`, `model.margin` (alpha), `model.initial_scale`,
+`model.crop_size`, `model.kernel`, `model.antialias`, `model.margin` (alpha), `model.initial_scale`,
 `model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
 crop's own), `model.embedding.*` (how the fixed embedding CNN is
 trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`);
@@ -45,6 +45,7 @@ def validate_config(config) -> None:
     if config.model.get("kernel", "bilinear") not in sampling.KERNELS:
         raise ValueError(f"config.model.kernel={config.model.kernel!r} is unknown; set it to "
                          f"one of {', '.join(sampling.KERNELS)}")
+    classification.validate_antialias(config)
     if not 0 <= int(config.data.digit_class) <= 9:
         raise ValueError(f"config.data.digit_class={config.data.digit_class} must be in 0..9")
     if int(config.data.clutter) < 0:
@@ -169,6 +170,7 @@ def make_model(config, shape, rngs):
     return models.CoLocaliser(shape, cnn, crop_size=int(config.model.crop_size),
                               embedding_size=canvas,
                               kernel=config.model.get("kernel", "bilinear"),
+                              antialias=config.model.get("antialias", False),
                               margin=float(config.model.margin),
                               initial_scale=float(config.model.initial_scale),
                               descriptor=config.model.descriptor,

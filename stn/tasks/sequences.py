@@ -30,7 +30,7 @@ import optax
 
 from stn.data import arrays, external, mnist_sequences, pipeline, sources, svhn_input
 from stn.models import svhn
-from stn.tasks import Data, Task
+from stn.tasks import Data, Task, classification
 
 DATA_NAMES = ("svhn_multidigit", "mnist_sequences")
 
@@ -40,6 +40,7 @@ def validate_config(config) -> None:
     if config.model.name not in svhn.MODEL_NAMES:
         raise ValueError(f"config.model.name={config.model.name!r} is unknown for task "
                          f"'sequences'; set it to one of {', '.join(svhn.MODEL_NAMES)}")
+    classification.validate_antialias(config)
     name = config.data.get("name", None)
     if name not in DATA_NAMES:
         raise ValueError(f"config.data.name={name!r} is unknown for task 'sequences'; set it to "
