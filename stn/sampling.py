@@ -60,10 +60,12 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from stn import kernels as kernel_lib
+from stn import native
 
 KERNELS = kernel_lib.NAMES
 PADDINGS = ("zeros", "border", "reflection")
 METHODS = ("gather", "window", "bilinear2d")
+SAMPLE_METHODS = ("auto", "native", "jnp")  # sample(method=...): see _use_native
 COORDINATE_BOUND = 2.0 ** 22
 
 KernelSpec = str | kernel_lib.Kernel | Sequence[str | kernel_lib.Kernel]
@@ -549,6 +551,7 @@ def sample(
     kernel: KernelSpec = "bilinear",
     padding: str = "zeros",
     align_corners: bool = False,
+    method: str = "auto",
 ) -> jax.Array:
     """Samples ``image`` at ``grid`` (paper eq. 3): ``V_i = sum_nm U_nm k(x_s - m) k(y_s - n)``.
 
@@ -568,13 +571,49 @@ def sample(
         ``"reflection"`` (the mirrored pixel); see the module docstring for where it applies.
       align_corners: whether -1 and 1 are the centres (True) or outer edges (False) of the corner
         pixels, as in ``torch.nn.functional.grid_sample``.
+      method: ``"auto"`` runs the native CPU sampler (``stn.native``: nearest and bilinear /
+        trilinear, float32 or float64 coordinates) where it applies and is available, else the
+        pure-jnp sampler; ``"jnp"`` always the pure-jnp one; ``"native"`` the native one or a
+        ValueError saying why not. Both give the same values and gradients (docs/sampling.md).
 
     Returns:
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid
       points give 0 (module docstring).
     """
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"method must be one of {SAMPLE_METHODS}, got {method!r}")
     return _sample(image, grid, kernel=kernel, padding=padding, align_corners=align_corners,
-                   method="auto")
+                   method=method)
+
+
+def _native_kernel(kernels: Sequence[kernel_lib.Kernel]) -> str | None:
+    """``"linear"`` or ``"nearest"`` when every axis uses that kernel (the native cases)."""
+    for name, kind in (("linear", kernel_lib.Linear), ("nearest", kernel_lib.Nearest)):
+        if all(type(k) is kind for k in kernels):
+            return name
+    return None
+
+
+def _use_native(image: jax.Array, grid: jax.Array, kernels, method: str) -> bool:
+    """Whether ``method`` ("auto", "native", or an internal jnp one) runs the native sampler.
+
+    "auto" takes it on the CPU backend for the nearest and linear kernels in float32/float64
+    (a bfloat16 or float16 image is computed in float32) unless ``STN_NATIVE=0`` or it could
+    not be built; "native" insists, with a one-line ValueError where it cannot run.
+    """
+    if method not in ("auto", "native"):
+        return False
+    name = _native_kernel(kernels)
+    fits = name is not None and native.supports(image.dtype, grid.dtype, name, len(kernels))
+    if method == "auto":
+        return fits and native.available()
+    if not fits:
+        raise ValueError("method='native' needs the nearest or bilinear kernel on every axis, a "
+                         f"floating image and float32/float64 coordinates; got {kernels} for "
+                         f"image {image.dtype}, grid {grid.dtype}")
+    if not native.available():
+        raise ValueError(f"method='native' is unavailable: {native.unavailable_reason()}")
+    return True
 
 
 def _pick_method(image: jax.Array, kernels: Sequence[kernel_lib.Kernel], method: str) -> str:
@@ -605,7 +644,11 @@ def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: boo
         image, grid = image[None], grid[None]
     num_axes = grid.shape[-1]
     kernels = axis_kernels(kernel, num_axes)
-    method = _pick_method(image, kernels, method)
+    if _use_native(image, grid, kernels, method):
+        output = native.sample(image, grid, kernel=_native_kernel(kernels), padding=padding,
+                               align_corners=align_corners).astype(image.dtype)
+        return output[0] if unbatched else output
+    method = _pick_method(image, kernels, "auto" if method in SAMPLE_METHODS else method)
 
     # Coordinates in float32 or wider whatever the image dtype; non-finite points are moved to
     # the origin here and masked below, huge ones clamped (module docstring).
