@@ -45,147 +45,139 @@ constexpr double kCoordinateBound = 4194304.0;  // 2^22, stn.sampling.COORDINATE
 enum KernelKind : int64_t { kNearest = 0, kLinear = 1 };
 enum PaddingKind : int64_t { kZeros = 0, kBorder = 1, kReflection = 2 };
 
-struct Options {
-  int64_t kernel;
-  int64_t padding;
+
+// Shapes of one call: any axes before the spatial ones are folded into the batch.
+struct Geometry {
+  int num_axes;         // N
+  int64_t batch;
+  int64_t sizes[3];     // image spatial sizes in image order ((D,) H, W)
+  int64_t strides[3];   // element strides of those axes in a batch slice
+  int64_t channels;
+  int64_t points;       // output points per batch slice
+  int64_t image_slice;  // elements of one batch slice of the image
   bool align_corners;
 };
 
-// ------------------------------------------------------------------ one axis's coordinate
+// ------------------------------------------------------------------ coordinates, a block at a time
+//
+// The per-point coordinate arithmetic (unnormalize, clamp, padding, floor) runs over a block of
+// points in structure-of-arrays form with selects instead of branches, so the compiler
+// vectorises it; the taps are then read point by point.
 
-// clip_coordinates of stn.sampling: [0, size - 1], gradient only strictly inside.
-template <typename T>
-inline void ClipCoordinate(int64_t size, T* c, T* d) {
-  const T upper = T(size - 1);
-  if (*c > T(0) && *c < upper) return;
-  *c = *c <= T(0) ? T(0) : upper;
-  *d = T(0);
-}
+constexpr int kBlock = 256;
 
-// reflect_coordinates of stn.sampling: mirrors into [low, high] (|.|' = 1 at 0, as jnp.abs's).
-template <typename T>
-inline void ReflectCoordinate(T low, T high, T* c, T* d) {
+template <typename T, int N>
+struct Coordinates {
+  int32_t first[N][kBlock];  // lowest tap per image axis (0 = outermost)
+  T frac[N][kBlock];         // x - floor(x) (linear), 0 (nearest)
+  T d_coord[N][kBlock];      // d(padded pixel coordinate)/d(grid coordinate)
+  int32_t valid[kBlock];     // every coordinate finite (int32: vectorises with first)
+};
+
+// One axis of stn.sampling: unnormalize, clamp to +-2^22 (jnp.clip's gradient: 1/2 at the bound,
+// 0 beyond), then apply_padding (border: clip with gradient only strictly inside; reflection:
+// reflect_coordinates, where |.|' = 1 at 0 as jnp.abs's, then clip). A non-finite g is replaced
+// by 0 here and its point marked invalid.
+template <typename T, int N, int K, int P>
+void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& geo,
+                     Coordinates<T, N>* __restrict__ out) {
+  const int grid_axis = N - 1 - image_axis;
+  const int64_t size = geo.sizes[image_axis];
+  const T size_t_ = T(size), upper = T(size - 1), bound = T(kCoordinateBound);
+  const bool ac = geo.align_corners;
+  const T scale = ac ? T(0.5) * upper : size_t_ * T(0.5);
+  const T low = ac ? T(0) : T(-0.5);
+  const T high = ac ? upper : size_t_ - T(0.5);
   const T span = high - low;
-  if (span <= T(0)) {
-    *c = T(0);
-    *d = T(0);
-    return;
+  T column[kBlock];  // contiguous, so the loop below vectorises
+  for (int p = 0; p < count; ++p) column[p] = grid[p * N + grid_axis];
+  int32_t* __restrict__ first = out->first[image_axis];
+  T* __restrict__ frac = out->frac[image_axis];
+  T* __restrict__ d_coord = out->d_coord[image_axis];
+  int32_t* __restrict__ valid = out->valid;
+  for (int p = 0; p < count; ++p) {
+    T g = column[p];
+    const bool finite = (g - g) == T(0);  // false for NaN and +-inf
+    g = finite ? g : T(0);
+    T c = ac ? (g + T(1)) * T(0.5) * upper : ((g + T(1)) * size_t_ - T(1)) * T(0.5);
+    const bool beyond = c > bound || c < -bound;
+    const bool at = c == bound || c == -bound;
+    T d = beyond ? T(0) : (at ? scale * T(0.5) : scale);
+    c = c > bound ? bound : (c < -bound ? -bound : c);
+    if constexpr (P == kReflection) {
+      const T offset = c - low;
+      const bool negative = offset < T(0);
+      const T distance = negative ? -offset : offset;
+      const T d_distance = negative ? -d : d;
+      const T flips = std::floor(distance / span);
+      const T extra = distance - flips * span;
+      const T half = flips * T(0.5);
+      const bool even = half == std::floor(half);  // flips is a non-negative integer
+      const bool flat = !(span > T(0));            // a 1-pixel axis with align_corners
+      c = flat ? T(0) : (even ? low + extra : high - extra);
+      d = flat ? T(0) : (even ? d_distance : -d_distance);
+    }
+    if constexpr (P != kZeros) {
+      const bool inside = c > T(0) && c < upper;
+      d = inside ? d : T(0);
+      c = inside ? c : (c <= T(0) ? T(0) : upper);
+    }
+    const T lower = K == kNearest ? std::floor(c + T(0.5)) : std::floor(c);
+    first[p] = static_cast<int32_t>(lower);
+    frac[p] = K == kNearest ? T(0) : c - lower;
+    d_coord[p] = d;
+    valid[p] &= static_cast<int32_t>(finite);
   }
-  const T offset = *c - low;
-  const T distance = offset < T(0) ? -offset : offset;
-  const T d_distance = offset < T(0) ? -*d : *d;
-  const T flips = std::floor(distance / span);
-  const T extra = distance - flips * span;
-  const bool even = std::fmod(flips, T(2)) == T(0);
-  *c = even ? low + extra : high - extra;
-  *d = even ? d_distance : -d_distance;
 }
 
-// The padded pixel coordinate of normalised coordinate g along an axis of `size` pixels, and its
-// derivative in g (unnormalize, clamp to the bound, apply_padding of stn.sampling).
-template <typename T>
-inline void PixelCoordinate(T g, int64_t size, const Options& o, T* c_out, T* d_out) {
-  T c, d;
-  if (o.align_corners) {
-    c = (g + T(1)) * T(0.5) * T(size - 1);
-    d = T(0.5) * T(size - 1);
-  } else {
-    c = ((g + T(1)) * T(size) - T(1)) * T(0.5);
-    d = T(size) * T(0.5);
-  }
-  const T bound = T(kCoordinateBound);
-  if (c > bound || c < -bound) {
-    c = c > T(0) ? bound : -bound;
-    d = T(0);
-  } else if (c == bound || c == -bound) {
-    d = d * T(0.5);
-  }
-  if (o.padding == kBorder) {
-    ClipCoordinate(size, &c, &d);
-  } else if (o.padding == kReflection) {
-    if (o.align_corners) {
-      ReflectCoordinate(T(0), T(size - 1), &c, &d);
-    } else {
-      ReflectCoordinate(T(-0.5), T(size) - T(0.5), &c, &d);
-    }
-    ClipCoordinate(size, &c, &d);
-  }
-  *c_out = c;
-  *d_out = d;
+template <typename T, int N, int K, int P>
+void BlockCoordinates(const T* grid, int count, const Geometry& geo, Coordinates<T, N>* out) {
+  std::fill(out->valid, out->valid + count, int32_t{1});
+  for (int i = 0; i < N; ++i) AxisCoordinates<T, N, K, P>(grid, count, i, geo, out);
 }
 
 // ------------------------------------------------------------------ one point's taps
 
-struct Geometry {
-  int num_axes;            // N
-  int64_t sizes[3];        // image spatial sizes in image order ((D,) H, W)
-  int64_t strides[3];      // element strides of those axes in a batch slice
-  int64_t channels;
-  int64_t points;          // output points per batch slice
-  int64_t image_slice;     // elements of one batch slice of the image
+// The taps of point p of a block: 2^N for the linear kernel, 1 for the nearest. Tap t's bit
+// (N - 1 - i) says whether image axis i takes first_i or first_i + 1. A tap outside the image is
+// never read or written: it reads a row of zeros and writes a scratch row, so the channel loops
+// need no branch (and no NaN of a masked value can leak through a zero weight).
+template <typename T, int N, int K>
+struct Taps {
+  static constexpr int kCount = K == kNearest ? 1 : (1 << N);
+  int64_t offset[kCount];
+  bool inside[kCount];
+  T weight[kCount];
 };
 
-// The 2^N taps of one point (linear kernel; the nearest kernel uses tap 0 only). Tap t's bit
-// (N - 1 - i) says whether image axis i (0 = outermost) takes first_i or first_i + 1. A tap outside
-// the image is never read or written: its `read` points at a zero row and its `write` at a scratch
-// row, so the channel loops need no branch.
-template <typename T, int N>
-struct Point {
-  static constexpr int kTaps = 1 << N;
-  const T* read[kTaps];
-  T* write[kTaps];
-  bool inside[kTaps];
-  T weight[kTaps];  // prod_i k_i: (1 - f_i) or f_i
-  T frac[N];        // f_i = x_i - floor(x_i), image axis order
-  T d_coord[N];     // d(padded pixel coordinate)/d(grid coordinate), image axis order
-};
-
-// Fills `point` for the grid point g (grid order x, y[, z]); false when a coordinate is not
-// finite (the point samples 0 and passes no gradient). `image` and `d_image` are the batch
-// slice's (d_image may be null); `zeros` / `scratch` are C-element rows.
-template <typename T, int N>
-inline bool MakePoint(const T* g, const Geometry& geo, const Options& o, const T* image,
-                      T* d_image, const T* zeros, T* scratch, Point<T, N>* point) {
-  for (int a = 0; a < N; ++a) {
-    if (!std::isfinite(g[a])) return false;
-  }
-  int64_t first[N];
-  for (int i = 0; i < N; ++i) {
-    T c, d;
-    PixelCoordinate(g[N - 1 - i], geo.sizes[i], o, &c, &d);  // image axis i is grid axis N-1-i
-    point->d_coord[i] = d;
-    const T lower = o.kernel == kNearest ? std::floor(c + T(0.5)) : std::floor(c);
-    first[i] = static_cast<int64_t>(lower);
-    point->frac[i] = o.kernel == kNearest ? T(0) : c - lower;
-  }
-  const int taps = o.kernel == kNearest ? 1 : (1 << N);
-  for (int t = 0; t < taps; ++t) {
+template <typename T, int N, int K>
+inline void PointTaps(const Coordinates<T, N>& co, int p, const Geometry& geo,
+                      Taps<T, N, K>* taps) {
+  for (int t = 0; t < Taps<T, N, K>::kCount; ++t) {
     bool inside = true;
     int64_t offset = 0;
     T weight = T(1);
     for (int i = 0; i < N; ++i) {
       const int bit = (t >> (N - 1 - i)) & 1;
-      const int64_t index = first[i] + bit;
-      inside = inside && index >= 0 && index < geo.sizes[i];
+      const int64_t index = static_cast<int64_t>(co.first[i][p]) + bit;
+      inside = inside && static_cast<uint64_t>(index) < static_cast<uint64_t>(geo.sizes[i]);
       offset += index * geo.strides[i];
-      weight *= bit ? point->frac[i] : T(1) - point->frac[i];
+      if constexpr (K == kLinear) weight *= bit ? co.frac[i][p] : T(1) - co.frac[i][p];
     }
-    point->inside[t] = inside;
-    point->weight[t] = weight;
-    point->read[t] = inside ? image + offset : zeros;
-    point->write[t] = inside && d_image ? d_image + offset : scratch;
+    taps->inside[t] = inside;
+    taps->offset[t] = inside ? offset : 0;
+    taps->weight[t] = weight;
   }
-  return true;
 }
 
-// Linear interpolation in lerp form, innermost axis (x) first, as stn.sampling's bilinear path:
-// a0 + f (a1 - a0). A constant image gives back its value exactly and zero slopes.
+// Linear interpolation in lerp form a0 + f (a1 - a0), innermost axis (x) first, as the
+// bilinear path of stn.sampling: a constant image gives its value exactly and zero slopes.
 template <typename T>
 inline T Lerp(T a0, T a1, T f) {
   return a0 + f * (a1 - a0);
 }
 
-// The value at one channel from the 2^N tap values a[t].
+// The value at one channel from the 2^N tap values a[t]; f[i] per image axis.
 template <typename T, int N>
 inline T LinearValue(const T* a, const T* f) {
   if constexpr (N == 2) {
@@ -197,8 +189,8 @@ inline T LinearValue(const T* a, const T* f) {
   }
 }
 
-// dV/dx_i at one channel for each image axis i (paper eq. 7): the interpolation with axis i's
-// lerp replaced by the one-sided difference a1 - a0 (the derivative on the right of a kink).
+// dV/dx_i at one channel per image axis i (paper eq. 7): the interpolation with axis i's lerp
+// replaced by the one-sided difference a1 - a0 (the derivative on the right of a kink).
 template <typename T, int N>
 inline void LinearSlopes(const T* a, const T* f, T* slope) {
   if constexpr (N == 2) {
@@ -210,123 +202,144 @@ inline void LinearSlopes(const T* a, const T* f, T* slope) {
       along_x[zy] = Lerp(a[2 * zy], a[2 * zy + 1], f[2]);
       diff_x[zy] = a[2 * zy + 1] - a[2 * zy];
     }
-    const T along_y0 = Lerp(along_x[0], along_x[1], f[1]);
-    const T along_y1 = Lerp(along_x[2], along_x[3], f[1]);
-    slope[0] = along_y1 - along_y0;
+    slope[0] = Lerp(along_x[2], along_x[3], f[1]) - Lerp(along_x[0], along_x[1], f[1]);
     slope[1] = Lerp(along_x[1] - along_x[0], along_x[3] - along_x[2], f[0]);
     slope[2] = Lerp(Lerp(diff_x[0], diff_x[1], f[1]), Lerp(diff_x[2], diff_x[3], f[1]), f[0]);
   }
 }
 
-// ------------------------------------------------------------------ the loops
+// The tap values of one channel c (0 outside the image).
+template <typename T, int N, int K>
+inline void TapValues(const T* img, const Taps<T, N, K>& taps, int64_t c, T* a) {
+  for (int t = 0; t < Taps<T, N, K>::kCount; ++t) {
+    a[t] = taps.inside[t] ? img[taps.offset[t] + c] : T(0);
+  }
+}
 
-// Per-task rows of zeros (read by taps outside the image) and scratch (written by them).
-template <typename T>
-struct Rows {
-  explicit Rows(int64_t channels) : zeros(channels, T(0)), scratch(channels, T(0)) {}
-  std::vector<T> zeros, scratch;
+// ------------------------------------------------------------------ the three passes
+
+template <typename T, int N, int K, int P>
+struct Pass {
+  using Co = Coordinates<T, N>;
+  using Tp = Taps<T, N, K>;
+
+  // Output points [begin, end) of batch slice b: V = S(U; x) (paper eq. 3).
+  static void Forward(const T* image, const T* grid, T* out, const Geometry& geo, int64_t b,
+                      int64_t begin, int64_t end) {
+    const int64_t C = geo.channels;
+    const T* img = image + b * geo.image_slice;
+    Co co;
+    Tp taps;
+    T a[Tp::kCount], f[N];
+    for (int64_t start = begin; start < end; start += kBlock) {
+      const int count = static_cast<int>(std::min<int64_t>(kBlock, end - start));
+      const int64_t first_point = b * geo.points + start;
+      BlockCoordinates<T, N, K, P>(grid + first_point * N, count, geo, &co);
+      for (int p = 0; p < count; ++p) {
+        T* v = out + (first_point + p) * C;
+        if (!co.valid[p]) {
+          std::fill(v, v + C, T(0));
+          continue;
+        }
+        PointTaps<T, N, K>(co, p, geo, &taps);
+        if constexpr (K == kNearest) {
+          if (taps.inside[0]) {
+            std::copy(img + taps.offset[0], img + taps.offset[0] + C, v);
+          } else {
+            std::fill(v, v + C, T(0));
+          }
+        } else {
+          for (int i = 0; i < N; ++i) f[i] = co.frac[i][p];
+          for (int64_t c = 0; c < C; ++c) {
+            TapValues<T, N, K>(img, taps, c, a);
+            v[c] = LinearValue<T, N>(a, f);
+          }
+        }
+      }
+    }
+  }
+
+  // Forward mode on points [begin, end) of slice b: dV = sum_t w_t dU[t] + sum_i dV/dx_i dx_i.
+  static void Tangent(const T* image, const T* grid, const T* d_image, const T* d_grid, T* out,
+                      const Geometry& geo, int64_t b, int64_t begin, int64_t end) {
+    const int64_t C = geo.channels;
+    const T* img = image + b * geo.image_slice;
+    const T* d_img = d_image + b * geo.image_slice;
+    Co co;
+    Tp taps;
+    T a[Tp::kCount], f[N], slope[N], dx[N];
+    for (int64_t start = begin; start < end; start += kBlock) {
+      const int count = static_cast<int>(std::min<int64_t>(kBlock, end - start));
+      const int64_t first_point = b * geo.points + start;
+      BlockCoordinates<T, N, K, P>(grid + first_point * N, count, geo, &co);
+      for (int p = 0; p < count; ++p) {
+        const int64_t point = first_point + p;
+        T* v = out + point * C;
+        std::fill(v, v + C, T(0));
+        if (!co.valid[p]) continue;
+        PointTaps<T, N, K>(co, p, geo, &taps);
+        for (int t = 0; t < Tp::kCount; ++t) {
+          if (!taps.inside[t]) continue;
+          const T* du = d_img + taps.offset[t];
+          for (int64_t c = 0; c < C; ++c) v[c] += taps.weight[t] * du[c];
+        }
+        if constexpr (K == kLinear) {
+          for (int i = 0; i < N; ++i) {
+            f[i] = co.frac[i][p];
+            dx[i] = co.d_coord[i][p] * d_grid[point * N + N - 1 - i];
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            TapValues<T, N, K>(img, taps, c, a);
+            LinearSlopes<T, N>(a, f, slope);
+            for (int i = 0; i < N; ++i) v[c] += slope[i] * dx[i];
+          }
+        }
+      }
+    }
+  }
+
+  // Batch slice b: its image cotangent (owned by this call and accumulated in point order, so
+  // the bits do not depend on the thread) and its points' grid cotangents (paper eqs. 6-7).
+  static void Backward(const T* image, const T* grid, const T* ct, T* d_image, T* d_grid,
+                       const Geometry& geo, int64_t b) {
+    const int64_t C = geo.channels;
+    const T* img = image + b * geo.image_slice;
+    T* d_img = d_image + b * geo.image_slice;
+    std::fill(d_img, d_img + geo.image_slice, T(0));
+    Co co;
+    Tp taps;
+    T a[Tp::kCount], f[N], slope[N];
+    for (int64_t start = 0; start < geo.points; start += kBlock) {
+      const int count = static_cast<int>(std::min<int64_t>(kBlock, geo.points - start));
+      const int64_t first_point = b * geo.points + start;
+      BlockCoordinates<T, N, K, P>(grid + first_point * N, count, geo, &co);
+      for (int p = 0; p < count; ++p) {
+        const int64_t point = first_point + p;
+        const T* ct_p = ct + point * C;
+        T* dg = d_grid + point * N;
+        for (int i = 0; i < N; ++i) dg[i] = T(0);
+        if (!co.valid[p]) continue;
+        PointTaps<T, N, K>(co, p, geo, &taps);
+        for (int t = 0; t < Tp::kCount; ++t) {  // dL/dU (eq. 6)
+          if (!taps.inside[t]) continue;
+          T* du = d_img + taps.offset[t];
+          const T w = taps.weight[t];
+          for (int64_t c = 0; c < C; ++c) du[c] += w * ct_p[c];
+        }
+        if constexpr (K == kLinear) {  // dL/dx (eq. 7)
+          for (int i = 0; i < N; ++i) f[i] = co.frac[i][p];
+          T grad[N] = {};
+          for (int64_t c = 0; c < C; ++c) {
+            TapValues<T, N, K>(img, taps, c, a);
+            LinearSlopes<T, N>(a, f, slope);
+            for (int i = 0; i < N; ++i) grad[i] += ct_p[c] * slope[i];
+          }
+          for (int i = 0; i < N; ++i) dg[N - 1 - i] = grad[i] * co.d_coord[i][p];
+        }
+      }
+    }
+  }
 };
-
-template <typename T, int N>
-void ForwardRange(const T* image, const T* grid, T* out, const Geometry& geo, const Options& o,
-                  int64_t begin, int64_t end) {
-  const int64_t C = geo.channels;
-  constexpr int kTaps = 1 << N;
-  Rows<T> rows(C);
-  Point<T, N> pt;
-  for (int64_t p = begin; p < end; ++p) {
-    const T* img = image + (p / geo.points) * geo.image_slice;
-    T* v = out + p * C;
-    if (!MakePoint<T, N>(grid + p * N, geo, o, img, nullptr, rows.zeros.data(),
-                         rows.scratch.data(), &pt)) {
-      std::fill(v, v + C, T(0));
-    } else if (o.kernel == kNearest) {
-      std::copy(pt.read[0], pt.read[0] + C, v);
-    } else {
-      T a[kTaps];
-      for (int64_t c = 0; c < C; ++c) {
-        for (int t = 0; t < kTaps; ++t) a[t] = pt.read[t][c];
-        v[c] = LinearValue<T, N>(a, pt.frac);
-      }
-    }
-  }
-}
-
-// Forward mode: dV = sum_t w_t dU[t] + sum_i (dV/dx_i) dx_i (the JVP of the forward; linear in
-// (dU, dx)).
-template <typename T, int N>
-void TangentRange(const T* image, const T* grid, const T* d_image, const T* d_grid, T* out,
-                  const Geometry& geo, const Options& o, int64_t begin, int64_t end) {
-  const int64_t C = geo.channels;
-  constexpr int kTaps = 1 << N;
-  Rows<T> rows(C);
-  Point<T, N> pt;
-  for (int64_t p = begin; p < end; ++p) {
-    const int64_t offset = (p / geo.points) * geo.image_slice;
-    T* v = out + p * C;
-    std::fill(v, v + C, T(0));
-    if (!MakePoint<T, N>(grid + p * N, geo, o, image + offset, nullptr, rows.zeros.data(),
-                         rows.scratch.data(), &pt)) {
-      continue;
-    }
-    const int taps = o.kernel == kNearest ? 1 : kTaps;
-    for (int t = 0; t < taps; ++t) {
-      if (!pt.inside[t]) continue;
-      const T* du = d_image + (pt.read[t] - image);
-      for (int64_t c = 0; c < C; ++c) v[c] += pt.weight[t] * du[c];
-    }
-    if (o.kernel == kNearest) continue;
-    T dx[N];
-    for (int i = 0; i < N; ++i) dx[i] = pt.d_coord[i] * d_grid[p * N + N - 1 - i];
-    T a[kTaps], slope[N];
-    for (int64_t c = 0; c < C; ++c) {
-      for (int t = 0; t < kTaps; ++t) a[t] = pt.read[t][c];
-      LinearSlopes<T, N>(a, pt.frac, slope);
-      for (int i = 0; i < N; ++i) v[c] += slope[i] * dx[i];
-    }
-  }
-}
-
-// One batch slice: its image cotangent (owned by this call, accumulated in point order, so the
-// same bits whatever thread runs it) and its points' grid cotangents (paper eqs. 6-7).
-template <typename T, int N>
-void BackwardSlice(const T* image, const T* grid, const T* ct, T* d_image, T* d_grid,
-                   const Geometry& geo, const Options& o, int64_t b) {
-  const int64_t C = geo.channels;
-  constexpr int kTaps = 1 << N;
-  const T* img = image + b * geo.image_slice;
-  T* d_img = d_image + b * geo.image_slice;
-  std::fill(d_img, d_img + geo.image_slice, T(0));
-  Rows<T> rows(C);
-  Point<T, N> pt;
-  for (int64_t q = 0; q < geo.points; ++q) {
-    const int64_t p = b * geo.points + q;
-    const T* ct_p = ct + p * C;
-    T* dg = d_grid + p * N;
-    for (int a = 0; a < N; ++a) dg[a] = T(0);
-    if (!MakePoint<T, N>(grid + p * N, geo, o, img, d_img, rows.zeros.data(),
-                         rows.scratch.data(), &pt)) {
-      continue;
-    }
-    if (o.kernel == kNearest) {
-      T* du = pt.write[0];
-      for (int64_t c = 0; c < C; ++c) du[c] += ct_p[c];
-      continue;
-    }
-    T grad[N] = {};
-    T a[kTaps], slope[N];
-    for (int64_t c = 0; c < C; ++c) {
-      const T g = ct_p[c];
-      for (int t = 0; t < kTaps; ++t) {
-        a[t] = pt.read[t][c];
-        pt.write[t][c] += pt.weight[t] * g;
-      }
-      LinearSlopes<T, N>(a, pt.frac, slope);
-      for (int i = 0; i < N; ++i) grad[i] += g * slope[i];
-    }
-    for (int i = 0; i < N; ++i) dg[N - 1 - i] = grad[i] * pt.d_coord[i];
-  }
-}
 
 // ------------------------------------------------------------------ threads
 
@@ -363,14 +376,27 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t threads, int64_t count,
 }
 
 int64_t ThreadCount(ffi::ThreadPool& pool, int64_t max_threads) {
-  int64_t available = std::max<int64_t>(1, pool.num_threads());
+  const int64_t available = std::max<int64_t>(1, pool.num_threads());
   return max_threads > 0 ? max_threads : available;
+}
+
+// Points per forward work item: enough to amortise scheduling, small enough to balance.
+constexpr int64_t kPointsPerItem = 8192;
+
+// The forward and tangent passes split every batch slice into items of kPointsPerItem points.
+template <typename F>
+void ForEachPointRange(ffi::ThreadPool& pool, int64_t threads, const Geometry& geo, F&& body) {
+  const int64_t per_slice = std::max<int64_t>(1, (geo.points + kPointsPerItem - 1) / kPointsPerItem);
+  ParallelFor(pool, threads, geo.batch * per_slice, [&](int64_t i) {
+    const int64_t b = i / per_slice, part = i % per_slice;
+    body(b, part * kPointsPerItem, std::min(geo.points, (part + 1) * kPointsPerItem));
+  });
 }
 
 // ------------------------------------------------------------------ FFI handlers
 
-ffi::Error MakeGeometry(ffi::AnyBuffer image, ffi::AnyBuffer grid, Geometry* geo,
-                        int64_t* batch) {
+ffi::Error MakeGeometry(ffi::AnyBuffer image, ffi::AnyBuffer grid, bool align_corners,
+                        Geometry* geo) {
   const auto idims = image.dimensions();
   const auto gdims = grid.dimensions();
   if (gdims.size() < 3) return ffi::Error::InvalidArgument("stn sampler: grid rank < 3");
@@ -380,71 +406,115 @@ ffi::Error MakeGeometry(ffi::AnyBuffer image, ffi::AnyBuffer grid, Geometry* geo
     return ffi::Error::InvalidArgument("stn sampler: image and grid ranks differ");
   }
   const int lead = static_cast<int>(idims.size()) - n - 1;
-  int64_t b = 1;
+  geo->batch = 1;
   for (int i = 0; i < lead; ++i) {
     if (idims[i] != gdims[i]) return ffi::Error::InvalidArgument("stn sampler: batch sizes differ");
-    b *= idims[i];
+    geo->batch *= idims[i];
   }
   geo->num_axes = n;
+  geo->align_corners = align_corners;
   geo->channels = idims[idims.size() - 1];
   int64_t stride = geo->channels;
   for (int i = n - 1; i >= 0; --i) {
     geo->sizes[i] = idims[lead + i];
+    if (geo->sizes[i] >= (int64_t{1} << 30)) {
+      return ffi::Error::InvalidArgument("stn sampler: a spatial axis of 2^30 pixels or more");
+    }
     geo->strides[i] = stride;
     stride *= geo->sizes[i];
   }
   geo->image_slice = stride;
   geo->points = 1;
   for (int i = 0; i < n; ++i) geo->points *= gdims[lead + i];
-  *batch = b;
   return ffi::Error::Success();
 }
 
-Options MakeOptions(int64_t kernel, int64_t padding, bool align_corners) {
-  return Options{kernel, padding, align_corners};
+enum class Op { kForward, kTangent, kBackward };
+
+// One call's buffers: inputs then results, in the handler's order.
+struct Buffers {
+  ffi::AnyBuffer in[4];
+  int num_in;
+  ffi::Result<ffi::AnyBuffer>* out[2];
+  int num_out;
+};
+
+template <typename T, int N, int K, int P>
+void Run(Op op, ffi::ThreadPool& pool, int64_t threads, const Geometry& geo, const Buffers& buf) {
+  using S = Pass<T, N, K, P>;
+  const T* image = buf.in[0].typed_data<T>();
+  const T* grid = buf.in[1].typed_data<T>();
+  if (op == Op::kForward) {
+    T* out = (*buf.out[0])->template typed_data<T>();
+    ForEachPointRange(pool, threads, geo, [&](int64_t b, int64_t begin, int64_t end) {
+      S::Forward(image, grid, out, geo, b, begin, end);
+    });
+  } else if (op == Op::kTangent) {
+    const T* d_image = buf.in[2].typed_data<T>();
+    const T* d_grid = buf.in[3].typed_data<T>();
+    T* out = (*buf.out[0])->template typed_data<T>();
+    ForEachPointRange(pool, threads, geo, [&](int64_t b, int64_t begin, int64_t end) {
+      S::Tangent(image, grid, d_image, d_grid, out, geo, b, begin, end);
+    });
+  } else {
+    const T* ct = buf.in[2].typed_data<T>();
+    T* d_image = (*buf.out[0])->template typed_data<T>();
+    T* d_grid = (*buf.out[1])->template typed_data<T>();
+    ParallelFor(pool, threads, geo.batch, [&](int64_t b) {
+      S::Backward(image, grid, ct, d_image, d_grid, geo, b);
+    });
+  }
 }
 
-// Points per forward work item: enough to amortise scheduling, small enough to balance.
-constexpr int64_t kForwardBlock = 4096;
-
-template <typename T, int N>
-void ForwardTyped(ffi::ThreadPool& pool, int64_t threads, const Geometry& geo, const Options& o,
-                  int64_t batch, const T* image, const T* grid, T* out) {
-  const int64_t total = batch * geo.points;
-  const int64_t blocks = (total + kForwardBlock - 1) / kForwardBlock;
-  ParallelFor(pool, threads, blocks, [&](int64_t i) {
-    ForwardRange<T, N>(image, grid, out, geo, o, i * kForwardBlock,
-                       std::min(total, (i + 1) * kForwardBlock));
-  });
+// Runtime (dtype, N, kernel, padding) -> the compiled Run.
+template <typename T, int N, int K>
+void RunPadding(int64_t padding, Op op, ffi::ThreadPool& pool, int64_t threads,
+                const Geometry& geo, const Buffers& buf) {
+  if (padding == kZeros) Run<T, N, K, kZeros>(op, pool, threads, geo, buf);
+  if (padding == kBorder) Run<T, N, K, kBorder>(op, pool, threads, geo, buf);
+  if (padding == kReflection) Run<T, N, K, kReflection>(op, pool, threads, geo, buf);
 }
 
-template <typename T, int N>
-void TangentTyped(ffi::ThreadPool& pool, int64_t threads, const Geometry& geo, const Options& o,
-                  int64_t batch, const T* image, const T* grid, const T* d_image, const T* d_grid,
-                  T* out) {
-  const int64_t total = batch * geo.points;
-  const int64_t blocks = (total + kForwardBlock - 1) / kForwardBlock;
-  ParallelFor(pool, threads, blocks, [&](int64_t i) {
-    TangentRange<T, N>(image, grid, d_image, d_grid, out, geo, o, i * kForwardBlock,
-                       std::min(total, (i + 1) * kForwardBlock));
-  });
+template <typename T>
+void RunTyped(int64_t kernel, int64_t padding, Op op, ffi::ThreadPool& pool, int64_t threads,
+              const Geometry& geo, const Buffers& buf) {
+  if (geo.num_axes == 2) {
+    kernel == kNearest ? RunPadding<T, 2, kNearest>(padding, op, pool, threads, geo, buf)
+                       : RunPadding<T, 2, kLinear>(padding, op, pool, threads, geo, buf);
+  } else {
+    kernel == kNearest ? RunPadding<T, 3, kNearest>(padding, op, pool, threads, geo, buf)
+                       : RunPadding<T, 3, kLinear>(padding, op, pool, threads, geo, buf);
+  }
 }
 
-template <typename T, int N>
-void BackwardTyped(ffi::ThreadPool& pool, int64_t threads, const Geometry& geo, const Options& o,
-                   int64_t batch, const T* image, const T* grid, const T* ct, T* d_image,
-                   T* d_grid) {
-  ParallelFor(pool, threads, batch, [&](int64_t b) {
-    BackwardSlice<T, N>(image, grid, ct, d_image, d_grid, geo, o, b);
-  });
-}
-
-ffi::Error CheckOptions(int64_t kernel, int64_t padding) {
+ffi::Error Dispatch(Op op, ffi::ThreadPool& pool, const Buffers& buf, int64_t kernel,
+                    int64_t padding, bool align_corners, int64_t max_threads) {
   if (kernel != kNearest && kernel != kLinear) {
     return ffi::Error::InvalidArgument("stn sampler: kernel must be 0 (nearest) or 1 (linear)");
   }
   if (padding < kZeros || padding > kReflection) {
     return ffi::Error::InvalidArgument("stn sampler: padding must be 0, 1 or 2");
+  }
+  Geometry geo;
+  if (auto e = MakeGeometry(buf.in[0], buf.in[1], align_corners, &geo); e.failure()) return e;
+  const auto type = buf.in[0].element_type();
+  for (int i = 0; i < buf.num_in; ++i) {
+    if (buf.in[i].element_type() != type) {
+      return ffi::Error::InvalidArgument("stn sampler: operand dtypes differ");
+    }
+  }
+  for (int i = 0; i < buf.num_out; ++i) {
+    if ((*buf.out[i])->element_type() != type) {
+      return ffi::Error::InvalidArgument("stn sampler: result and operand dtypes differ");
+    }
+  }
+  const int64_t threads = ThreadCount(pool, max_threads);
+  if (type == ffi::DataType::F32) {
+    RunTyped<float>(kernel, padding, op, pool, threads, geo, buf);
+  } else if (type == ffi::DataType::F64) {
+    RunTyped<double>(kernel, padding, op, pool, threads, geo, buf);
+  } else {
+    return ffi::Error::InvalidArgument("stn sampler: dtype must be float32 or float64");
   }
   return ffi::Error::Success();
 }
@@ -452,105 +522,24 @@ ffi::Error CheckOptions(int64_t kernel, int64_t padding) {
 ffi::Error SampleForward(ffi::ThreadPool pool, ffi::AnyBuffer image, ffi::AnyBuffer grid,
                          ffi::Result<ffi::AnyBuffer> out, int64_t kernel, int64_t padding,
                          bool align_corners, int64_t max_threads) {
-  if (auto e = CheckOptions(kernel, padding); e.failure()) return e;
-  Geometry geo;
-  int64_t batch;
-  if (auto e = MakeGeometry(image, grid, &geo, &batch); e.failure()) return e;
-  const Options o = MakeOptions(kernel, padding, align_corners);
-  const int64_t threads = ThreadCount(pool, max_threads);
-  const auto type = image.element_type();
-  if (grid.element_type() != type || out->element_type() != type) {
-    return ffi::Error::InvalidArgument("stn sampler: image, grid and output dtypes differ");
-  }
-  if (type == ffi::DataType::F32) {
-    auto run = [&](auto n) {
-      ForwardTyped<float, decltype(n)::value>(pool, threads, geo, o, batch,
-                                              image.typed_data<float>(), grid.typed_data<float>(),
-                                              out->typed_data<float>());
-    };
-    geo.num_axes == 2 ? run(std::integral_constant<int, 2>()) : run(std::integral_constant<int, 3>());
-  } else if (type == ffi::DataType::F64) {
-    auto run = [&](auto n) {
-      ForwardTyped<double, decltype(n)::value>(pool, threads, geo, o, batch,
-                                               image.typed_data<double>(),
-                                               grid.typed_data<double>(),
-                                               out->typed_data<double>());
-    };
-    geo.num_axes == 2 ? run(std::integral_constant<int, 2>()) : run(std::integral_constant<int, 3>());
-  } else {
-    return ffi::Error::InvalidArgument("stn sampler: dtype must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  Buffers buf{{image, grid, image, image}, 2, {&out, &out}, 1};
+  return Dispatch(Op::kForward, pool, buf, kernel, padding, align_corners, max_threads);
 }
 
 ffi::Error SampleTangent(ffi::ThreadPool pool, ffi::AnyBuffer image, ffi::AnyBuffer grid,
                          ffi::AnyBuffer d_image, ffi::AnyBuffer d_grid,
                          ffi::Result<ffi::AnyBuffer> out, int64_t kernel, int64_t padding,
                          bool align_corners, int64_t max_threads) {
-  if (auto e = CheckOptions(kernel, padding); e.failure()) return e;
-  Geometry geo;
-  int64_t batch;
-  if (auto e = MakeGeometry(image, grid, &geo, &batch); e.failure()) return e;
-  const Options o = MakeOptions(kernel, padding, align_corners);
-  const int64_t threads = ThreadCount(pool, max_threads);
-  const auto type = image.element_type();
-  if (grid.element_type() != type || d_image.element_type() != type ||
-      d_grid.element_type() != type || out->element_type() != type) {
-    return ffi::Error::InvalidArgument("stn sampler: image, grid and tangent dtypes differ");
-  }
-  if (type == ffi::DataType::F32) {
-    auto run = [&](auto n) {
-      TangentTyped<float, decltype(n)::value>(
-          pool, threads, geo, o, batch, image.typed_data<float>(), grid.typed_data<float>(),
-          d_image.typed_data<float>(), d_grid.typed_data<float>(), out->typed_data<float>());
-    };
-    geo.num_axes == 2 ? run(std::integral_constant<int, 2>()) : run(std::integral_constant<int, 3>());
-  } else if (type == ffi::DataType::F64) {
-    auto run = [&](auto n) {
-      TangentTyped<double, decltype(n)::value>(
-          pool, threads, geo, o, batch, image.typed_data<double>(), grid.typed_data<double>(),
-          d_image.typed_data<double>(), d_grid.typed_data<double>(), out->typed_data<double>());
-    };
-    geo.num_axes == 2 ? run(std::integral_constant<int, 2>()) : run(std::integral_constant<int, 3>());
-  } else {
-    return ffi::Error::InvalidArgument("stn sampler: dtype must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  Buffers buf{{image, grid, d_image, d_grid}, 4, {&out, &out}, 1};
+  return Dispatch(Op::kTangent, pool, buf, kernel, padding, align_corners, max_threads);
 }
 
 ffi::Error SampleBackward(ffi::ThreadPool pool, ffi::AnyBuffer image, ffi::AnyBuffer grid,
                           ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> d_image,
                           ffi::Result<ffi::AnyBuffer> d_grid, int64_t kernel, int64_t padding,
                           bool align_corners, int64_t max_threads) {
-  if (auto e = CheckOptions(kernel, padding); e.failure()) return e;
-  Geometry geo;
-  int64_t batch;
-  if (auto e = MakeGeometry(image, grid, &geo, &batch); e.failure()) return e;
-  const Options o = MakeOptions(kernel, padding, align_corners);
-  const int64_t threads = ThreadCount(pool, max_threads);
-  const auto type = image.element_type();
-  if (grid.element_type() != type || ct.element_type() != type ||
-      d_image->element_type() != type || d_grid->element_type() != type) {
-    return ffi::Error::InvalidArgument("stn sampler: image, grid and cotangent dtypes differ");
-  }
-  if (type == ffi::DataType::F32) {
-    auto run = [&](auto n) {
-      BackwardTyped<float, decltype(n)::value>(
-          pool, threads, geo, o, batch, image.typed_data<float>(), grid.typed_data<float>(),
-          ct.typed_data<float>(), d_image->typed_data<float>(), d_grid->typed_data<float>());
-    };
-    geo.num_axes == 2 ? run(std::integral_constant<int, 2>()) : run(std::integral_constant<int, 3>());
-  } else if (type == ffi::DataType::F64) {
-    auto run = [&](auto n) {
-      BackwardTyped<double, decltype(n)::value>(
-          pool, threads, geo, o, batch, image.typed_data<double>(), grid.typed_data<double>(),
-          ct.typed_data<double>(), d_image->typed_data<double>(), d_grid->typed_data<double>());
-    };
-    geo.num_axes == 2 ? run(std::integral_constant<int, 2>()) : run(std::integral_constant<int, 3>());
-  } else {
-    return ffi::Error::InvalidArgument("stn sampler: dtype must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  Buffers buf{{image, grid, ct, image}, 3, {&d_image, &d_grid}, 2};
+  return Dispatch(Op::kBackward, pool, buf, kernel, padding, align_corners, max_threads);
 }
 
 }  // namespace
