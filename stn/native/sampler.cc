@@ -189,8 +189,17 @@ inline T LinearValue(const T* a, const T* f) {
   }
 }
 
+// The derivative of a 3-D lerp along one axis, as the window path of stn.sampling takes it: the
+// kernel's slopes -1 at tap 0 and +1 at tap 1, except that a fraction rounded up to exactly 1
+// puts tap 0 at distance 1, outside the kernel's support [-1, 1) (weight and slope 0).
+template <typename T>
+inline T WindowDiff(T a0, T a1, T f) {
+  return f == T(1) ? -a1 : a1 - a0;
+}
+
 // dV/dx_i at one channel per image axis i (paper eq. 7): the interpolation with axis i's lerp
-// replaced by the one-sided difference a1 - a0 (the derivative on the right of a kink).
+// replaced by the one-sided difference a1 - a0 (the derivative on the right of a kink). 2-D
+// follows stn.sampling's bilinear path, 3-D its window path (WindowDiff).
 template <typename T, int N>
 inline void LinearSlopes(const T* a, const T* f, T* slope) {
   if constexpr (N == 2) {
@@ -200,10 +209,12 @@ inline void LinearSlopes(const T* a, const T* f, T* slope) {
     T along_x[4], diff_x[4];
     for (int zy = 0; zy < 4; ++zy) {
       along_x[zy] = Lerp(a[2 * zy], a[2 * zy + 1], f[2]);
-      diff_x[zy] = a[2 * zy + 1] - a[2 * zy];
+      diff_x[zy] = WindowDiff(a[2 * zy], a[2 * zy + 1], f[2]);
     }
-    slope[0] = Lerp(along_x[2], along_x[3], f[1]) - Lerp(along_x[0], along_x[1], f[1]);
-    slope[1] = Lerp(along_x[1] - along_x[0], along_x[3] - along_x[2], f[0]);
+    slope[0] = WindowDiff(Lerp(along_x[0], along_x[1], f[1]), Lerp(along_x[2], along_x[3], f[1]),
+                          f[0]);
+    slope[1] = Lerp(WindowDiff(along_x[0], along_x[1], f[1]),
+                    WindowDiff(along_x[2], along_x[3], f[1]), f[0]);
     slope[2] = Lerp(Lerp(diff_x[0], diff_x[1], f[1]), Lerp(diff_x[2], diff_x[3], f[1]), f[0]);
   }
 }
