@@ -89,6 +89,9 @@ void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& g
   const T low = ac ? T(0) : T(-0.5);
   const T high = ac ? upper : size_t_ - T(0.5);
   const T span = high - low;
+  // unnormalize as ((g + 1) m - s) r: align_corners (g + 1) 0.5 (size - 1), else
+  // ((g + 1) size - 1) 0.5; the same operations in the same order as stn.sampling's.
+  const T m = ac ? T(0.5) : size_t_, shift = ac ? T(0) : T(1), r = ac ? upper : T(0.5);
   T column[kBlock];  // contiguous, so the loop below vectorises
   for (int p = 0; p < count; ++p) column[p] = grid[p * N + grid_axis];
   int32_t* __restrict__ first = out->first[image_axis];
@@ -99,7 +102,7 @@ void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& g
     T g = column[p];
     const bool finite = (g - g) == T(0);  // false for NaN and +-inf
     g = finite ? g : T(0);
-    T c = ac ? (g + T(1)) * T(0.5) * upper : ((g + T(1)) * size_t_ - T(1)) * T(0.5);
+    T c = ((g + T(1)) * m - shift) * r;
     const bool beyond = c > bound || c < -bound;
     const bool at = c == bound || c == -bound;
     T d = beyond ? T(0) : (at ? scale * T(0.5) : scale);
