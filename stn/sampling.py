@@ -40,6 +40,10 @@ Grid points that are not finite, and huge ones (one rule for every kernel and pa
 Neighbours outside the image are masked with ``where`` (never by multiplying by a mask), so no
 NaN or inf from an out-of-range value leaks into a gradient.
 
+On the CPU, ``sample(method="auto")`` runs the nearest and linear kernels through a native C++
+kernel instead (``stn.native``: same rules, same numbers to float32 rounding, one-pass backward;
+docs/sampling.md); ``method="jnp"`` keeps the paths below.
+
 Implementation (all pure jnp; docs/performance.md has speed and memory): the reference path
 (``method="gather"`` of the internal ``_sample``) gathers every tap once and differentiates by
 autodiff. The default floating-point path gathers each point's window of taps from the image
