@@ -45,7 +45,6 @@ constexpr double kCoordinateBound = 4194304.0;  // 2^22, stn.sampling.COORDINATE
 enum KernelKind : int64_t { kNearest = 0, kLinear = 1 };
 enum PaddingKind : int64_t { kZeros = 0, kBorder = 1, kReflection = 2 };
 
-
 // Shapes of one call: any axes before the spatial ones are folded into the batch.
 struct Geometry {
   int num_axes;         // N
@@ -143,8 +142,8 @@ void BlockCoordinates(const T* grid, int count, const Geometry& geo, Coordinates
 
 // The taps of point p of a block: 2^N for the linear kernel, 1 for the nearest. Tap t's bit
 // (N - 1 - i) says whether image axis i takes first_i or first_i + 1. A tap outside the image is
-// never read or written: it reads a row of zeros and writes a scratch row, so the channel loops
-// need no branch (and no NaN of a masked value can leak through a zero weight).
+// never read (its value is 0) or written, so no NaN of a masked value can leak through a zero
+// weight.
 template <typename T, int N, int K>
 struct Taps {
   static constexpr int kCount = K == kNearest ? 1 : (1 << N);
