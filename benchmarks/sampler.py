@@ -24,6 +24,16 @@ and how far each side's gradients are from torch's.
     python benchmarks/sampler.py --cases 2d --sides stn,stn_base,torch --base-root /tmp/stn-before
         # stn_base: the stn package of another checkout (e.g. `git archive` of an older commit)
 
+``--in-process`` (issue 24) instead times the native CPU sampler (``stn[native]``), the pure-jnp
+sampler (``stn[jnp]``) and torch's ``grid_sample`` in ONE process, alternating the three every
+round, and reports the minimum over all runs (the issue's protocol; min is the least disturbed
+by other load). torch comes from the running Python or from ``--torch-site`` (a site-packages
+folder appended to ``sys.path``, e.g. /work/torchenv/lib/python3.11/site-packages); without it the
+torch column is skipped.
+
+    python benchmarks/sampler.py --in-process --cases 2d,3d,registration --rounds 10 \
+        --torch-site /work/torchenv/lib/python3.11/site-packages
+
 The inputs are identical on every side: a fixed-seed image (NHWC / NDHWC) and affine grids near
 the identity (zeros padding, align_corners=False, output size = input size).
 """
@@ -41,10 +51,12 @@ import numpy as np
 
 SHAPES = ((256, 1, 60, 60), (64, 32, 28, 28), (256, 1, 28, 28))
 VOLUME_SHAPES = ((2, 1, 64, 64, 64), (1, 3, 96, 96, 96))
+REGISTRATION_SHAPE = (1, 1, 160, 192, 224)  # a 3-D registration volume, dense grid (issue 24)
 CASES = {  # name -> [(shape (B, C, *spatial), kernel)]; torch's mode has the same name
     "2d": [(shape, "bilinear") for shape in SHAPES],
     "bicubic": [(shape, "bicubic") for shape in SHAPES],
     "3d": [(shape, "bilinear") for shape in VOLUME_SHAPES],
+    "registration": [(REGISTRATION_SHAPE, "bilinear")],
 }
 
 # glibc malloc returns every free block larger than its mmap threshold (at most 32 MiB by default;
@@ -353,6 +365,107 @@ def torch_available() -> bool:
     return proc.returncode == 0
 
 
+# ---------------------------------------------------------------- one process, alternating
+
+
+def _jax_callables(shape, kernel: str, method: str):
+    """``(forward, forward+backward)`` of ``stn.sampling.sample(method=...)``, compiled, each
+    blocking until its result is ready."""
+    import jax
+    import jax.numpy as jnp
+
+    from stn import sampling
+
+    image, grid, cotangent = (jnp.asarray(a) for a in make_inputs(shape))
+
+    def forward(u, g):
+        return sampling.sample(u, g, kernel=kernel, method=method)
+
+    def forward_backward(u, g, ct):
+        out, vjp = jax.vjp(forward, u, g)
+        return vjp(ct)
+
+    fwd = jax.jit(forward).lower(image, grid).compile()
+    fwdbwd = jax.jit(forward_backward).lower(image, grid, cotangent).compile()
+    return (lambda: fwd(image, grid).block_until_ready(),
+            lambda: jax.block_until_ready(fwdbwd(image, grid, cotangent)))
+
+
+def _torch_callables(shape, kernel: str):
+    """``(forward, forward+backward)`` of torch's ``grid_sample`` on the same inputs (NCHW)."""
+    import torch
+    import torch.nn.functional as F
+
+    image, grid, cotangent = make_inputs(shape)
+    to_channels_first = (0, image.ndim - 1, *range(1, image.ndim - 1))
+    image = torch.from_numpy(image).permute(*to_channels_first).contiguous()
+    cotangent = torch.from_numpy(cotangent).permute(*to_channels_first).contiguous()
+    grid = torch.from_numpy(grid).clone()
+    image_r, grid_r = image.clone().requires_grad_(True), grid.clone().requires_grad_(True)
+
+    def forward():
+        with torch.no_grad():
+            F.grid_sample(image, grid, mode=kernel, padding_mode="zeros", align_corners=False)
+
+    def forward_backward():
+        out = F.grid_sample(image_r, grid_r, mode=kernel, padding_mode="zeros",
+                            align_corners=False)
+        torch.autograd.grad(out, (image_r, grid_r), cotangent)
+
+    return forward, forward_backward
+
+
+def run_in_process(cases, rounds: int, repeats: int, torch_site: str | None) -> None:
+    """Times stn[native], stn[jnp] and torch in this process, alternating, min of all runs."""
+    sys.path.insert(0, ROOT)
+    if torch_site:
+        sys.path.append(torch_site)
+    try:
+        import torch  # noqa: F401
+        has_torch = True
+    except ImportError:
+        print("torch is not importable: its columns are skipped", file=sys.stderr)
+        has_torch = False
+    from stn import native
+
+    if not native.available():
+        print(f"native sampler unavailable ({native.unavailable_reason()}): stn[native] skipped",
+              file=sys.stderr)
+    print("| (B, C, (D,) H, W) | kernel | side | fwd ms | fwd+bwd ms | fwd / torch "
+          "| fwd+bwd / torch |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for shape, kernel in cases:
+        sides = {}
+        if native.available():
+            sides["stn[native]"] = _jax_callables(shape, kernel, "native")
+        sides["stn[jnp]"] = _jax_callables(shape, kernel, "jnp")
+        if has_torch:
+            sides["torch"] = _torch_callables(shape, kernel)
+        best = {name: [float("inf"), float("inf")] for name in sides}
+        for pair in sides.values():  # warm-up
+            for fn in pair:
+                fn()
+        names = list(sides)
+        for round_index in range(rounds):
+            for name in (names if round_index % 2 == 0 else names[::-1]):
+                for which, fn in enumerate(sides[name]):
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        fn()
+                        best[name][which] = min(best[name][which],
+                                                (time.perf_counter() - start) * 1e3)
+        ref = best.get("torch")
+        for name in names:
+            fwd, fwdbwd = best[name]
+            ratio_f = _fmt(fwd / ref[0]) if ref else "-"
+            ratio_b = _fmt(fwdbwd / ref[1]) if ref else "-"
+            print(f"| {shape} | {kernel} | {name} | {fwd:.2f} | {fwdbwd:.2f} | {ratio_f} | "
+                  f"{ratio_b} |", flush=True)
+    load = os.getloadavg()
+    print(f"\nmin over {rounds} alternating rounds x {repeats} calls; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs")
+
+
 def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -369,6 +482,10 @@ def main() -> None:
     parser.add_argument("--sides", default="stn,map_coordinates,torch")
     parser.add_argument("--malloc", choices=("default", "tuned"), default="default",
                         help="tuned: run every worker with TUNED_MALLOC_ENV (no per-call page faults)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="native vs jnp vs torch in this process, alternating, min of runs")
+    parser.add_argument("--repeats", type=int, default=5, help="--in-process: calls per round")
+    parser.add_argument("--torch-site", help="--in-process: a site-packages folder with torch")
     parser.add_argument("--methods", default="",
                         help="comma list of stn.sampling internal methods to time as extra rows")
     args = parser.parse_args()
@@ -386,6 +503,9 @@ def main() -> None:
         cases = [(tuple(int(s) for s in args.shape.split(",")), args.kernel)]
     else:
         cases = [case for name in args.cases.split(",") if name for case in CASES[name]]
+    if args.in_process:
+        run_in_process(cases, args.rounds, args.repeats, args.torch_site)
+        return
     sides = [s for s in args.sides.split(",") if s]
     if "torch" in sides and not torch_available():
         print("torch is not importable: its columns are skipped", file=sys.stderr)

@@ -16,7 +16,9 @@ run as image patches + one matmul; forward and gradients are the same convolutio
 instead of ``stn.layers.max_pool``), ``lax`` (``nnx_pool`` and every conv through plain
 ``lax.conv_general_dilated`` instead of ``stn.xla_cpu.conv_general_dilated``: the step before
 either XLA:CPU fix), ``deterministic`` (the model as it is under XLA's
-``--xla_gpu_deterministic_ops=true``; a GPU's cost of bit-identical steps).
+``--xla_gpu_deterministic_ops=true``; a GPU's cost of bit-identical steps), ``jnp_sampler``
+(the model as it is with ``STN_NATIVE=0``: the pure-jnp sampler instead of the native CPU one,
+i.e. the step before issue 24).
 Also printed: peak RSS growth of the first step, or on an accelerator peak growth of its
 allocated memory (and XLA's temp + output bytes for JAX).
 """
@@ -106,6 +108,8 @@ def build_jax_model(variant: str):
 
 def worker_jax(variant: str) -> dict:
     """Median step time of a jitted functional train step (split/merge, donated state)."""
+    if variant == "jnp_sampler":  # before stn is imported: the sampler's pure-jnp path
+        os.environ["STN_NATIVE"] = "0"
     if variant == "sharded2":  # before JAX starts: two host devices, the batch split over them
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_force_host_platform_device_count=2")

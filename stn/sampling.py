@@ -45,6 +45,10 @@ section "antialiasing" below derives the estimate and gives its cost in taps.
 Neighbours outside the image are masked with ``where`` (never by multiplying by a mask), so no
 NaN or inf from an out-of-range value leaks into a gradient.
 
+On the CPU, ``sample(method="auto")`` runs the nearest and linear kernels through a native C++
+kernel instead (``stn.native``: same rules, same numbers to float32 rounding, one-pass backward;
+docs/sampling.md); ``method="jnp"`` keeps the paths below.
+
 Implementation (all pure jnp; docs/performance.md has speed and memory): the reference path
 (``method="gather"`` of the internal ``_sample``) gathers every tap once and differentiates by
 autodiff. The default floating-point path gathers each point's window of taps from the image
@@ -65,10 +69,12 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from stn import kernels as kernel_lib
+from stn import native
 
 KERNELS = kernel_lib.NAMES
 PADDINGS = ("zeros", "border", "reflection")
 METHODS = ("gather", "window", "bilinear2d")
+SAMPLE_METHODS = ("auto", "native", "jnp")  # sample(method=...): see _use_native
 COORDINATE_BOUND = 2.0 ** 22
 
 KernelSpec = str | kernel_lib.Kernel | Sequence[str | kernel_lib.Kernel]
@@ -680,6 +686,7 @@ def sample(
     align_corners: bool = False,
     antialias: bool = False,
     max_scale: float | None = None,
+    method: str = "auto",
 ) -> jax.Array:
     """Samples ``image`` at ``grid`` (paper eq. 3): ``V_i = sum_nm U_nm k(x_s - m) k(y_s - n)``.
 
@@ -707,16 +714,25 @@ def sample(
       max_scale: static bound on ``s_a``; sets the taps per axis, ``2 ceil(r max_scale)`` for a
         kernel of radius ``r``. Footprints beyond it are filtered at ``max_scale``. None:
         ``default_max_scale`` of the image and grid sizes.
+      method: ``"auto"`` runs the native CPU sampler (``stn.native``: nearest and bilinear /
+        trilinear, float32 or float64 coordinates) where it applies and is available, else the
+        pure-jnp sampler; ``"jnp"`` always the pure-jnp one; ``"native"`` the native one or a
+        ValueError saying why not. Both give the same values and gradients (docs/sampling.md).
 
     Returns:
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid
       points give 0 (module docstring).
     """
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"method must be one of {SAMPLE_METHODS}, got {method!r}")
+    if antialias and method == "native":
+        raise ValueError("antialias=True runs on the pure-jnp sampler only; use method='auto' or "
+                         "'jnp'")
     image, grid = jnp.asarray(image), jnp.asarray(grid)
     if image.size == 0 or grid.size == 0:  # an empty batch, channel axis or grid
         return _empty_output(image, grid, kernel, padding)
     return _sample(image, grid, kernel=kernel, padding=padding, align_corners=align_corners,
-                   method="auto", antialias=antialias, max_scale=max_scale)
+                   method=method, antialias=antialias, max_scale=max_scale)
 
 
 def _empty_output(image: jax.Array, grid: jax.Array, kernel: KernelSpec,
@@ -727,6 +743,36 @@ def _empty_output(image: jax.Array, grid: jax.Array, kernel: KernelSpec,
     _check_inputs(image, grid, padding)  # the grid's leading axes hold the batch axis, if any
     axis_kernels(kernel, grid.shape[-1])
     return jnp.zeros((*grid.shape[:-1], image.shape[-1]), image.dtype)
+
+
+def _native_kernel(kernels: Sequence[kernel_lib.Kernel]) -> str | None:
+    """``"linear"`` or ``"nearest"`` when every axis uses that kernel (the native cases)."""
+    for name, kind in (("linear", kernel_lib.Linear), ("nearest", kernel_lib.Nearest)):
+        if all(type(k) is kind for k in kernels):
+            return name
+    return None
+
+
+def _use_native(image: jax.Array, grid: jax.Array, kernels, method: str) -> bool:
+    """Whether ``method`` ("auto", "native", or an internal jnp one) runs the native sampler.
+
+    "auto" takes it on the CPU backend for the nearest and linear kernels in float32/float64
+    (a bfloat16 or float16 image is computed in float32) unless ``STN_NATIVE=0`` or it could
+    not be built; "native" insists, with a one-line ValueError where it cannot run.
+    """
+    if method not in ("auto", "native"):
+        return False
+    name = _native_kernel(kernels)
+    fits = name is not None and native.supports(image.dtype, grid.dtype, name, len(kernels))
+    if method == "auto":
+        return fits and native.available()
+    if not fits:
+        raise ValueError("method='native' needs the nearest or bilinear kernel on every axis, a "
+                         f"floating image and float32/float64 coordinates; got {kernels} for "
+                         f"image {image.dtype}, grid {grid.dtype}")
+    if not native.available():
+        raise ValueError(f"method='native' is unavailable: {native.unavailable_reason()}")
+    return True
 
 
 def _pick_method(image: jax.Array, kernels: Sequence[kernel_lib.Kernel], method: str) -> str:
@@ -762,7 +808,11 @@ def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: boo
         check_antialias(kernels, max_scale)
         floating = jnp.issubdtype(image.dtype, jnp.floating)
         method = "window" if floating and method != "gather" else "gather"
-    method = _pick_method(image, kernels, method)
+    elif _use_native(image, grid, kernels, method):
+        output = native.sample(image, grid, kernel=_native_kernel(kernels), padding=padding,
+                               align_corners=align_corners).astype(image.dtype)
+        return output[0] if unbatched else output
+    method = _pick_method(image, kernels, "auto" if method in SAMPLE_METHODS else method)
 
     # Coordinates in float32 or wider whatever the image dtype; non-finite points are moved to
     # the origin here and masked below, huge ones clamped (module docstring).

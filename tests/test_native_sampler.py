@@ -1,0 +1,298 @@
+"""The native CPU sampler (stn/native) against the pure-jnp reference of stn.sampling.
+
+Values, both cotangents (image and grid) and forward-mode tangents must agree to float32
+rounding (float64: to 1e-12) for the nearest and linear kernels in 2-D and 3-D, every padding,
+both align_corners, odd sizes, points on pixel centres, on edges, outside, and NaN / inf / 1e30
+points; gradients must be bit-identical run after run and for any number of threads; jit, vmap,
+grad and sharded inputs must work; and where the library cannot be built the jnp path runs and
+one warning line says so.
+
+These tests need a C++ compiler (they are skipped without one); they run whatever STN_NATIVE
+says (they force it on, except the fallback tests, which turn it off).
+"""
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stn import native, sampling
+from stn.native import build as build_lib
+
+pytestmark = pytest.mark.skipif(build_lib.find_compiler() is None,
+                                reason="no C++ compiler: the native sampler cannot be built")
+
+CASES = list(itertools.product((2, 3), ("bilinear", "nearest"), sampling.PADDINGS, (False, True)))
+CASE_IDS = [f"{n}d-{k}-{p}-{'ac' if a else 'edges'}" for n, k, p, a in CASES]
+
+
+@pytest.fixture(autouse=True)
+def _native_on(monkeypatch):
+    """The native path is tested even when the run has STN_NATIVE=0 for the other files."""
+    monkeypatch.delenv("STN_NATIVE", raising=False)
+    monkeypatch.delenv("STN_NATIVE_THREADS", raising=False)
+    assert native.available(), native.unavailable_reason()
+
+
+def _normalized(pixel, size, align_corners):
+    """Grid coordinate of a pixel-unit coordinate (inverse of sampling.unnormalize)."""
+    if align_corners:
+        return pixel / (size - 1) * 2 - 1 if size > 1 else 0.0 * pixel
+    return (2 * pixel + 1) / size - 1
+
+
+def _points(rng, sizes, align_corners, count=40):
+    """[count + special, n] grid points (x, y[, z]): random ones inside and around the image,
+    pixel centres, edges, halves, far outside, and non-finite / huge ones."""
+    n = len(sizes)
+    axis_sizes = sizes[::-1]  # grid order x, y(, z)
+    pixel = rng.uniform(-2.5, 1.5, size=(count, n)) * 1.0
+    pixel += np.asarray(axis_sizes)[None, :] * rng.uniform(0, 1, size=(count, n))
+    special_pixels = []
+    for value in (0.0, 1.0, -0.5, -1.0, 0.5):  # centres, an edge, a half
+        special_pixels.append([value] * n)
+    special_pixels.append([s - 1.0 for s in axis_sizes])       # last centres
+    special_pixels.append([s - 0.5 for s in axis_sizes])       # outer edges
+    special_pixels.append([s * 1.0 for s in axis_sizes])       # one beyond
+    special_pixels.append([2.0] * (n - 1) + [axis_sizes[-1] - 1.0])
+    pixels = np.concatenate([pixel, np.asarray(special_pixels)])
+    grid = np.stack([_normalized(pixels[:, a], axis_sizes[a], align_corners) for a in range(n)],
+                    -1)
+    weird = np.array([[np.nan] + [0.1] * (n - 1), [np.inf] + [0.2] * (n - 1),
+                      [-np.inf] * n, [0.3] + [np.nan] * (n - 1), [1e30] + [0.1] * (n - 1),
+                      [-1e30] * n, [0.2] * (n - 1) + [3e38]])
+    return np.concatenate([grid, weird])
+
+
+def _case(num_axes, align_corners, dtype, seed=0, channels=3):
+    rng = np.random.default_rng(seed)
+    sizes = (5, 7) if num_axes == 2 else (3, 5, 7)
+    image = rng.normal(size=(2, *sizes, channels))
+    points = np.stack([_points(rng, sizes, align_corners) for _ in range(2)])  # [2, P, n]
+    grid = points.reshape(2, 1, -1, num_axes) if num_axes == 2 else \
+        points.reshape(2, 1, 1, -1, num_axes)
+    return jnp.asarray(image, dtype), jnp.asarray(grid, dtype)
+
+
+def _run(image, grid, kernel, padding, align_corners, method, seed=1):
+    """Values, (image, grid) cotangents of a fixed random cotangent, and a JVP tangent."""
+    fn = lambda u, g: sampling.sample(u, g, kernel=kernel, padding=padding,  # noqa: E731
+                                      align_corners=align_corners, method=method)
+    out, vjp = jax.vjp(fn, image, grid)
+    rng = np.random.default_rng(seed)
+    cotangent = jnp.asarray(rng.normal(size=out.shape), out.dtype)
+    tangents = (jnp.asarray(rng.normal(size=image.shape), image.dtype),
+                jnp.asarray(rng.normal(size=grid.shape), grid.dtype))
+    tangents = (tangents[0], jnp.where(jnp.isfinite(grid), tangents[1], 0))
+    _, tangent = jax.jvp(fn, (image, grid), tangents)
+    return [np.asarray(a) for a in (out, *vjp(cotangent), tangent)]
+
+
+def _assert_close(native_parts, jnp_parts, tolerance):
+    for name, a, b in zip(("values", "image cotangent", "grid cotangent", "tangent"),
+                          native_parts, jnp_parts):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        scale = max(1.0, float(np.max(np.abs(b))))
+        np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("num_axes,kernel,padding,align_corners", CASES, ids=CASE_IDS)
+def test_float32_matches_jnp_path(num_axes, kernel, padding, align_corners):
+    image, grid = _case(num_axes, align_corners, jnp.float32)
+    parts = _run(image, grid, kernel, padding, align_corners, "native")
+    reference = _run(image, grid, kernel, padding, align_corners, "jnp")
+    _assert_close(parts, reference, 2e-6)
+    assert np.all(np.isfinite(parts[0])) and np.all(np.isfinite(parts[2]))
+    non_finite = ~np.all(np.isfinite(np.asarray(grid)), axis=-1)
+    np.testing.assert_array_equal(parts[0][non_finite], 0.0)  # NaN/inf points sample 0
+    np.testing.assert_array_equal(parts[2][non_finite], 0.0)  # ... and pass no gradient
+
+
+@pytest.mark.parametrize("num_axes,kernel,padding,align_corners",
+                         [c for c in CASES if c[1] == "bilinear"],
+                         ids=[i for c, i in zip(CASES, CASE_IDS) if c[1] == "bilinear"])
+def test_float64_matches_jnp_path(num_axes, kernel, padding, align_corners):
+    with jax.enable_x64(True):
+        image, grid = _case(num_axes, align_corners, jnp.float64, seed=3)
+        parts = _run(image, grid, kernel, padding, align_corners, "native")
+        reference = _run(image, grid, kernel, padding, align_corners, "jnp")
+    _assert_close(parts, reference, 1e-12)
+
+
+def test_auto_picks_native_for_its_cases_only():
+    image, grid = _case(2, False, jnp.float32)
+    for kernel in ("bilinear", "nearest", ("nearest", "nearest")):
+        kernels = sampling.axis_kernels(kernel, 2)
+        assert sampling._use_native(image, grid, kernels, "auto")
+    for kernel in ("bicubic", ("bilinear", "nearest")):
+        kernels = sampling.axis_kernels(kernel, 2)
+        assert not sampling._use_native(image, grid, kernels, "auto")
+        with pytest.raises(ValueError, match="method='native' needs the nearest or bilinear"):
+            sampling.sample(image, grid, kernel=kernel, method="native")
+    integer = jnp.zeros((1, 3, 3, 1), jnp.int32)
+    assert not sampling._use_native(integer, grid[:1], sampling.axis_kernels("bilinear", 2),
+                                    "auto")
+    with pytest.raises(ValueError, match="method must be one of"):
+        sampling.sample(image, grid, method="fast")
+
+
+def test_bfloat16_image_is_computed_in_float32():
+    image, grid = _case(2, False, jnp.float32)
+    low = image.astype(jnp.bfloat16)
+    out = sampling.sample(low, grid, method="native")
+    assert out.dtype == jnp.bfloat16
+    expected = sampling.sample(low.astype(jnp.float32), grid, method="jnp").astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected, np.float32))
+
+
+def _grads(image, grid, kernel="bilinear"):
+    fn = lambda u, g: sampling.sample(u, g, kernel=kernel, method="native")  # noqa: E731
+    out, vjp = jax.vjp(fn, image, grid)
+    cotangent = jnp.asarray(np.random.default_rng(5).normal(size=out.shape), out.dtype)
+    return [np.asarray(a) for a in (out, *vjp(cotangent))]
+
+
+@pytest.mark.parametrize("num_axes", [2, 3])
+def test_bit_identical_across_runs_and_thread_counts(num_axes, monkeypatch):
+    """Each batch slice's image cotangent is accumulated by one thread in point order, and
+    the forward is split into items of whole points, so no thread count changes a bit."""
+    rng = np.random.default_rng(11)
+    sizes = (41, 53) if num_axes == 2 else (9, 21, 23)  # > 8192 points: several forward items
+    image = jnp.asarray(rng.normal(size=(5, *sizes, 2)), jnp.float32)
+    grid = jnp.asarray(rng.uniform(-1.1, 1.1, size=(5, *sizes, num_axes)), jnp.float32)
+    runs = []
+    for threads in ("1", "2", "3", "0", "0"):
+        monkeypatch.setenv("STN_NATIVE_THREADS", threads)
+        runs.append(_grads(image, grid))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_jit_vmap_and_grad():
+    image, grid = _case(2, True, jnp.float32)
+    stacked_images = jnp.stack([image, image[::-1] * 2])
+    stacked_grids = jnp.stack([grid, grid[:, :, ::-1]])
+
+    def loss(u, g, method):
+        out = sampling.sample(u, g, padding="border", align_corners=True, method=method)
+        return jnp.sum(jnp.where(jnp.isfinite(out), out, 0) ** 2)
+
+    def batched(method, in_axes):
+        grad = jax.grad(lambda u, g: loss(u, g, method), argnums=(0, 1))
+        return jax.jit(jax.vmap(grad, in_axes=in_axes))
+
+    for in_axes, args in [((0, 0), (stacked_images, stacked_grids)),
+                          ((None, 0), (image, stacked_grids)),
+                          ((0, None), (stacked_images, grid))]:
+        got = batched("native", in_axes)(*args)
+        want = batched("jnp", in_axes)(*args)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=1e-5)
+    values = jax.jit(jax.vmap(lambda u, g: sampling.sample(u, g, method="native")))(
+        stacked_images, stacked_grids)
+    np.testing.assert_allclose(values, jax.vmap(lambda u, g: sampling.sample(u, g, method="jnp"))(
+        stacked_images, stacked_grids), atol=1e-6)
+
+
+def test_unbatched_and_empty_batch():
+    image, grid = _case(3, False, jnp.float32)
+    np.testing.assert_allclose(sampling.sample(image[0], grid[0], method="native"),
+                               sampling.sample(image[0], grid[0], method="jnp"), atol=1e-6)
+    empty = sampling.sample(image[:0], grid[:0], method="native")
+    assert empty.shape == (0,) + grid.shape[1:-1] + (3,)
+
+
+def test_sharded_inputs_on_two_cpu_devices():
+    """Under jit with the batch sharded over two CPU devices, values and gradients equal the
+    jnp path's (in a subprocess: the device count is fixed when JAX starts)."""
+    script = textwrap.dedent("""
+        import os, sys
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from stn import sampling
+        assert len(jax.devices()) == 2
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+        rng = np.random.default_rng(0)
+        image = jax.device_put(jnp.asarray(rng.normal(size=(4, 9, 11, 2)), jnp.float32),
+                               NamedSharding(mesh, P("batch")))
+        grid = jax.device_put(jnp.asarray(rng.uniform(-1.2, 1.2, size=(4, 6, 5, 2)), jnp.float32),
+                              NamedSharding(mesh, P("batch")))
+        def grads(method):
+            loss = lambda u, g: jnp.sum(sampling.sample(u, g, method=method) ** 2)
+            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(image, grid)
+        (v1, (a1, b1)), (v2, (a2, b2)) = grads("native"), grads("jnp")
+        np.testing.assert_allclose(v1, v2, rtol=1e-5)
+        np.testing.assert_allclose(a1, a2, atol=1e-5)
+        np.testing.assert_allclose(b1, b2, atol=1e-4)
+        print("ok")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("STN_NATIVE", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- fallback and building
+
+
+def test_disabled_by_env_runs_jnp(monkeypatch):
+    monkeypatch.setenv("STN_NATIVE", "0")
+    image, grid = _case(2, False, jnp.float32)
+    kernels = sampling.axis_kernels("bilinear", 2)
+    assert not native.available()
+    assert not sampling._use_native(image, grid, kernels, "auto")
+    with pytest.raises(ValueError, match="unavailable: disabled by STN_NATIVE=0"):
+        sampling.sample(image, grid, method="native")
+
+
+def test_without_a_compiler_jnp_runs_and_one_line_says_so(monkeypatch, caplog):
+    """A machine without a compiler: no library, ONE warning line, the jnp path's results."""
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(build_lib, "find_compiler", lambda: None)
+    image, grid = _case(2, False, jnp.float32)
+    with caplog.at_level(logging.WARNING, logger="stn.native"):
+        first = sampling.sample(image, grid)
+        second = sampling.sample(image, grid, kernel="nearest")
+    records = [r for r in caplog.records if r.name == "stn.native"]
+    assert len(records) == 1 and "\n" not in records[0].getMessage()
+    assert "no C++ compiler found" in records[0].getMessage()
+    np.testing.assert_array_equal(first, sampling.sample(image, grid, method="jnp"))
+    np.testing.assert_array_equal(second, sampling.sample(image, grid, kernel="nearest",
+                                                          method="jnp"))
+    with pytest.raises(ValueError, match="unavailable: no C.. compiler found"):
+        sampling.sample(image, grid, method="native")
+
+
+def test_a_failing_compiler_is_a_build_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(build_lib, "find_compiler", lambda: "/bin/false")
+    with pytest.raises(build_lib.BuildError, match="false failed"):
+        build_lib.build()
+    assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_build_is_cached_and_follows_the_source(monkeypatch, tmp_path):
+    """Built once per source: a second build reuses the file, a changed source builds anew."""
+    source = tmp_path / "sampler.cc"
+    source.write_text(build_lib.SOURCE.read_text())
+    monkeypatch.setattr(build_lib, "SOURCE", source)
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(tmp_path / "cache"))
+    first = build_lib.build()
+    stamp = first.stat().st_mtime_ns
+    assert build_lib.build() == first and first.stat().st_mtime_ns == stamp
+    source.write_text(source.read_text() + "\n// changed\n")
+    second = build_lib.build()
+    assert second != first and second.exists()
+    assert not list((tmp_path / "cache").glob("*.tmp"))
