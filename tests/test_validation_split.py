@@ -35,7 +35,8 @@ def _config(name, arg, data_dir, **data):
     config = module.get_config(arg)
     config.data.source = f"idx:{data_dir}"
     config.data.validation_size = 100
-    config.data.update(data)
+    config.data.update({k: v.format(data_dir=data_dir) if isinstance(v, str) else v
+                        for k, v in data.items()})
     return config
 
 
@@ -44,6 +45,8 @@ CASES = {  # task -> (config file, arg, extra data fields)
     "addition": ("mnist_addition", "quick", {}),
     "sequences": ("mnist_sequences", "quick", {"num_test_examples": 20}),
     "colocalisation": ("colocalisation", "t,quick", {"num_train": 10}),
+    # CUB's CPU stand-in: the pattern digits on cluttered canvases, split as canvases
+    "cub": ("cub", "cnn,standin", {"source": "clutter:idx:{data_dir}"}),
 }
 
 
