@@ -64,7 +64,8 @@ def live_holder(workdir: str) -> int | None:
         return holder
 
 
-def _who(pid: int) -> str:
+def describe_holder(pid: int) -> str:
+    """The holder of a lock for a message: its process id, or 0 when it wrote none."""
     return f"process {pid}" if pid else "a process that wrote no id"
 
 
@@ -88,7 +89,7 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _read_pid(f)
-            raise ValueError(f"another run is using {workdir} ({_who(pid or 0)}); wait for it "
+            raise ValueError(f"another run is using {workdir} ({describe_holder(pid or 0)}); wait for it "
                              f"to finish or choose another --workdir") from None
         try:
             f.truncate(0)

@@ -318,8 +318,8 @@ def superseded_dir(workdir: Path) -> Path:
 
 def busy_line(name: str, workdir: Path, pid: int) -> str:
     """The one line that refuses a point whose folder a live run holds."""
-    who = f"process {pid}" if pid else "a live process (it wrote no id)"
-    return (f"refused {name}: its run in {workdir / name} is live ({who} holds its lock); it is "
+    return (f"refused {name}: its run in {workdir / name} is live "
+            f"({run_lock.describe_holder(pid)} holds its lock); it is "
             f"not moved, restarted or marked changed; rerun the sweep once that run has ended")
 
 

@@ -110,8 +110,8 @@ def make_optimizer(config, state, model: nnx.Module | None
     - `train.grad_clip_norm > 0`: the gradient is first rescaled to at most that global norm.
     - `train.weight_decay > 0`: `weight_decay * w` is added to every parameter's gradient (L2;
       fixed state such as frozen batch-norm statistics or `layers.Frozen` weights is never
-      decayed) except the localisation nets' regression biases, which hold the transform's identity (decaying them
-      would pull every transformer towards the degenerate theta = 0).
+      decayed) except the localisation nets' regression biases, which hold the transform's
+      identity (decaying them would pull every transformer towards the degenerate theta = 0).
     - `model.loc_lr_multiplier`: the localisation nets' whole update (gradient, decay and
       momentum) is scaled by it, i.e. they learn at that multiple of the learning rate, as a
       per-layer learning-rate multiplier does in the paper's framework.
