@@ -89,8 +89,8 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _read_pid(f)
-            raise ValueError(f"another run is using {workdir} ({describe_holder(pid or 0)}); wait for it "
-                             f"to finish or choose another --workdir") from None
+            raise ValueError(f"another run is using {workdir} ({describe_holder(pid or 0)}); "
+                             f"wait for it to finish or choose another --workdir") from None
         try:
             f.truncate(0)
             f.write(f"{os.getpid()}\n")
