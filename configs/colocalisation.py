@@ -62,6 +62,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.embedding.batch_size = 64
     c.model.embedding.learning_rate = 0.02
     c.model.embedding.momentum = 0.9
+    c.model.embedding.seed = 0  # one embedding shared by every run's seed (the paper's is fixed)
+    # Trained once per embedding config and reused (stn.embedding_cache): "" = $STN_CACHE_DIR or
+    # ~/.cache/stn, one folder per config under embeddings/.
+    c.model.embedding.cache_dir = ""
     # The crop's side in pixels (unstated): the embedding's input (RTS: 42); a smaller crop is
     # centred on a black canvas of that size.
     c.model.crop_size = 42

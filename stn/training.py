@@ -351,10 +351,13 @@ def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, me
                  writer: metrics_io.MetricWriter, workdir: str, step: int, *,
                  final: bool) -> dict[str, dict]:
     """The validation set (if any), the test set (at the end, or always with
-    `eval.test_during_training`), metrics written and printed, and the task's picture."""
+    `eval.test_during_training`), the optimised set of a transductive task (at the end, as
+    `train`), metrics written and printed, and the task's picture."""
     sets = {"validation": data.validation}
     if final or config.eval.get("test_during_training", False):
         sets["test"] = data.test
+    if final and data.optimised is not None:  # transductive: score the images optimised on
+        sets["train"] = data.optimised
     done = {}
     for split, dataset in sets.items():
         if dataset is None:
@@ -369,7 +372,8 @@ def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, me
         done[split] = values
     count = int(config.train.get("num_images", 16))
     if count > 0:
-        draw_transformers(task, graphdef, state, data.test, count, mesh, workdir, step, writer)
+        shown = data.test if data.optimised is None else data.optimised  # the same each step
+        draw_transformers(task, graphdef, state, shown, count, mesh, workdir, step, writer)
     writer.flush()
     return done
 
