@@ -138,11 +138,18 @@ def test_tables_put_runs_in_their_cells(tmp_path):
     assert "| 2xST-CNN Aff | n/a / — |" in markdown
     assert (tmp_path / "tableaddition.png").is_file()
 
-    _run(tmp_path / "c", "t3", coloc_config("t,class=3"), test_error=0.1, test_localised=0.9)
-    _run(tmp_path / "c", "tc3", coloc_config("tc,class=3"), test_error=0.4, test_localised=0.6)
+    # Co-localisation: the headline (the optimised images), then held-out test digits and the
+    # centred-box baseline, each from its own results.json key, for T and TC.
+    _run(tmp_path / "c", "t3", coloc_config("t,class=3"), train_localised=0.95,
+         test_localised=0.9, train_centre_box_localised=0.05)
+    _run(tmp_path / "c", "tc3", coloc_config("tc,class=3"), train_localised=0.7,
+         test_localised=0.6, train_centre_box_localised=0.02)
+    _run(tmp_path / "c", "old", coloc_config("t,class=5"), test_localised=0.5)  # no train_*
     markdown = tables.make_table(tmp_path / "c", "colocalisation", figure=False)
-    assert "| class 3 | 100.0 / 90.00 | n/a / 60.00 |" in markdown
-    assert "| class 4 | 100.0 / — | n/a / — |" in markdown
+    assert ("| class 3 | 100.0 / 95.00 | n/a / 90.00 | n/a / 5.00 | n/a / 70.00 | n/a / 60.00 "
+            "| n/a / 2.00 |") in markdown
+    assert "| class 4 | 100.0 / — | n/a / — | n/a / — | n/a / — | n/a / — | n/a / — |" in markdown
+    assert "| class 5 | 100.0 / — |" in markdown and "Skipped" in markdown
 
 
 # ----------------------------------------------------------------------------- pictures

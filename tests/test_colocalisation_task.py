@@ -40,6 +40,7 @@ def test_localised_fraction_on_hand_made_boxes():
     assert float(values["error"].mean()) == 0.5
     # The baseline: a centred 28x28 box localises only the digit in the middle cell.
     np.testing.assert_array_equal(values["centre_box_error"], [1, 0, 1, 1])
+    np.testing.assert_array_equal(values["centre_box_localised"], [0, 1, 0, 0])
 
 
 def test_the_optimised_images_are_the_tasks_optimised_set():

@@ -228,14 +228,16 @@ def loss(outputs: dict, batch: dict) -> jax.Array:
 
 def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
     """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and the
-    baseline `centre_box_error` and `centre_box_iou` of a centred box of the digit's size."""
+    baseline of a fixed centred box of the digit's size: `centre_box_error`,
+    `centre_box_localised` and `centre_box_iou`."""
     overlap = boxes.iou(outputs["box"], batch["box"])
     true = batch["box"]
     half = 0.5 * (true[:, 2:] - true[:, :2])
     centred = boxes.iou(jnp.concatenate([-half, half], axis=-1), true)
     localised = (overlap > 0.5).astype(jnp.float32)
     return {"error": 1.0 - localised, "localised": localised, "iou": overlap,
-            "centre_box_error": (centred <= 0.5).astype(jnp.float32), "centre_box_iou": centred}
+            "centre_box_error": (centred <= 0.5).astype(jnp.float32),
+            "centre_box_localised": (centred > 0.5).astype(jnp.float32), "centre_box_iou": centred}
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
