@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 16
     c.train.learning_rate = 0.01
     c.train.momentum = 0.9
+    c.train.optimizer = "sgd"  # or "adam" (stn.training.base_optimizer)
     c.train.weight_decay = 0.0  # must stay 0: the embedding is fixed
     # Clipped at global norm 1 (unstated): unclipped, a gradient spike (|g| ~ 40) killed the loc
     # net's ReLUs and froze the box (validation IoU 0.00 vs 0.29 clipped, T class 3, quick).
