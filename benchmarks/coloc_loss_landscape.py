@@ -53,14 +53,16 @@ def far_corner(true_boxes: jax.Array, side: float) -> jax.Array:
 
 
 def landscape(config, half_sides=HALF_SIDES, repeats: int = 4, seed: int = 0, *,
-              corner: bool = False) -> list[tuple[float, float, float]]:
-    """`[(half_side, mean IoU, mean loss)]` for boxes centred on the true digits of the training
-    images of `config` (a configs/colocalisation.py config); with `corner`, the boxes sit in
-    the corner farthest from the digit instead (`far_corner`)."""
+              corner: bool = False, split: str = "train") -> list[tuple[float, float, float]]:
+    """`[(half_side, mean IoU, mean loss)]` for boxes centred on the true digits of the `split`
+    images (`train`: the 100 optimised on; `validation`: held-out digits of the class, for
+    choosing settings) of `config` (a configs/colocalisation.py config); with `corner`, the
+    boxes sit in the corner farthest from the digit instead (`far_corner`)."""
     task = tasks.get(config.task)
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(int(config.seed)))
-    images, true_boxes = (jnp.asarray(a) for a in data.train_arrays)
+    chosen = data.optimised if split == "train" else data.require_validation()
+    images, true_boxes = (jnp.asarray(chosen[k]) for k in ("image", "box"))
     centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
     rng = np.random.default_rng(seed)
     rows = []
@@ -83,16 +85,18 @@ def main(argv: list[str]) -> None:
                         help="configs/colocalisation.py's arg")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
     parser.add_argument("--repeats", type=int, default=4, help="random-patch draws per size")
+    parser.add_argument("--split", choices=("train", "validation"), default="train",
+                        help="the images scored: the optimised ones, or held-out (choices)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.arg, args.overrides)
     except ValueError as error:  # one line: an unknown field or a badly typed value
         raise SystemExit(str(error)) from None
-    print(f"{args.arg} {' '.join(args.overrides)} (jax {jax.__version__}, "
+    print(f"{args.arg} {' '.join(args.overrides)} --split={args.split} (jax {jax.__version__}, "
           f"{jax.devices()[0].platform})")
     print("half-side  IoU   loss (centred on the digit) | IoU   loss (in the far corner)")
-    centred = landscape(config, repeats=args.repeats)
-    away = landscape(config, repeats=args.repeats, corner=True)
+    centred = landscape(config, repeats=args.repeats, split=args.split)
+    away = landscape(config, repeats=args.repeats, corner=True, split=args.split)
     for (side, iou, loss), (_, corner_iou, corner_loss) in zip(centred, away):
         print(f"{side:9.3f}  {iou:.2f}  {loss:.3f}{'':21s}| {corner_iou:.2f}  {corner_loss:.3f}")
 
