@@ -2,13 +2,15 @@
 
     python train.py --config=configs/colocalisation.py:tc,class=3,quick --workdir=/tmp/coloc
 
-first trains the embedding CNN on digit classification (printing its test error), then the
-transformer's localisation net on 100 cluttered 84x84 images of threes by the triplet loss,
-and reports the fraction of test images whose predicted box misses the true one (IoU <= 0.5)
-beside `centre_box_error`, a fixed centred box's; the picture shows predicted (red) and true
-(green) boxes. docs/addition_colocalisation.md gives measured numbers.
-`python eval.py ... --data=train` measures the images optimised on, as the paper does
-(paper: 100% localised on T, 75-93% on TC depending on the class).
+trains the embedding CNN on digit classification once (printing its test error; later runs and
+`eval.py` read it from the cache, `stn.embedding_cache`), then the transformer's localisation
+net on 100 cluttered 84x84 images of threes by the triplet loss, and reports
+`train_localised`, the fraction of those 100 optimised images whose predicted box has IoU > 0.5
+with the true one (the paper's measure: 100% on T, 75-93% on TC), beside the same on held-out
+test digits (`test_localised`) and a fixed centred box's (`train_centre_box_localised`). The
+pictures show predicted (red) and true (green) boxes on the same optimised images at every
+evaluation, stitched into images/transformer_steps.png at the end (as the paper's Figure 4).
+docs/addition_colocalisation.md gives measured numbers.
 
 `arg` is comma-separated: `t` (translated digits) or `tc` (with 16 clutter patches),
 `class=K` (the digit class, default 3) and/or a preset: `quick` (a check that it localises)

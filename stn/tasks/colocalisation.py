@@ -7,15 +7,17 @@ images optimised on; the paper's 100), `data.validation_size` and `data.validati
 `model.crop_size`, `model.kernel`, `model.margin` (alpha), `model.initial_scale`,
 `model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
 crop's own), `model.embedding.*` (how the fixed embedding CNN is
-trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`);
-`train.batch_size`.
+trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`, `seed`; and
+`cache_dir`, where it is kept); `train.batch_size`.
 
 The embedding is the section-4.1 CNN (`stn.models.mnist.CNN`) trained on digit classification
-by `pretrained_embedding` before the co-localiser is built, then frozen. Loss: the appendix's
+by `train_embedding` once per embedding config (`embedding_spec`), cached on disk
+(`stn.embedding_cache`) and read back by every later run and `eval.py` call, then frozen. Loss: the appendix's
 triplet hinge loss (`stn.models.colocalisation`). Metrics: `error`, the fraction of images whose
 predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
-IoU > 0.5); `iou`; and a baseline, the error and IoU of a fixed box of the digit's size at the
-centre (`centre_box_error`, `centre_box_iou`).
+IoU > 0.5); `iou`; and a baseline, a fixed box of the digit's size at the centre
+(`centre_box_error`, `centre_box_localised`, `centre_box_iou`). The trainer scores them on the
+optimised images too (`Data.optimised`: `train_localised`, the paper's headline).
 """
 from __future__ import annotations
 
@@ -132,7 +134,7 @@ def embedding_spec(config) -> dict:
     return {"source": str(config.data.source),
             "validation_size": int(config.data.get("validation_size", 0)),
             "validation_seed": int(config.data.get("validation_seed", 0)),
-            **{key: kinds[key](embedding[key]) for key in EMBEDDING_FIELDS}}
+            **{key: kinds[key](embedding.get(key, 0)) for key in EMBEDDING_FIELDS}}
 
 
 def train_embedding(spec: dict) -> tuple[nnx.State, dict]:
@@ -200,7 +202,7 @@ def make_model(config, shape, rngs):
     print(f"embedding CNN from {record['folder']} ({100 * record['test_error']:.2f}% test "
           f"error)", flush=True)
     canvas = distortions.get(embedding.distortion).canvas_size
-    cnn = _embedding_cnn(embedding.distortion, int(embedding.seed))
+    cnn = _embedding_cnn(embedding.distortion, int(embedding.get("seed", 0)))
     nnx.update(cnn, state)
     return models.CoLocaliser(shape, cnn, crop_size=int(config.model.crop_size),
                               embedding_size=canvas,
