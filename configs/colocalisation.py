@@ -57,8 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The embedding e(): "the CNN trained for digit classification from Sect. 4.1" (A.2), fixed.
     # Its training distortion is (unstated): none, so its 28x28 input shows a digit at the
     # scale the true 28-px box shows it through a 28-px crop (the loss by box size is then
-    # lowest at the true box, docs/addition_colocalisation.md; RTS with a 42-px crop put it
-    # at a box 1.5x the digit). Fully trained: 3,000 steps (2.00% test error on the embedded
+    # lowest at the true box, docs/addition_colocalisation.md; RTS with a 42-px crop is flat
+    # from a box 0.75x to 1.5x the digit). Fully trained: 3,000 steps (2.00% test error on the embedded
     # sample; 500 steps: more error, chosen on the loss by box size); trained once and cached.
     c.model.embedding = ml_collections.ConfigDict()
     c.model.embedding.distortion = "none"
