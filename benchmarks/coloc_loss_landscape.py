@@ -8,7 +8,8 @@ The first argument is configs/colocalisation.py's `arg`; then `dotted.key=value`
 trains the embedding as a run does, then, for each half-side `s`, puts the box
 `(s, centre of the true box)` on each of the 100 training images and prints the mean IoU with the
 true box and the appendix's loss (`stn.models.colocalisation.colocalisation_loss`, averaged over
-`--repeats` draws of the random patches). Where the loss is lowest is the box a localiser that
+`--repeats` draws of the random patches), and the same for a box of that size in the image
+corner farthest from the digit (on background: the degenerate answer). Where the loss is lowest is the box a localiser that
 found every digit would settle on: if that is not near the true half-side (1/3, IoU 1), no
 optimiser will make the boxes pass IoU > 0.5. docs/addition_colocalisation.md has the numbers.
 """
@@ -43,19 +44,31 @@ def load_config(arg: str, overrides: list[str]) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config_compare.resolve(f"{CONFIG}:{arg}", pairs))
 
 
-def landscape(config, half_sides=HALF_SIDES, repeats: int = 4, seed: int = 0
-              ) -> list[tuple[float, float, float]]:
-    """`[(half_side, mean IoU, mean loss)]` for boxes centred on the true digits of the training
-    images of `config` (a configs/colocalisation.py config)."""
+def far_corner(true_boxes: jax.Array, side: float) -> jax.Array:
+    """`[N, 3]` boxes of half-side `side` in the image corner farthest from each true box's
+    centre (a box on background, or clutter, rather than on the digit)."""
+    centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
+    away = -jnp.where(centres >= 0, 1.0, -1.0) * (1.0 - side)
+    return jnp.concatenate([jnp.full((len(true_boxes), 1), side, jnp.float32), away], -1)
+
+
+def landscape(config, half_sides=HALF_SIDES, repeats: int = 4, seed: int = 0, *,
+              corner: bool = False, split: str = "train") -> list[tuple[float, float, float]]:
+    """`[(half_side, mean IoU, mean loss)]` for boxes centred on the true digits of the `split`
+    images (`train`: the 100 optimised on; `validation`: held-out digits of the class, for
+    choosing settings) of `config` (a configs/colocalisation.py config); with `corner`, the
+    boxes sit in the corner farthest from the digit instead (`far_corner`)."""
     task = tasks.get(config.task)
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(int(config.seed)))
-    images, true_boxes = (jnp.asarray(a) for a in data.train_arrays)
+    chosen = data.optimised if split == "train" else data.require_validation()
+    images, true_boxes = (jnp.asarray(chosen[k]) for k in ("image", "box"))
     centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
     rng = np.random.default_rng(seed)
     rows = []
     for side in half_sides:
-        theta = jnp.concatenate([jnp.full((len(images), 1), side, jnp.float32), centres], -1)
+        theta = (far_corner(true_boxes, side) if corner else jnp.concatenate(
+            [jnp.full((len(images), 1), side, jnp.float32), centres], -1))
         losses = []
         for _ in range(repeats):
             rand_pos = jnp.asarray(rng.uniform(-1, 1, (len(images), 2)), jnp.float32)
@@ -72,16 +85,20 @@ def main(argv: list[str]) -> None:
                         help="configs/colocalisation.py's arg")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
     parser.add_argument("--repeats", type=int, default=4, help="random-patch draws per size")
+    parser.add_argument("--split", choices=("train", "validation"), default="train",
+                        help="the images scored: the optimised ones, or held-out (choices)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.arg, args.overrides)
     except ValueError as error:  # one line: an unknown field or a badly typed value
         raise SystemExit(str(error)) from None
-    print(f"{args.arg} {' '.join(args.overrides)} (jax {jax.__version__}, "
+    print(f"{args.arg} {' '.join(args.overrides)} --split={args.split} (jax {jax.__version__}, "
           f"{jax.devices()[0].platform})")
-    print("half-side  IoU   loss")
-    for side, iou, loss in landscape(config, repeats=args.repeats):
-        print(f"{side:9.3f}  {iou:.2f}  {loss:.3f}")
+    print("half-side  IoU   loss (centred on the digit) | IoU   loss (in the far corner)")
+    centred = landscape(config, repeats=args.repeats, split=args.split)
+    away = landscape(config, repeats=args.repeats, corner=True, split=args.split)
+    for (side, iou, loss), (_, corner_iou, corner_loss) in zip(centred, away):
+        print(f"{side:9.3f}  {iou:.2f}  {loss:.3f}{'':21s}| {corner_iou:.2f}  {corner_loss:.3f}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 256
     c.train.learning_rate = 0.01
     c.train.momentum = 0.0
+    c.train.optimizer = "sgd"  # or "adam" (stn.training.base_optimizer)
     c.train.weight_decay = 0.0
     c.train.grad_clip_norm = 0.0  # off; > 0 clips the gradient's global norm
     c.train.lr_decay_every = 50_000

@@ -108,6 +108,7 @@ def run_sections(**train: Any) -> tuple[ml_collections.ConfigDict, ml_collection
         "test_during_training": False,  # True: the test set too at every evaluation
     })
     fields = {
+        "optimizer": "sgd",  # or "adam" (stn.training.base_optimizer)
         "momentum": 0.0, "weight_decay": 0.0,
         "grad_clip_norm": 0.0,  # > 0: rescale the gradient to at most this global norm
         "lr_decay_factor": 0.1,  # the lr is multiplied by it every lr_decay_every steps

@@ -17,14 +17,16 @@ from typing import Any
 #: Fields that do not change what is computed, only what is logged or kept, or how the
 #: computation is spread: how often to log, evaluate and checkpoint, how many checkpoints and
 #: pictures to keep (checkpoint/resume is bit-identical, docs/training.md), the evaluation
-#: batch (padding is masked out), multi-host start-up, and where the SVHN archives are read
-#: from the first time the prepared set is built. tests/test_config_fields.py classes every
-#: field of every config file and checks this set against its harmless class (and by
-#: training, that changing them leaves the numbers bit-identical).
+#: batch (padding is masked out), multi-host start-up, where the SVHN archives are read
+#: from the first time the prepared set is built, and where co-localisation's cached embedding
+#: lives (its weights are checked against the config that trained them, stn.embedding_cache).
+#: tests/test_config_fields.py classes every field of every config file and checks this set
+#: against its harmless class (and by training, that changing them leaves the numbers
+#: bit-identical).
 NON_COMPUTATIONAL = frozenset({
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.num_images", "train.max_steps_in_flight", "eval.batch_size",
-    "eval.test_during_training", "distributed", "data.manual_dir",
+    "eval.test_during_training", "distributed", "data.manual_dir", "model.embedding.cache_dir",
 })
 STEPS = "train.steps"
 #: Fields added after runs were recorded, with the value that reproduces those runs: a field

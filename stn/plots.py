@@ -107,6 +107,40 @@ def save_step_picture(image: Image.Image, directory: str, step: int,
     return png
 
 
+def step_pictures(directory: str, prefix: str = "transformer") -> list[tuple[int, str]]:
+    """`[(step, path)]` of the pictures `save_step_picture` wrote in `directory`, by step."""
+    if not os.path.isdir(directory):
+        return []
+    head, tail = f"{prefix}_step_", ".png"
+    found = [(int(name[len(head):-len(tail)]), os.path.join(directory, name))
+             for name in os.listdir(directory)
+             if name.startswith(head) and name.endswith(tail) and name[len(head):-len(tail)].isdigit()]
+    return sorted(found)
+
+
+def stitch_steps(directory: str, prefix: str = "transformer", most: int = 6,
+                 label_width: int = 90) -> Image.Image | None:
+    """The step pictures of `directory` stacked top to bottom, each labelled with its step (at
+    most `most` of them, evenly spaced, always the first and the last): the same examples at
+    several points of training, as the paper's Figure 4. None when there is no picture."""
+    found = step_pictures(directory, prefix)
+    if not found:
+        return None
+    if len(found) > most:
+        picks = sorted({round(i * (len(found) - 1) / (most - 1)) for i in range(most)})
+        found = [found[i] for i in picks]
+    pictures = [Image.open(path).convert("RGB") for _, path in found]
+    width = label_width + max(p.width for p in pictures)
+    canvas = Image.new("RGB", (width, sum(p.height for p in pictures)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    top = 0
+    for (step, _), picture in zip(found, pictures):
+        canvas.paste(picture, (label_width, top))
+        draw.text((8, top + picture.height // 2 - 6), f"step {step}", fill=(255, 255, 255))
+        top += picture.height
+    return canvas
+
+
 def _outlined_panel(image: np.ndarray, grids: list, index: int, cell: int,
                     align_corners: bool) -> Image.Image:
     """One `[H, W, C]` image filling 70% of a `cell`-sized black panel (so outlines reaching

@@ -164,10 +164,17 @@ def build_table(runs: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]) -> d
         if where is None:
             ignored.append(run["path"])
             continue
-        cell = cells[where[0]][where[1]]
-        cell["values"].append(100.0 * float(run[spec.get("metric", "test_error")]))
-        cell["seeds"].append(run["config"].get("seed"))
-        cell["runs"].append(run["path"])
+        # A column may read its own metric (e.g. co-localisation's held-out and baseline
+        # columns beside the headline); the same run fills every column its config matches.
+        for j, column in enumerate(spec["columns"]):
+            metric = column.get("metric", spec.get("metric", "test_error"))
+            own = j == where[1] or ("metric" in column and matches(run["config"], column["match"]))
+            if not own or not is_number(run.get(metric)):
+                continue
+            cell = cells[where[0]][j]
+            cell["values"].append(100.0 * float(run[metric]))
+            cell["seeds"].append(run["config"].get("seed"))
+            cell["runs"].append(run["path"])
         used.append(run)
     for row in cells:
         for cell in row:

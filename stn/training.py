@@ -65,6 +65,9 @@ def validate_train_config(config) -> None:
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"config.train.{key}={config.train[key]} must be >= 0 and finite "
                              f"(0 turns it off)")
+    if config.train.get("optimizer", "sgd") not in OPTIMIZERS:
+        raise ValueError(f"config.train.optimizer={config.train.optimizer!r} is unknown; set it "
+                         f"to one of {', '.join(OPTIMIZERS)}")
     if not 0 <= float(config.model.get("loc_lr_multiplier", 1.0)) < math.inf:
         raise ValueError(f"config.model.loc_lr_multiplier={config.model.loc_lr_multiplier} "
                          f"must be >= 0 and finite")
@@ -103,9 +106,22 @@ def trainable_mask(state):
     return jax.tree.map(mark, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
+def base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """`train.optimizer`: "sgd" (the paper's; `train.momentum`, 0 = none; the default) or
+    "adam" (optax's Adam, default betas, as tensorpack's STN examples use)."""
+    name = config.train.get("optimizer", "sgd")
+    if name == "adam":
+        return optax.adam(schedule)
+    return optax.sgd(schedule, momentum=float(config.train.get("momentum", 0.0)) or None)
+
+
 def make_optimizer(config, state, model: nnx.Module | None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD (optional momentum), the lr times `lr_decay_factor` every `lr_decay_every` steps.
+    """`base_optimizer` (SGD by default), the lr times `lr_decay_factor` every `lr_decay_every`
+    steps.
 
     - `train.grad_clip_norm > 0`: the gradient is first rescaled to at most that global norm.
     - `train.weight_decay > 0`: `weight_decay * w` is added to every parameter's gradient (L2;
@@ -129,7 +145,7 @@ def make_optimizer(config, state, model: nnx.Module | None
         identity_bias = parameter_mask(state, model, regressions, "bias")
         decayed = jax.tree.map(lambda t, b: t and not b, trainable_mask(state), identity_bias)
         parts.append(optax.add_decayed_weights(weight_decay, mask=decayed))
-    parts.append(optax.sgd(schedule, momentum=float(config.train.get("momentum", 0.0)) or None))
+    parts.append(base_optimizer(config, schedule))
     multiplier = float(config.model.get("loc_lr_multiplier", 1.0))
     if multiplier != 1.0 and model is not None:
         loc = parameter_mask(state, model, layers.localisation_paths(model))
@@ -348,10 +364,13 @@ def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, me
                  writer: metrics_io.MetricWriter, workdir: str, step: int, *,
                  final: bool) -> dict[str, dict]:
     """The validation set (if any), the test set (at the end, or always with
-    `eval.test_during_training`), metrics written and printed, and the task's picture."""
+    `eval.test_during_training`), the optimised set of a transductive task (at the end, as
+    `train`), metrics written and printed, and the task's picture."""
     sets = {"validation": data.validation}
     if final or config.eval.get("test_during_training", False):
         sets["test"] = data.test
+    if final and data.optimised is not None:  # transductive: score the images optimised on
+        sets["train"] = data.optimised
     done = {}
     for split, dataset in sets.items():
         if dataset is None:
@@ -366,7 +385,8 @@ def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, me
         done[split] = values
     count = int(config.train.get("num_images", 16))
     if count > 0:
-        draw_transformers(task, graphdef, state, data.test, count, mesh, workdir, step, writer)
+        shown = data.test if data.optimised is None else data.optimised  # the same each step
+        draw_transformers(task, graphdef, state, shown, count, mesh, workdir, step, writer)
     writer.flush()
     return done
 
@@ -498,6 +518,9 @@ def train_and_evaluate(config, workdir: str, *,
             evaluations = evaluate_run(task, config, graphdef, state, data, mesh, writer,
                                        workdir, final_step, final=True)
             writer.close()
+            steps_picture = plots.stitch_steps(os.path.join(workdir, "images"))
+            if is_main and steps_picture is not None:  # the same examples at several steps
+                steps_picture.save(os.path.join(workdir, "images", "transformer_steps.png"))
             results = results_record(
                 config, steps=final_step, start_step=start_step, evaluations=evaluations,
                 wall=time.time() - t_start, num_params=num_params,

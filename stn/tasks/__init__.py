@@ -35,6 +35,9 @@ class Data:
       validation: the fixed validation set carved from the training data, or None.
       test: the fixed test set.
       input_shape: the shape of one example's image, e.g. `(H, W, C)`.
+      optimised: for a transductive task (co-localisation), the fixed examples training
+        optimises on, as an eval set: scored at the end as split `train` and drawn at every
+        evaluation instead of the test set; None for the others.
     """
 
     train_arrays: tuple[np.ndarray, ...]
@@ -42,6 +45,7 @@ class Data:
     validation: Batch | None
     test: Batch
     input_shape: tuple[int, ...]
+    optimised: Batch | None = None
 
     def require_validation(self) -> Batch:
         """The validation set, or a one-line error when the config holds none out."""

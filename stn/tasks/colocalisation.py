@@ -7,15 +7,17 @@ images optimised on; the paper's 100), `data.validation_size` and `data.validati
 `model.crop_size`, `model.kernel`, `model.antialias`, `model.margin` (alpha), `model.initial_scale`,
 `model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
 crop's own), `model.embedding.*` (how the fixed embedding CNN is
-trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`);
-`train.batch_size`.
+trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`, `seed`; and
+`cache_dir`, where it is kept); `train.batch_size`.
 
 The embedding is the section-4.1 CNN (`stn.models.mnist.CNN`) trained on digit classification
-by `pretrained_embedding` before the co-localiser is built, then frozen. Loss: the appendix's
+by `train_embedding` once per embedding config (`embedding_spec`), cached on disk
+(`stn.embedding_cache`) and read back by every later run and `eval.py` call, then frozen. Loss: the appendix's
 triplet hinge loss (`stn.models.colocalisation`). Metrics: `error`, the fraction of images whose
 predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
-IoU > 0.5); `iou`; and a baseline, the error and IoU of a fixed box of the digit's size at the
-centre (`centre_box_error`, `centre_box_iou`).
+IoU > 0.5); `iou`; and a baseline, a fixed box of the digit's size at the centre
+(`centre_box_error`, `centre_box_localised`, `centre_box_iou`). The trainer scores them on the
+optimised images too (`Data.optimised`: `train_localised`, the paper's headline).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from stn import boxes, plots, sampling, transforms
+from stn import boxes, embedding_cache, plots, sampling, transforms
 from stn.data import colocalisation, distortions, pipeline, sources
 from stn.models import colocalisation as models
 from stn.models import mnist
@@ -109,29 +111,45 @@ def _datasets(config) -> dict[str, dict[str, np.ndarray]]:
 
 
 def load_data(config) -> Data:
-    """The fixed training images of one class, their batch maker, the fixed sets."""
+    """The fixed training images of one class, their batch maker, the fixed sets; the
+    training images are also the `optimised` set, scored at the end as `train_*` (the paper's
+    measure: `train_localised`, the fraction of them with IoU > 0.5) and drawn at every
+    evaluation (the same images each time, as in the paper's Figure 4)."""
     sets = _datasets(config)
     batch = functools.partial(colocalisation.train_batch, batch_size=int(config.train.batch_size))
     return Data(train_arrays=(sets["train"]["image"], sets["train"]["box"]),
                 train_batch=lambda arrays, seed, step: batch(*arrays, seed, step),
                 validation=sets["validation"] if int(config.data.validation_size) else None,
-                test=sets["test"], input_shape=input_shape(config))
+                test=sets["test"], input_shape=input_shape(config), optimised=sets["train"])
 
 
-@functools.lru_cache(maxsize=4)
-def pretrained_embedding(source: str, validation_size: int, validation_seed: int,
-                         distortion: str, steps: int, batch_size: int, learning_rate: float,
-                         momentum: float, seed: int) -> tuple[nnx.State, float]:
-    """The section-4.1 CNN trained on digit classification (SGD, cross-entropy) on the training
-    digits left after the validation split, `distortion` applied; returns its state (numpy) and
-    its error on the distorted test digits. Cached, so one process trains it once."""
-    digits = sources.load_digits(source)
-    digits, _, _ = pipeline.split_validation(digits, validation_size, seed=validation_seed,
+EMBEDDING_FIELDS = ("distortion", "steps", "batch_size", "learning_rate", "momentum", "seed")
+
+
+def embedding_spec(config) -> dict:
+    """What the embedding CNN's weights depend on (its cache key): the digit source, the
+    validation split it must not see, and `model.embedding.*` but `cache_dir`."""
+    embedding = config.model.embedding
+    kinds = {"distortion": str, "steps": int, "batch_size": int, "learning_rate": float,
+             "momentum": float, "seed": int}
+    return {"source": str(config.data.source),
+            "validation_size": int(config.data.get("validation_size", 0)),
+            "validation_seed": int(config.data.get("validation_seed", 0)),
+            **{key: kinds[key](embedding.get(key, 0)) for key in EMBEDDING_FIELDS}}
+
+
+def train_embedding(spec: dict) -> tuple[nnx.State, dict]:
+    """The section-4.1 CNN trained on digit classification (SGD with momentum, cross-entropy)
+    on the training digits left after the validation split, `spec["distortion"]` applied;
+    returns its state (numpy) and `{"test_error": ...}` on the distorted test digits."""
+    digits = sources.load_digits(spec["source"])
+    digits, _, _ = pipeline.split_validation(digits, spec["validation_size"],
+                                             seed=spec["validation_seed"],
                                              field="config.data.validation_size")
-    size = distortions.get(distortion).canvas_size
-    graphdef, state = nnx.split(mnist.CNN((size, size, 1), rngs=nnx.Rngs(params=seed)))
-    tx = optax.sgd(learning_rate, momentum=momentum or None)
-    make_batch = functools.partial(pipeline.train_batch, batch_size=batch_size,
+    distortion, seed = spec["distortion"], spec["seed"]
+    graphdef, state = nnx.split(_embedding_cnn(distortion, seed))
+    tx = optax.sgd(spec["learning_rate"], momentum=spec["momentum"] or None)
+    make_batch = functools.partial(pipeline.train_batch, batch_size=spec["batch_size"],
                                    distortion=distortion)
 
     @jax.jit
@@ -144,28 +162,48 @@ def pretrained_embedding(source: str, validation_size: int, validation_seed: int
 
     opt_state = tx.init(state)
     images, labels = jnp.asarray(digits.train_images), jnp.asarray(digits.train_labels)
-    for number in range(steps):
+    for number in range(spec["steps"]):
         state, opt_state = step(state, opt_state, images, labels, number)
     test = pipeline.test_set(digits, distortion, seed=seed)
     predict = jax.jit(lambda s, x: jnp.argmax(nnx.merge(graphdef, s)(x), axis=-1))
     predicted = np.concatenate([np.asarray(predict(state, test["image"][i:i + 1000]))
                                 for i in range(0, len(test["image"]), 1000)])
     error = float(np.mean(predicted != test["label"]))
-    print(f"embedding CNN: {steps} steps on {distortion!r} digits of {source}, "
+    print(f"embedding CNN: {spec['steps']} steps on {distortion!r} digits of {spec['source']}, "
           f"{100 * error:.2f}% test error", flush=True)
-    return jax.device_get(state), error
+    return jax.device_get(state), {"test_error": error}
+
+
+def _embedding_cnn(distortion: str, seed: int) -> mnist.CNN:
+    canvas = distortions.get(distortion).canvas_size
+    return mnist.CNN((canvas, canvas, 1), rngs=nnx.Rngs(params=seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_embedding(spec_items: tuple, cache_dir: str) -> tuple[nnx.State, dict]:
+    spec = dict(spec_items)
+    template = nnx.split(_embedding_cnn(spec["distortion"], spec["seed"]))[1]
+    return embedding_cache.load_or_train(embedding_cache.cache_root(cache_dir), spec, template,
+                                         lambda: train_embedding(spec))
+
+
+def pretrained_embedding(config) -> tuple[nnx.State, dict]:
+    """The embedding CNN's trained state and its record (`test_error`, `folder`): read from the
+    cache (`stn.embedding_cache`, folder `model.embedding.cache_dir`, "" = ~/.cache/stn), else
+    trained once by `train_embedding` and cached; one process reads it once."""
+    spec = embedding_spec(config)
+    return _cached_embedding(tuple(sorted(spec.items())),
+                             str(config.model.embedding.get("cache_dir", "")))
 
 
 def make_model(config, shape, rngs):
     """The co-localiser, its embedding CNN trained first (`pretrained_embedding`) and frozen."""
     embedding = config.model.embedding
-    state, _ = pretrained_embedding(
-        config.data.source, int(config.data.get("validation_size", 0)),
-        int(config.data.get("validation_seed", 0)), embedding.distortion, int(embedding.steps),
-        int(embedding.batch_size), float(embedding.learning_rate), float(embedding.momentum),
-        int(config.seed))
+    state, record = pretrained_embedding(config)
+    print(f"embedding CNN from {record['folder']} ({100 * record['test_error']:.2f}% test "
+          f"error)", flush=True)
     canvas = distortions.get(embedding.distortion).canvas_size
-    cnn = mnist.CNN((canvas, canvas, 1), rngs=nnx.Rngs(params=int(config.seed)))
+    cnn = _embedding_cnn(embedding.distortion, int(embedding.get("seed", 0)))
     nnx.update(cnn, state)
     return models.CoLocaliser(shape, cnn, crop_size=int(config.model.crop_size),
                               embedding_size=canvas,
@@ -194,14 +232,16 @@ def loss(outputs: dict, batch: dict) -> jax.Array:
 
 def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
     """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and the
-    baseline `centre_box_error` and `centre_box_iou` of a centred box of the digit's size."""
+    baseline of a fixed centred box of the digit's size: `centre_box_error`,
+    `centre_box_localised` and `centre_box_iou`."""
     overlap = boxes.iou(outputs["box"], batch["box"])
     true = batch["box"]
     half = 0.5 * (true[:, 2:] - true[:, :2])
     centred = boxes.iou(jnp.concatenate([-half, half], axis=-1), true)
     localised = (overlap > 0.5).astype(jnp.float32)
     return {"error": 1.0 - localised, "localised": localised, "iou": overlap,
-            "centre_box_error": (centred <= 0.5).astype(jnp.float32), "centre_box_iou": centred}
+            "centre_box_error": (centred <= 0.5).astype(jnp.float32),
+            "centre_box_localised": (centred > 0.5).astype(jnp.float32), "centre_box_iou": centred}
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
