@@ -3,6 +3,7 @@ the true digit (an oracle position), as a function of the box's half-side.
 
     python benchmarks/coloc_loss_landscape.py                      # T, class 3, the reduced preset
     python benchmarks/coloc_loss_landscape.py tc,class=3,reduced model.crop_size=28
+    python benchmarks/coloc_loss_landscape.py t,class=3,reduced --offsets     # the path to the box
 
 The first argument is configs/colocalisation.py's `arg`; then `dotted.key=value` overrides. It
 trains the embedding as a run does, then, for each half-side `s`, puts the box
@@ -11,7 +12,14 @@ true box and the appendix's loss (`stn.models.colocalisation.colocalisation_loss
 `--repeats` draws of the random patches), and the same for a box of that size in the image
 corner farthest from the digit (on background: the degenerate answer). Where the loss is lowest is the box a localiser that
 found every digit would settle on: if that is not near the true half-side (1/3, IoU 1), no
-optimiser will make the boxes pass IoU > 0.5. docs/addition_colocalisation.md has the numbers.
+optimiser will make the boxes pass IoU > 0.5.
+
+With `--offsets` it prints instead the loss along the path from the true box to an empty one:
+boxes of the digit's size moved `k` pixels sideways off each digit (towards the image's centre
+line, kept inside the image), for every image at once, and for one image at a time while the
+others keep the true box (`offset_landscape`). A loss higher part-way than at the empty end is a
+barrier that gradient descent from an empty or partly covering box does not cross.
+docs/addition_colocalisation.md has the numbers.
 """
 from __future__ import annotations
 
@@ -28,11 +36,13 @@ from flax import nnx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from stn import boxes, config_compare, tasks  # noqa: E402
+from stn.data import colocalisation as colocalisation_data  # noqa: E402
 from stn.models import colocalisation as models  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "colocalisation.py")
 
 HALF_SIDES = (0.2, 0.25, 0.3, 1 / 3, 0.38, 0.42, 0.47, 0.5, 0.6, 0.7, 0.9)
+OFFSETS = (0, 2, 4, 7, 10, 14, 20, 28, 40)  # pixels of the 84-pixel image
 
 
 def load_config(arg: str, overrides: list[str]) -> ml_collections.ConfigDict:
@@ -79,6 +89,51 @@ def landscape(config, half_sides=HALF_SIDES, repeats: int = 4, seed: int = 0, *,
     return rows
 
 
+def shifted_boxes(true_boxes: jax.Array, pixels: float) -> jax.Array:
+    """`[N, 3]` boxes of the true boxes' size moved `pixels` along x towards the image's
+    vertical centre line (then kept inside the image)."""
+    half = 0.5 * (true_boxes[:, 2:3] - true_boxes[:, 0:1])
+    centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
+    step = 2.0 * pixels / colocalisation_data.CANVAS
+    x = centres[:, :1] - jnp.where(centres[:, :1] > 0, step, -step)
+    x = jnp.clip(x, -(1.0 - half), 1.0 - half)
+    return jnp.concatenate([half, x, centres[:, 1:]], -1)
+
+
+def offset_landscape(config, offsets=OFFSETS, repeats: int = 4, seed: int = 0,
+                     split: str = "train") -> list[tuple[float, float, float, float]]:
+    """`[(pixels, mean IoU, loss with every box moved, loss of a moved box while the others
+    keep the true box)]` for boxes of the digit's size moved sideways off the digits
+    (`shifted_boxes`). The second loss is image n's row of the appendix's loss (its mean over
+    partners m) with only n's box moved, averaged over n; the random patches are the crop's
+    size whatever its place, so they are drawn once per repeat for both."""
+    task = tasks.get(config.task)
+    data = task.load_data(config)
+    model = task.make_model(config, data.input_shape, nnx.Rngs(int(config.seed)))
+    chosen = data.optimised if split == "train" else data.require_validation()
+    images, true_boxes = (jnp.asarray(chosen[k]) for k in ("image", "box"))
+    rng = np.random.default_rng(seed)
+    count = len(images)
+    true_theta = shifted_boxes(true_boxes, 0.0)
+    rows = []
+    for pixels in offsets:
+        theta = shifted_boxes(true_boxes, float(pixels))
+        every, alone = [], []
+        for _ in range(repeats):
+            rand_pos = jnp.asarray(rng.uniform(-1, 1, (count, 2)), jnp.float32)
+            moved = model.outputs_at(images, theta, rand_pos)
+            every.append(float(models.colocalisation_loss(moved).mean()))
+            kept = model.outputs_at(images, true_theta)["embedding"]
+            close = jnp.sum(jnp.square(moved["embedding"][:, None] - kept[None]), -1)
+            far = jnp.sum(jnp.square(moved["embedding"] - moved["random_embedding"]), -1)
+            pairs = jnp.maximum(0.0, close - far[:, None] + model.margin)
+            pairs = pairs * (1.0 - jnp.eye(count))
+            alone.append(float((pairs.sum(1) / (count - 1)).mean()))
+        iou = float(boxes.iou(boxes.attention_box(theta), true_boxes).mean())
+        rows.append((float(pixels), iou, float(np.mean(every)), float(np.mean(alone))))
+    return rows
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arg", nargs="?", default="t,class=3,reduced",
@@ -87,6 +142,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=4, help="random-patch draws per size")
     parser.add_argument("--split", choices=("train", "validation"), default="train",
                         help="the images scored: the optimised ones, or held-out (choices)")
+    parser.add_argument("--offsets", action="store_true",
+                        help="the loss along boxes moved sideways off the digits instead")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.arg, args.overrides)
@@ -94,6 +151,12 @@ def main(argv: list[str]) -> None:
         raise SystemExit(str(error)) from None
     print(f"{args.arg} {' '.join(args.overrides)} --split={args.split} (jax {jax.__version__}, "
           f"{jax.devices()[0].platform})")
+    if args.offsets:
+        print("pixels  IoU   loss (every box moved) | loss (one box moved, the others true)")
+        for pixels, iou, every, alone in offset_landscape(config, repeats=args.repeats,
+                                                          split=args.split):
+            print(f"{pixels:6.0f}  {iou:.2f}  {every:.3f}{'':19s}| {alone:.3f}")
+        return
     print("half-side  IoU   loss (centred on the digit) | IoU   loss (in the far corner)")
     centred = landscape(config, repeats=args.repeats, split=args.split)
     away = landscape(config, repeats=args.repeats, corner=True, split=args.split)

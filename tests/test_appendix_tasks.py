@@ -232,6 +232,43 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     assert rows[0][2] != pytest.approx(rows[1][2], rel=1e-3)  # the box size matters
 
 
+def test_coloc_offset_landscape_moves_true_sized_boxes_off_the_digits():
+    # benchmarks/coloc_loss_landscape.py --offsets: at 0 pixels the boxes are the true boxes
+    # (IoU 1) and moving every box equals moving each alone (both are the true-box loss, the
+    # same random patches); 40 pixels sideways leaves no overlap; the per-image row's loss with
+    # the others kept true is recomputed here from the outputs at the two sets of boxes.
+    landscape = module_at("benchmarks/coloc_loss_landscape.py")
+    config = landscape.load_config("t,class=3,quick",
+                                   ["model.embedding.steps=5", "data.num_train=16"])
+    rows = landscape.offset_landscape(config, offsets=(0, 7, 40), repeats=1, seed=0)
+    assert [row[0] for row in rows] == [0.0, 7.0, 40.0]
+    assert rows[0][1] == pytest.approx(1.0, abs=1e-5) and rows[2][1] == pytest.approx(0.0)
+    assert rows[0][1] > rows[1][1] > rows[2][1]
+    assert rows[0][2] == pytest.approx(rows[0][3], rel=1e-5)
+
+    task = tasks.get("colocalisation")
+    data = task.load_data(config)
+    model = task.make_model(config, data.input_shape, nnx.Rngs(0))
+    images, true_boxes = (jnp.asarray(a) for a in data.train_arrays)
+    rng = np.random.default_rng(0)  # the landscape's draws of the random patches, in order
+    expected = []
+    for pixels in (0, 7, 40):
+        rand_pos = jnp.asarray(rng.uniform(-1, 1, (len(images), 2)), jnp.float32)
+        moved = model.outputs_at(images, landscape.shifted_boxes(true_boxes, pixels), rand_pos)
+        kept = np.asarray(model.outputs_at(images, landscape.shifted_boxes(true_boxes, 0))[
+            "embedding"], np.float64)
+        anchor, negative = (np.asarray(moved[k], np.float64)
+                            for k in ("embedding", "random_embedding"))
+        losses = []
+        for n in range(len(images)):
+            others = np.delete(kept, n, axis=0)
+            close = ((anchor[n] - others) ** 2).sum(-1)
+            far = ((anchor[n] - negative[n]) ** 2).sum()
+            losses.append(np.maximum(0.0, close - far + config.model.margin).mean())
+        expected.append(np.mean(losses))
+    assert [row[3] for row in rows] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_addition_short_run_beats_chance(tmp_path):
