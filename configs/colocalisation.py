@@ -10,7 +10,12 @@ with the true one (the paper's measure: 100% on T, 75-93% on TC), beside the sam
 test digits (`test_localised`) and a fixed centred box's (`train_centre_box_localised`). The
 pictures show predicted (red) and true (green) boxes on the same optimised images at every
 evaluation, stitched into images/transformer_steps.png at the end (as the paper's Figure 4).
-docs/addition_colocalisation.md gives measured numbers.
+docs/addition_colocalisation.md gives measured numbers: under these defaults no class is
+localised (0% on T and TC; the boxes collapse onto background within 250 steps), nor in an
+independent PyTorch implementation of A.2 (benchmarks/independent/coloc_torch.py) or any
+variant of the unstated choices tried; `benchmarks/coloc_loss_landscape.py --offsets` shows
+why (the loss climbs between an empty box and the true one). The defaults are the reading
+closest to A.2's text, not a setting that reaches the paper's 100%.
 
 `arg` is comma-separated: `t` (translated digits) or `tc` (with 16 clutter patches),
 `class=K` (the digit class, default 3) and/or a preset: `quick` (a check that it localises)
