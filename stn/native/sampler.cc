@@ -379,7 +379,11 @@ struct SingleChannel {
     for (int p = 0; p < count; p += L) {
       Taps(img, co, p, geo, &taps, a, f);
       const V value = LinearValue<V, N>(a, f);
-      std::memcpy(out + p, &value, std::min(L, count - p) * sizeof(T));
+      if (count - p >= L) {
+        Store(out + p, value);
+      } else {
+        std::memcpy(out + p, &value, (count - p) * sizeof(T));
+      }
     }
   }
 
