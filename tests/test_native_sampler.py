@@ -318,3 +318,36 @@ def test_build_is_cached_and_follows_the_source(monkeypatch, tmp_path):
     second = build_lib.build()
     assert second != first and second.exists()
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def _setup_module():
+    """The repository's setup.py as a module (its setup() call runs only as __main__)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    spec = importlib.util.spec_from_file_location("_stn_setup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_install_without_a_compiler_says_so_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "no-such-compiler-stn")
+    line = _setup_module().build_native_sampler(tmp_path)
+    assert line.startswith("stn: no C++ compiler found") and "\n" not in line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_install_time_build_is_the_library_used_at_run_time(monkeypatch, tmp_path):
+    """`pip install .` (setup.py) compiles into the package under the name build() looks for
+    there, so the first use compiles nothing."""
+    installed, cache = tmp_path / "package", tmp_path / "cache"
+    installed.mkdir()
+    line = _setup_module().build_native_sampler(installed)
+    assert line.startswith("stn: built the native CPU sampler"), line
+    monkeypatch.setattr(build_lib, "PREBUILT", installed)
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(cache))
+    (library,) = installed.glob("stn_sampler-*.so")
+    assert build_lib.build() == library
+    assert not cache.exists() or not list(cache.iterdir())
