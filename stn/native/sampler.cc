@@ -64,19 +64,27 @@ struct Geometry {
 
 // ------------------------------------------------------------------ vectors
 //
-// GCC/Clang vector extensions: kLanes values of T per 32-byte vector (8 floats, 4 doubles), which
-// the compiler maps to AVX2/AVX-512 with -march=native, to SSE or NEON pairs elsewhere, or to
-// scalar code. The per-point arithmetic (coordinates, taps, weights, the linear value and slopes)
+// GCC/Clang vector extensions: kLanes values of T per vector (with AVX 32 bytes: 8 floats, 4
+// doubles; else 16 bytes), which the compiler maps to AVX2/AVX-512 with -march=native, to SSE or
+// NEON elsewhere, or to scalar code. The per-point arithmetic (coordinates, taps, weights, the linear value and slopes)
 // runs kLanes points at a time with selects instead of branches; only the image cotangent's
 // scatter stays point by point (lanes may hit the same pixel). Every point goes through the same
 // vector code whatever its position in a block, and -ffp-contract=off keeps each operation a
 // separately rounded IEEE one, so the bits depend neither on the block nor on the thread.
 
+// The widest vectors of the target: 32 bytes with AVX, else 16 (SSE, NEON), so that no vector is
+// split into halves or passed through memory.
+#if defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+
 template <typename T>
 struct Simd {
-  static constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
-  typedef T V __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(4 * (32 / sizeof(T)))));
+  static constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
+  typedef T V __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t I __attribute__((vector_size(4 * (kVectorBytes / sizeof(T)))));
   typedef decltype(V{} < V{}) M;  // a comparison's mask: lanes of T's width
 };
 
