@@ -179,7 +179,7 @@ void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& g
   // unnormalize as ((g + 1) m - s) r: align_corners (g + 1) 0.5 (size - 1), else
   // ((g + 1) size - 1) 0.5; the same operations in the same order as stn.sampling's.
   const T m = ac ? T(0.5) : size_t_, shift = ac ? T(0) : T(1), r = ac ? upper : T(0.5);
-  const V zero = V{}, one = zero + T(1);
+  const V zero = V{};
   T column[kBlock];  // this axis's coordinates, contiguous, zero-padded to whole vectors
   const int padded = (count + L - 1) / L * L;
   for (int p = 0; p < count; ++p) column[p] = grid[p * N + grid_axis];
@@ -220,7 +220,6 @@ void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& g
     Store(out->frac[image_axis] + p, K == kNearest ? zero : c - lower);
     Store(out->d_coord[image_axis] + p, d);
     Store(out->valid + p, Load<I>(out->valid + p) & NarrowMask<T>(finite));
-    (void)one;
   }
 }
 
