@@ -34,6 +34,11 @@ torch column is skipped.
     python benchmarks/sampler.py --in-process --cases 2d,3d,registration --rounds 10 \
         --torch-site /work/torchenv/lib/python3.11/site-packages
 
+``--native-cpu`` prints the native path's process CPU time per call on one thread
+(``STN_NATIVE_THREADS=1``, min of ``--repeats`` calls), which other load disturbs much less:
+
+    python benchmarks/sampler.py --native-cpu --cases 2d,3d --repeats 20
+
 The inputs are identical on every side: a fixed-seed image (NHWC / NDHWC) and affine grids near
 the identity (zeros padding, align_corners=False, output size = input size).
 """
@@ -466,6 +471,37 @@ def run_in_process(cases, rounds: int, repeats: int, torch_site: str | None) -> 
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs")
 
 
+def run_native_cpu_time(cases, repeats: int) -> None:
+    """Process CPU milliseconds per call of the native path on ONE thread (``STN_NATIVE_THREADS=1``),
+    min of ``repeats`` calls: the kernel's own cost, much less disturbed by other load than wall
+    time (other processes' time is not counted; they only evict caches and stall this one)."""
+    os.environ["STN_NATIVE_THREADS"] = "1"  # read when sample() traces, i.e. below
+    sys.path.insert(0, ROOT)
+    from stn import native
+
+    if not native.available():
+        sys.exit(f"native sampler unavailable: {native.unavailable_reason()}")
+    print("| (B, C, (D,) H, W) | kernel | fwd CPU ms | fwd+bwd CPU ms | fwd ns/point | "
+          "fwd+bwd ns/point |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for shape, kernel in cases:
+        points = shape[0] * int(np.prod(shape[2:]))
+        best = []
+        for fn in _jax_callables(shape, kernel, "native"):
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.process_time()
+                fn()
+                times.append((time.process_time() - start) * 1e3)
+            best.append(min(times))
+        print(f"| {shape} | {kernel} | {best[0]:.2f} | {best[1]:.2f} | "
+              f"{best[0] * 1e6 / points:.2f} | {best[1] * 1e6 / points:.2f} |", flush=True)
+    load = os.getloadavg()
+    print(f"\nmin of {repeats} calls, process CPU time, STN_NATIVE_THREADS=1; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
 def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -486,6 +522,8 @@ def main() -> None:
                         help="native vs jnp vs torch in this process, alternating, min of runs")
     parser.add_argument("--repeats", type=int, default=5, help="--in-process: calls per round")
     parser.add_argument("--torch-site", help="--in-process: a site-packages folder with torch")
+    parser.add_argument("--native-cpu", action="store_true",
+                        help="process CPU time of the native path on one thread, min of --repeats")
     parser.add_argument("--methods", default="",
                         help="comma list of stn.sampling internal methods to time as extra rows")
     args = parser.parse_args()
@@ -503,6 +541,9 @@ def main() -> None:
         cases = [(tuple(int(s) for s in args.shape.split(",")), args.kernel)]
     else:
         cases = [case for name in args.cases.split(",") if name for case in CASES[name]]
+    if args.native_cpu:
+        run_native_cpu_time(cases, args.repeats)
+        return
     if args.in_process:
         run_in_process(cases, args.rounds, args.repeats, args.torch_site)
         return

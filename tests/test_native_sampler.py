@@ -115,6 +115,28 @@ def test_float32_matches_jnp_path(num_axes, kernel, padding, align_corners):
     np.testing.assert_array_equal(parts[2][non_finite], 0.0)  # ... and pass no gradient
 
 
+@pytest.mark.parametrize("num_axes,padding,align_corners",
+                         [(n, p, a) for n, k, p, a in CASES if k == "bilinear"],
+                         ids=[i.replace("-bilinear", "") for c, i in zip(CASES, CASE_IDS)
+                              if c[1] == "bilinear"])
+def test_one_channel_vector_path_matches_jnp_path(num_axes, padding, align_corners):
+    """One channel takes the kernel's vector path (kLanes points at a time, masked gathers); 56
+    points per slice, not a multiple of the lanes, so a block's tail is covered too."""
+    image, grid = _case(num_axes, align_corners, jnp.float32, seed=7, channels=1)
+    parts = _run(image, grid, "bilinear", padding, align_corners, "native")
+    reference = _run(image, grid, "bilinear", padding, align_corners, "jnp")
+    _assert_close(parts, reference, 2e-6)
+    non_finite = ~np.all(np.isfinite(np.asarray(grid)), axis=-1)
+    np.testing.assert_array_equal(parts[0][non_finite], 0.0)
+    np.testing.assert_array_equal(parts[2][non_finite], 0.0)
+    if padding == "reflection" and align_corners:  # and the float64 lanes (4 per vector)
+        with jax.enable_x64(True):
+            image, grid = _case(num_axes, align_corners, jnp.float64, seed=8, channels=1)
+            parts = _run(image, grid, "bilinear", padding, align_corners, "native")
+            reference = _run(image, grid, "bilinear", padding, align_corners, "jnp")
+        _assert_close(parts, reference, 1e-12)
+
+
 @pytest.mark.parametrize("num_axes,kernel,padding,align_corners",
                          [c for c in CASES if c[1] == "bilinear"],
                          ids=[i for c, i in zip(CASES, CASE_IDS) if c[1] == "bilinear"])
@@ -159,13 +181,13 @@ def _grads(image, grid, kernel="bilinear"):
     return [np.asarray(a) for a in (out, *vjp(cotangent))]
 
 
-@pytest.mark.parametrize("num_axes", [2, 3])
-def test_bit_identical_across_runs_and_thread_counts(num_axes, monkeypatch):
+@pytest.mark.parametrize("num_axes,channels", [(2, 2), (3, 2), (2, 1), (3, 1)])
+def test_bit_identical_across_runs_and_thread_counts(num_axes, channels, monkeypatch):
     """Each batch slice's image cotangent is accumulated by one thread in point order, and
     the forward is split into items of whole points, so no thread count changes a bit."""
     rng = np.random.default_rng(11)
     sizes = (41, 53) if num_axes == 2 else (9, 21, 23)  # > 8192 points: several forward items
-    image = jnp.asarray(rng.normal(size=(5, *sizes, 2)), jnp.float32)
+    image = jnp.asarray(rng.normal(size=(5, *sizes, channels)), jnp.float32)
     grid = jnp.asarray(rng.uniform(-1.1, 1.1, size=(5, *sizes, num_axes)), jnp.float32)
     runs = []
     for threads in ("1", "2", "3", "0", "0"):
@@ -296,3 +318,36 @@ def test_build_is_cached_and_follows_the_source(monkeypatch, tmp_path):
     second = build_lib.build()
     assert second != first and second.exists()
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def _setup_module():
+    """The repository's setup.py as a module (its setup() call runs only as __main__)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    spec = importlib.util.spec_from_file_location("_stn_setup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_install_without_a_compiler_says_so_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "no-such-compiler-stn")
+    line = _setup_module().build_native_sampler(tmp_path)
+    assert line.startswith("stn: no C++ compiler found") and "\n" not in line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_install_time_build_is_the_library_used_at_run_time(monkeypatch, tmp_path):
+    """`pip install .` (setup.py) compiles into the package under the name build() looks for
+    there, so the first use compiles nothing."""
+    installed, cache = tmp_path / "package", tmp_path / "cache"
+    installed.mkdir()
+    line = _setup_module().build_native_sampler(installed)
+    assert line.startswith("stn: built the native CPU sampler"), line
+    monkeypatch.setattr(build_lib, "PREBUILT", installed)
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(cache))
+    (library,) = installed.glob("stn_sampler-*.so")
+    assert build_lib.build() == library
+    assert not cache.exists() or not list(cache.iterdir())

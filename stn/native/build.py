@@ -1,6 +1,8 @@
 """Compiles ``sampler.cc`` with the machine's C++ compiler the first time it is needed.
 
-The shared library is cached under ``$STN_NATIVE_CACHE`` (default ``$XDG_CACHE_HOME/stn/native``
+``pip install .`` builds it into the installed package (``setup.py``, when jax and a compiler
+are found then; ``PREBUILT``), where it is used if its name matches; otherwise the library is
+cached under ``$STN_NATIVE_CACHE`` (default ``$XDG_CACHE_HOME/stn/native``
 or ``~/.cache/stn/native``; the temp dir when that is not writable), named by a hash of the
 source, the compiler command and version, the jax/jaxlib versions (the FFI headers come from
 ``jax.ffi.include_dir()``) and the CPU's feature flags (it is built with ``-march=native``). A
@@ -20,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("sampler.cc")
+PREBUILT = SOURCE.parent  # where setup.py puts the library it builds at install time
 # No -ffast-math: it would drop the isfinite branch and reassociate the sums.
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fPIC",
          "-shared")
@@ -79,14 +82,23 @@ def _compiler_version(compiler: str) -> str:
         return ""
 
 
-def library_name(compiler: str) -> str:
-    """``stn_sampler-<hash>.so``: the hash covers everything that changes the binary."""
+def jax_info() -> tuple[str, str, str]:
+    """``(jax version, jaxlib version, FFI include folder)`` of the running interpreter's jax."""
     import jax
     import jaxlib
 
+    return jax.__version__, jaxlib.__version__, jax.ffi.include_dir()
+
+
+def library_name(compiler: str, versions: tuple[str, str] | None = None) -> str:
+    """``stn_sampler-<hash>.so``: the hash covers everything that changes the binary.
+
+    ``versions`` is ``(jax, jaxlib)``; by default the running interpreter's.
+    """
+    jax_version, jaxlib_version = versions or jax_info()[:2]
     digest = hashlib.sha256()
     for part in (SOURCE.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(),
-                 " ".join(FLAGS).encode(), jax.__version__.encode(), jaxlib.__version__.encode(),
+                 " ".join(FLAGS).encode(), jax_version.encode(), jaxlib_version.encode(),
                  _cpu_flags().encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -94,22 +106,30 @@ def library_name(compiler: str) -> str:
 
 
 def build() -> Path:
-    """The path of the compiled library, compiling it first if the cache has none.
+    """The path of the compiled library: the one installed with the package if its name
+    matches, else the cache's, compiling it first if the cache has none.
 
     Raises BuildError (one line) when there is no compiler or compiling fails.
     """
-    import jax
-
     compiler = find_compiler()
     if compiler is None:
         raise BuildError("no C++ compiler found (set CXX, or install g++)")
-    folder = cache_dir()
-    target = folder / library_name(compiler)
+    jax_version, jaxlib_version, include_dir = jax_info()
+    name = library_name(compiler, (jax_version, jaxlib_version))
+    if (PREBUILT / name).exists():
+        return PREBUILT / name
+    target = cache_dir() / name
     if target.exists():
         return target
-    fd, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=folder)
+    return compile_library(compiler, include_dir, target)
+
+
+def compile_library(compiler: str, include_dir: str, target: Path) -> Path:
+    """Compiles ``SOURCE`` to ``target`` (a temporary name in its folder, then renamed), with
+    the XLA FFI headers of ``include_dir``; BuildError (one line) if that fails."""
+    fd, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", temporary]
+    command = [compiler, *FLAGS, "-isystem", include_dir, str(SOURCE), "-o", temporary]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:

@@ -32,7 +32,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -57,20 +62,100 @@ struct Geometry {
   bool align_corners;
 };
 
+// ------------------------------------------------------------------ vectors
+//
+// GCC/Clang vector extensions: kLanes values of T per vector (with AVX 32 bytes: 8 floats, 4
+// doubles; else 16 bytes), which the compiler maps to AVX2/AVX-512 with -march=native, to SSE or
+// NEON elsewhere, or to scalar code. The per-point arithmetic (coordinates, taps, weights, the linear value and slopes)
+// runs kLanes points at a time with selects instead of branches; only the image cotangent's
+// scatter stays point by point (lanes may hit the same pixel). Every point goes through the same
+// vector code whatever its position in a block, and -ffp-contract=off keeps each operation a
+// separately rounded IEEE one, so the bits depend neither on the block nor on the thread.
+
+// The widest vectors of the target: 32 bytes with AVX, else 16 (SSE, NEON), so that no vector is
+// split into halves or passed through memory.
+#if defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+
+template <typename T>
+struct Simd {
+  static constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
+  typedef T V __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t I __attribute__((vector_size(4 * (kVectorBytes / sizeof(T)))));
+  typedef decltype(V{} < V{}) M;  // a comparison's mask: lanes of T's width
+};
+
+template <typename V>
+inline V Load(const void* from) {
+  V v;
+  std::memcpy(&v, from, sizeof v);
+  return v;
+}
+
+template <typename V>
+inline void Store(void* to, const V& v) {
+  std::memcpy(to, &v, sizeof v);
+}
+
+// floor(c) for |c| < 2^31 (the coordinates are clamped to 2^22 pixels): truncate, then step
+// down where truncation rounded up. Equal to std::floor except that -0 gives +0.
+template <typename T>
+inline typename Simd<T>::V Floor(typename Simd<T>::V c) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  const V t = __builtin_convertvector(__builtin_convertvector(c, I), V);
+  return t > c ? t - T(1) : t;
+}
+
+// A T-lane mask (all bits set where true) as int32 lanes, and back.
+template <typename T, typename M>
+inline typename Simd<T>::I NarrowMask(M mask) {
+  return __builtin_convertvector(mask, typename Simd<T>::I);
+}
+
+template <typename T>
+inline typename Simd<T>::M WidenMask(typename Simd<T>::I mask) {
+  return __builtin_convertvector(mask, typename Simd<T>::M);
+}
+
+// base[index] in the lanes where mask is set, 0 elsewhere (masked lanes are never read). With
+// AVX2, one masked gather instruction.
+template <typename T>
+inline typename Simd<T>::V Gather(const T* base, typename Simd<T>::I index,
+                                  typename Simd<T>::I mask) {
+  using V = typename Simd<T>::V;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    return (V)_mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, (__m256i)index, (__m256)mask,
+                                       4);
+  } else {
+    return (V)_mm256_mask_i32gather_pd(_mm256_setzero_pd(), base, (__m128i)index,
+                                       (__m256d)WidenMask<T>(mask), 8);
+  }
+#else
+  V value = V{};
+  for (int l = 0; l < Simd<T>::kLanes; ++l) value[l] = mask[l] ? base[index[l]] : T(0);
+  return value;
+#endif
+}
+
 // ------------------------------------------------------------------ coordinates, a block at a time
 //
 // The per-point coordinate arithmetic (unnormalize, clamp, padding, floor) runs over a block of
-// points in structure-of-arrays form with selects instead of branches, so the compiler
-// vectorises it; the taps are then read point by point.
+// points in structure-of-arrays form, kLanes points at a time (the tail of a block is padded with
+// zeros and its lanes ignored).
 
-constexpr int kBlock = 256;
+constexpr int kBlock = 256;  // a multiple of every kLanes
 
 template <typename T, int N>
 struct Coordinates {
   int32_t first[N][kBlock];  // lowest tap per image axis (0 = outermost)
   T frac[N][kBlock];         // x - floor(x) (linear), 0 (nearest)
   T d_coord[N][kBlock];      // d(padded pixel coordinate)/d(grid coordinate)
-  int32_t valid[kBlock];     // every coordinate finite (int32: vectorises with first)
+  int32_t valid[kBlock];     // -1 where every coordinate is finite, else 0
 };
 
 // One axis of stn.sampling: unnormalize, clamp to +-2^22 (jnp.clip's gradient: 1/2 at the bound,
@@ -80,6 +165,9 @@ struct Coordinates {
 template <typename T, int N, int K, int P>
 void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& geo,
                      Coordinates<T, N>* __restrict__ out) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  constexpr int L = Simd<T>::kLanes;
   const int grid_axis = N - 1 - image_axis;
   const int64_t size = geo.sizes[image_axis];
   const T size_t_ = T(size), upper = T(size - 1), bound = T(kCoordinateBound);
@@ -91,50 +179,53 @@ void AxisCoordinates(const T* grid, int count, int image_axis, const Geometry& g
   // unnormalize as ((g + 1) m - s) r: align_corners (g + 1) 0.5 (size - 1), else
   // ((g + 1) size - 1) 0.5; the same operations in the same order as stn.sampling's.
   const T m = ac ? T(0.5) : size_t_, shift = ac ? T(0) : T(1), r = ac ? upper : T(0.5);
-  T column[kBlock];  // contiguous, so the loop below vectorises
+  const V zero = V{};
+  T column[kBlock];  // this axis's coordinates, contiguous, zero-padded to whole vectors
+  const int padded = (count + L - 1) / L * L;
   for (int p = 0; p < count; ++p) column[p] = grid[p * N + grid_axis];
-  int32_t* __restrict__ first = out->first[image_axis];
-  T* __restrict__ frac = out->frac[image_axis];
-  T* __restrict__ d_coord = out->d_coord[image_axis];
-  int32_t* __restrict__ valid = out->valid;
-  for (int p = 0; p < count; ++p) {
-    T g = column[p];
-    const bool finite = (g - g) == T(0);  // false for NaN and +-inf
-    g = finite ? g : T(0);
-    T c = ((g + T(1)) * m - shift) * r;
-    const bool beyond = c > bound || c < -bound;
-    const bool at = c == bound || c == -bound;
-    T d = beyond ? T(0) : (at ? scale * T(0.5) : scale);
-    c = c > bound ? bound : (c < -bound ? -bound : c);
+  for (int p = count; p < padded; ++p) column[p] = T(0);
+  for (int p = 0; p < padded; p += L) {
+    V g = Load<V>(column + p);
+    const auto finite = (g - g) == zero;  // false for NaN and +-inf
+    g = finite ? g : zero;
+    V c = ((g + T(1)) * m - shift) * r;
+    const auto beyond = (c > bound) | (c < -bound);
+    const auto at = (c == bound) | (c == -bound);
+    V d = beyond ? zero : (at ? zero + scale * T(0.5) : zero + scale);
+    c = c > bound ? zero + bound : (c < -bound ? zero - bound : c);
     if constexpr (P == kReflection) {
-      const T offset = c - low;
-      const bool negative = offset < T(0);
-      const T distance = negative ? -offset : offset;
-      const T d_distance = negative ? -d : d;
-      const T flips = std::floor(distance / span);
-      const T extra = distance - flips * span;
-      const T half = flips * T(0.5);
-      const bool even = half == std::floor(half);  // flips is a non-negative integer
-      const bool flat = !(span > T(0));            // a 1-pixel axis with align_corners
-      c = flat ? T(0) : (even ? low + extra : high - extra);
-      d = flat ? T(0) : (even ? d_distance : -d_distance);
+      const V offset = c - low;
+      const auto negative = offset < zero;
+      const V distance = negative ? -offset : offset;
+      const V d_distance = negative ? -d : d;
+      const V flips = Floor<T>(distance / span);
+      const V extra = distance - flips * span;
+      const V half = flips * T(0.5);
+      const auto even = half == Floor<T>(half);  // flips is a non-negative integer
+      if (span > T(0)) {
+        c = even ? low + extra : high - extra;
+        d = even ? d_distance : -d_distance;
+      } else {  // a 1-pixel axis with align_corners
+        c = zero;
+        d = zero;
+      }
     }
     if constexpr (P != kZeros) {
-      const bool inside = c > T(0) && c < upper;
-      d = inside ? d : T(0);
-      c = inside ? c : (c <= T(0) ? T(0) : upper);
+      const auto inside = (c > zero) & (c < upper);
+      d = inside ? d : zero;
+      c = inside ? c : (c <= zero ? zero : zero + upper);
     }
-    const T lower = K == kNearest ? std::floor(c + T(0.5)) : std::floor(c);
-    first[p] = static_cast<int32_t>(lower);
-    frac[p] = K == kNearest ? T(0) : c - lower;
-    d_coord[p] = d;
-    valid[p] &= static_cast<int32_t>(finite);
+    const V lower = K == kNearest ? Floor<T>(c + T(0.5)) : Floor<T>(c);
+    Store(out->first[image_axis] + p, __builtin_convertvector(lower, I));
+    Store(out->frac[image_axis] + p, K == kNearest ? zero : c - lower);
+    Store(out->d_coord[image_axis] + p, d);
+    Store(out->valid + p, Load<I>(out->valid + p) & NarrowMask<T>(finite));
   }
 }
 
 template <typename T, int N, int K, int P>
 void BlockCoordinates(const T* grid, int count, const Geometry& geo, Coordinates<T, N>* out) {
-  std::fill(out->valid, out->valid + count, int32_t{1});
+  std::fill(out->valid, out->valid + kBlock, int32_t{-1});
   for (int i = 0; i < N; ++i) AxisCoordinates<T, N, K, P>(grid, count, i, geo, out);
 }
 
@@ -174,6 +265,7 @@ inline void PointTaps(const Coordinates<T, N>& co, int p, const Geometry& geo,
 
 // Linear interpolation in lerp form a0 + f (a1 - a0), innermost axis (x) first, as the
 // bilinear path of stn.sampling: a constant image gives its value exactly and zero slopes.
+// These helpers take a scalar T or a vector of them (Simd<T>::V), with the same operations.
 template <typename T>
 inline T Lerp(T a0, T a1, T f) {
   return a0 + f * (a1 - a0);
@@ -196,7 +288,7 @@ inline T LinearValue(const T* a, const T* f) {
 // puts tap 0 at distance 1, outside the kernel's support [-1, 1) (weight and slope 0).
 template <typename T>
 inline T WindowDiff(T a0, T a1, T f) {
-  return f == T(1) ? -a1 : a1 - a0;
+  return f == T{} + 1 ? -a1 : a1 - a0;
 }
 
 // dV/dx_i at one channel per image axis i (paper eq. 7): the interpolation with axis i's lerp
@@ -229,7 +321,113 @@ inline void TapValues(const T* img, const Taps<T, N, K>& taps, int64_t c, T* a) 
   }
 }
 
+// ------------------------------------------------------------------ kLanes points' taps
+
+// The 2^N taps of the linear kernel for points [p, p + kLanes) of a block: flat offsets in a
+// batch slice (int32: used only where a slice has fewer than 2^31 elements) and whether each tap
+// is inside the image (and its point valid). Offsets of taps outside are 0 and never used.
+template <typename T, int N>
+struct LaneTaps {
+  static constexpr int kCount = 1 << N;
+  typename Simd<T>::I offset[kCount];
+  typename Simd<T>::I inside[kCount];
+};
+
+template <typename T, int N>
+inline void LoadLaneTaps(const Coordinates<T, N>& co, int p, const Geometry& geo,
+                         LaneTaps<T, N>* taps) {
+  using I = typename Simd<T>::I;
+  const I zero = I{};
+  I index[N][2], inside[N][2];
+  for (int i = 0; i < N; ++i) {
+    const int32_t size = static_cast<int32_t>(geo.sizes[i]);
+    for (int bit = 0; bit < 2; ++bit) {
+      const I at = Load<I>(co.first[i] + p) + bit;
+      inside[i][bit] = (at >= 0) & (at < size);
+      index[i][bit] = inside[i][bit] ? at : zero;  // no int32 overflow in the offsets below
+    }
+  }
+  const I valid = Load<I>(co.valid + p);
+  for (int t = 0; t < LaneTaps<T, N>::kCount; ++t) {
+    I offset = zero, in = valid;
+    for (int i = 0; i < N; ++i) {
+      const int bit = (t >> (N - 1 - i)) & 1;
+      in &= inside[i][bit];
+      offset += index[i][bit] * static_cast<int32_t>(geo.strides[i]);
+    }
+    taps->offset[t] = in ? offset : zero;
+    taps->inside[t] = in;
+  }
+}
+
+// The linear kernel on one channel (C == 1, the common case of images and volumes), kLanes
+// points at a time: the forward, and the backward's grid cotangent with the image cotangent's
+// weights (scattered point by point by the caller).
+template <typename T, int N>
+struct SingleChannel {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  static constexpr int L = Simd<T>::kLanes;
+  static constexpr int kCount = LaneTaps<T, N>::kCount;
+
+  static void Taps(const T* img, const Coordinates<T, N>& co, int p, const Geometry& geo,
+                   LaneTaps<T, N>* taps, V* a, V* f) {
+    LoadLaneTaps<T, N>(co, p, geo, taps);
+    for (int t = 0; t < kCount; ++t) a[t] = Gather<T>(img, taps->offset[t], taps->inside[t]);
+    for (int i = 0; i < N; ++i) f[i] = Load<V>(co.frac[i] + p);
+  }
+
+  // V = S(U; x) for the block's `count` points into out[0, count). An invalid point has every
+  // tap masked and a finite fraction, so its value is 0 + f (0 - 0) = +0.
+  static void Forward(const T* img, const Coordinates<T, N>& co, int count, const Geometry& geo,
+                      T* out) {
+    LaneTaps<T, N> taps;
+    V a[kCount], f[N];
+    for (int p = 0; p < count; p += L) {
+      Taps(img, co, p, geo, &taps, a, f);
+      const V value = LinearValue<V, N>(a, f);
+      if (count - p >= L) {
+        Store(out + p, value);
+      } else {
+        std::memcpy(out + p, &value, (count - p) * sizeof(T));
+      }
+    }
+  }
+
+  // dL/dx into d_grid (interleaved x, y[, z]; 0 at invalid points), and per tap the weight and
+  // the offset (-1 outside) of the image cotangent's scatter, for the block's points.
+  static void Backward(const T* img, const Coordinates<T, N>& co, const T* ct, int count,
+                       const Geometry& geo, T* d_grid, T (*weight)[kBlock],
+                       int32_t (*offset)[kBlock]) {
+    LaneTaps<T, N> taps;
+    V a[kCount], f[N], slope[N];
+    const V zero = V{};
+    for (int p = 0; p < count; p += L) {
+      Taps(img, co, p, geo, &taps, a, f);
+      LinearSlopes<V, N>(a, f, slope);
+      const V c = Load<V>(ct + p);
+      const auto valid = WidenMask<T>(Load<I>(co.valid + p));
+      const int lanes = std::min(L, count - p);
+      for (int i = 0; i < N; ++i) {
+        const V grad = valid ? (zero + c * slope[i]) * Load<V>(co.d_coord[i] + p) : zero;
+        for (int l = 0; l < lanes; ++l) d_grid[(p + l) * N + N - 1 - i] = grad[l];
+      }
+      for (int t = 0; t < kCount; ++t) {
+        V w = zero + T(1);
+        for (int i = 0; i < N; ++i) w = w * (((t >> (N - 1 - i)) & 1) ? f[i] : T(1) - f[i]);
+        Store(weight[t] + p, w);
+        Store(offset[t] + p, taps.inside[t] ? taps.offset[t] : I{} - 1);
+      }
+    }
+  }
+};
+
 // ------------------------------------------------------------------ the three passes
+
+// Whether the vector path of one channel applies: C == 1 and int32 offsets suffice.
+inline bool SingleChannelFits(const Geometry& geo) {
+  return geo.channels == 1 && geo.image_slice < (int64_t{1} << 31);
+}
 
 template <typename T, int N, int K, int P>
 struct Pass {
@@ -248,6 +446,12 @@ struct Pass {
       const int count = static_cast<int>(std::min<int64_t>(kBlock, end - start));
       const int64_t first_point = b * geo.points + start;
       BlockCoordinates<T, N, K, P>(grid + first_point * N, count, geo, &co);
+      if constexpr (K == kLinear) {
+        if (SingleChannelFits(geo)) {
+          SingleChannel<T, N>::Forward(img, co, count, geo, out + first_point);
+          continue;
+        }
+      }
       for (int p = 0; p < count; ++p) {
         T* v = out + (first_point + p) * C;
         if (!co.valid[p]) {
@@ -311,6 +515,24 @@ struct Pass {
     }
   }
 
+  // One block of Backward on one channel: the grid cotangent by the vector path, then the image
+  // cotangent's scatter point by point, taps in order (the order of the general path).
+  static void BackwardSingleBlock(const T* img, const Co& co, const T* ct, int count,
+                                  const Geometry& geo, T* d_img, T* d_grid) {
+    constexpr int kCount = LaneTaps<T, N>::kCount;
+    T ct_block[kBlock];  // zero-padded to whole vectors
+    T weight[kCount][kBlock];
+    int32_t offset[kCount][kBlock];
+    std::copy(ct, ct + count, ct_block);
+    std::fill(ct_block + count, ct_block + kBlock, T(0));
+    SingleChannel<T, N>::Backward(img, co, ct_block, count, geo, d_grid, weight, offset);
+    for (int p = 0; p < count; ++p) {
+      for (int t = 0; t < kCount; ++t) {
+        if (offset[t][p] >= 0) d_img[offset[t][p]] += weight[t][p] * ct_block[p];
+      }
+    }
+  }
+
   // Batch slice b: its image cotangent (owned by this call and accumulated in point order, so
   // the bits do not depend on the thread) and its points' grid cotangents (paper eqs. 6-7).
   static void Backward(const T* image, const T* grid, const T* ct, T* d_image, T* d_grid,
@@ -326,6 +548,13 @@ struct Pass {
       const int count = static_cast<int>(std::min<int64_t>(kBlock, geo.points - start));
       const int64_t first_point = b * geo.points + start;
       BlockCoordinates<T, N, K, P>(grid + first_point * N, count, geo, &co);
+      if constexpr (K == kLinear) {
+        if (SingleChannelFits(geo)) {
+          BackwardSingleBlock(img, co, ct + first_point, count, geo, d_img,
+                              d_grid + first_point * N);
+          continue;
+        }
+      }
       for (int p = 0; p < count; ++p) {
         const int64_t point = first_point + p;
         const T* ct_p = ct + point * C;
