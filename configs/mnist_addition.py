@@ -103,12 +103,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.distortion = "none"
         c.train.steps = 1000
     elif picked["preset"] == "reduced":
-        # What a 2-core CPU affords per run: a CNN step costs about 6x an FCN step.
-        c.train.steps = 4000 if picked["model"].endswith("cnn") else 20_000
+        # What a shared 2-core CPU affords for 3 seeds of the 7-row table in about an hour
+        # (docs/addition_colocalisation.md): a CNN step costs about 5x an FCN step.
+        c.train.steps = 600 if picked["model"].endswith("cnn") else 3000
     if picked["preset"]:
         c.train.lr_decay_every = 3 * c.train.steps // 4
         c.train.log_every = c.train.steps // 10
-        c.train.eval_every = c.train.steps // 2
+        # Ten validation points per `reduced` run draw its learning curve (no effect on the
+        # numbers); `quick` evaluates twice.
+        c.train.eval_every = c.train.steps // (10 if picked["preset"] == "reduced" else 2)
         c.train.checkpoint_every = c.train.steps // 2
     size = distortions.get(c.data.distortion).canvas_size
     c.model.st_output_size = models.equal_area_output_size(size, count) if count else 0

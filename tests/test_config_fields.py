@@ -174,3 +174,17 @@ def test_every_float_field_refuses_nan(name, tmp_path):
         with pytest.raises(ValueError, match=rf"config.{field}=nan"):
             training.train_and_evaluate(bad, str(tmp_path / "run"))
         assert not (tmp_path / "run").exists()
+
+
+def test_every_config_has_the_optimizer_choice_sgd_by_default(tmp_path):
+    """`train.optimizer` in every config file and preset: SGD (the paper's) unless asked, and a
+    bad name refused by its field in one line before anything is written."""
+    for name, args in ARGS.items():
+        module = _config_module(name)
+        for arg in args:
+            assert module.get_config(arg).train.optimizer == "sgd", f"configs/{name}.py:{arg}"
+        bad = module.get_config(None)
+        bad.train.optimizer = "rmsprop"
+        with pytest.raises(ValueError, match=r"config.train.optimizer='rmsprop' is unknown"):
+            training.train_and_evaluate(bad, str(tmp_path / name))
+        assert not (tmp_path / name).exists()
