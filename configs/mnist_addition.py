@@ -13,7 +13,8 @@ appendix names no optimiser settings, so section 4.1's are used: an accelerator)
 
 `arg` is comma-separated: a model (fcn, cnn, st_fcn, st_cnn, 2xst_fcn, 2xst_cnn), a transform
 (affine, projective, tps, ...; ST models only) and/or a preset: `quick` (a check that it learns)
-or `reduced` (the CPU budget of configs/sweeps/addition.py). Every field can be overridden,
+, `reduced` (the CPU budget of configs/sweeps/addition.py, one seed) or `short` (the budget of
+its three-seed table on a shared CPU, where every model stays near chance). Every field can be overridden,
 e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`. Choices the paper leaves open
 are marked (unstated); docs/paper_appendix.md lists what it states.
 """
@@ -31,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     picked = config_args.parse(
         arg, where="configs/mnist_addition.py",
         choices={"model": models.MODEL_NAMES, "transform": transforms.NAMES,
-                 "preset": ("quick", "reduced")},
+                 "preset": ("quick", "reduced", "short")},
         model="2xst_fcn", transform="affine", preset=None)
     count = models.transformer_count(picked["model"])
     c = ml_collections.ConfigDict()
@@ -105,10 +106,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif picked["preset"] == "reduced":
         # What a 2-core CPU affords per run: a CNN step costs about 6x an FCN step.
         c.train.steps = 4000 if picked["model"].endswith("cnn") else 20_000
+    elif picked["preset"] == "short":
+        # What a shared 2-core CPU affords for 3 seeds of the 7-row table in about an hour
+        # (docs/addition_colocalisation.md): a CNN step costs about 5x an FCN step.
+        c.train.steps = 600 if picked["model"].endswith("cnn") else 3000
     if picked["preset"]:
         c.train.lr_decay_every = 3 * c.train.steps // 4
         c.train.log_every = c.train.steps // 10
-        c.train.eval_every = c.train.steps // 2
+        # Ten validation points per `short` run draw its learning curve (no effect on the
+        # numbers); `quick` and `reduced` evaluate twice.
+        c.train.eval_every = c.train.steps // (10 if picked["preset"] == "short" else 2)
         c.train.checkpoint_every = c.train.steps // 2
     size = distortions.get(c.data.distortion).canvas_size
     c.model.st_output_size = models.equal_area_output_size(size, count) if count else 0

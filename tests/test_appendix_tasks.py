@@ -53,7 +53,12 @@ def test_addition_configs():
     assert addition_config("cnn").name == "addition_cnn"
     reduced = addition_config("2xst_fcn,reduced")
     assert reduced.data.source == "sample" and reduced.train.steps == 20_000
+    assert reduced.train.eval_every == 10_000 and reduced.train.optimizer == "sgd"
     assert addition_config("cnn,reduced").train.steps == 4000
+    short = addition_config("2xst_fcn,short")
+    assert short.data.source == "sample" and short.train.steps == 3000
+    assert short.train.eval_every == 300 and short.train.lr_decay_every == 2250
+    assert addition_config("cnn,short").train.steps == 600
     quick = addition_config("2xst_fcn,quick")
     assert quick.data.distortion == "none" and quick.model.st_output_size == 20
     with pytest.raises(ValueError, match="configs/mnist_addition.py: unknown part"):
@@ -102,6 +107,9 @@ def test_colocalisation_config_errors(field, value, message):
 def test_sweeps():
     reduced = sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":reduced")
     assert len(reduced) == 7 and all(p["config"].endswith(",reduced") for p in reduced)
+    short = sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":short,first_seed=2")
+    assert len(short) == 7 and all(p["config"].endswith(",short") and p["overrides"]["seed"] == 2
+                                   for p in short)
     assert len(sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":seeds=2")) == 22
     coloc = sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py")
                               + ":reduced,classes=3,8,data=tc")
@@ -119,6 +127,15 @@ def test_sweeps():
         ("t-class3-crop28-s0", 28), ("t-class3-crop42-s0", 42)]
     with pytest.raises(ValueError, match="lrs=fast must be numbers"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":lrs=fast")
+    # The optimiser comparison: every point gets the optimiser, named by it.
+    sgd = sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py")
+                            + ":reduced,optimizer=sgd,lrs=0.05")
+    assert sgd[0]["name"] == "fcn-sgd-lr0.05-s0" and all(
+        p["overrides"]["train.optimizer"] == "sgd" for p in sgd)
+    assert "train.optimizer" not in reduced[0]["overrides"]
+    with pytest.raises(ValueError, match="optimizer='rmsprop'; expected one of sgd, adam"):
+        sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":optimizer=rmsprop")
+    assert module_at("configs/sweeps/addition.py").OPTIMIZERS == training.OPTIMIZERS
     with pytest.raises(ValueError, match="crop_sizes=2.5 must be whole numbers"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py") + ":crop_sizes=2.5")
 

@@ -73,7 +73,8 @@ CHANGES_NUMBERS = {
 #: Each config file with its default and every choice word and preset of its argument.
 ARGS = {
     "mnist": [None, *distortions.NAMES, *mnist.MODEL_NAMES, *transforms.names(2), "quick"],
-    "mnist_addition": [None, *addition.MODEL_NAMES, *transforms.NAMES, "quick", "reduced"],
+    "mnist_addition": [None, *addition.MODEL_NAMES, *transforms.NAMES, "quick", "reduced",
+                       "short"],
     "mnist_sequences": [None, *svhn.MODEL_NAMES, "64px", "128px", "small", "full", "short",
                         "quick"],
     "svhn": [None, "64px", "128px", *svhn.MODEL_NAMES, "smoke"],
@@ -174,3 +175,17 @@ def test_every_float_field_refuses_nan(name, tmp_path):
         with pytest.raises(ValueError, match=rf"config.{field}=nan"):
             training.train_and_evaluate(bad, str(tmp_path / "run"))
         assert not (tmp_path / "run").exists()
+
+
+def test_every_config_has_the_optimizer_choice_sgd_by_default(tmp_path):
+    """`train.optimizer` in every config file and preset: SGD (the paper's) unless asked, and a
+    bad name refused by its field in one line before anything is written."""
+    for name, args in ARGS.items():
+        module = _config_module(name)
+        for arg in args:
+            assert module.get_config(arg).train.optimizer == "sgd", f"configs/{name}.py:{arg}"
+        bad = module.get_config(None)
+        bad.train.optimizer = "rmsprop"
+        with pytest.raises(ValueError, match=r"config.train.optimizer='rmsprop' is unknown"):
+            training.train_and_evaluate(bad, str(tmp_path / name))
+        assert not (tmp_path / name).exists()

@@ -56,6 +56,20 @@ def test_paper_numbers_and_citation():
         tables.table_spec("nope")
 
 
+def test_addition_paper_values_say_what_was_checked():
+    """Issue 22 (a): each addition row says whether its value was checked against the text."""
+    spec = tables.table_spec("addition")
+    source = {r["label"]: r["source"] for r in spec["rows"]}
+    assert all(source.values())
+    for label in ("FCN", "CNN", "ST-FCN Aff", "2xST-FCN TPS"):
+        assert source[label].startswith("value checked"), label
+    for label in ("2xST-FCN Aff", "2xST-FCN Proj"):
+        assert source[label].startswith("not checked"), label
+    assert "transform (affine) not checked" in source["ST-FCN Aff"]
+    assert "TPS cell not checked" in source["2xST-FCN TPS"]
+    assert "could not be read offline" in spec["source"]
+
+
 def test_cells_statistics_and_missing(table1_runs):
     runs, problems = tables.collect_results(table1_runs)
     assert len(runs) == 4 and len(problems) == 1 and "broken" in problems[0]
