@@ -68,7 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.init_scale = 0.5  # starting boxes (unstated): half the image side ...
     c.model.init_offset = 0.25  # ... centres on a circle of this radius (normalised units)
     c.model.loc_lr_multiplier = 0.1  # the loc net learns at 0.1x the rate (unstated)
-    c.model.bounded_boxes = False  # True: scale in (0, 1), boxes kept inside the image (ours)
+    c.model.bounded_boxes = False  # True: scale in (0, max_scale), boxes inside the image (ours)
+    c.model.max_scale = 1.0
+    c.model.loc_spatial = False  # True: the loc net regresses from the flattened feature map
     # The stand-in's "ImageNet" (docs/results.md; clutter: sources only, 0: none): the backbone
     # pretrained once on centred items with sides in [side_min, side_max] px, cached.
     c.model.pretrain = ml_collections.ConfigDict(dict(

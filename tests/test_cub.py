@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from stn import tasks, transforms
-from stn.backbones import seeded, timm_import
+from stn.backbones import inception_v3, seeded, timm_import
 from stn.data import cub as cub_data
 from stn.models import cub as cub_models
 
@@ -178,7 +178,7 @@ def test_bad_configs_are_one_line(field, value, message):
     section, key = field.split(".")
     config[section][key] = value
     if message is None:  # bounded boxes with a starting box that leaves the image
-        config.model.init_scale, message = 0.9, "bounded_boxes needs 0 < init_scale < 1"
+        config.model.init_scale, message = 0.9, "bounded_boxes needs 0 < init_scale < max_scale"
     with pytest.raises(ValueError, match=message) as info:
         tasks.get("cub").validate_config(config)
     assert "\n" not in str(info.value)
@@ -385,5 +385,28 @@ def test_bounded_boxes_stay_inside_and_start_as_configured():
     model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 96, 96, 3)), jnp.float32)
     np.testing.assert_allclose(np.asarray(model.attention(x))[0], start, atol=1e-6)
-    with pytest.raises(ValueError, match="bounded boxes need 0 < init_scale < 1"):
+    capped = np.asarray(cub_models.bound_boxes(raw, 0.5))
+    assert np.all(capped[:, 0] <= 0.5) and capped[2, 0] == pytest.approx(0.25)
+    small = cub_models.initial_boxes(2, 0.3, 0.25)
+    np.testing.assert_allclose(np.asarray(cub_models.bound_boxes(
+        jnp.asarray(cub_models.unbound_boxes(small, 0.5)), 0.5)), small, atol=1e-6)
+    with pytest.raises(ValueError, match="bounded boxes need 0 < init_scale < max_scale"):
         cub_models.unbound_boxes(cub_models.initial_boxes(2, 1.0, 0.0))
+    with pytest.raises(ValueError, match="bounded boxes need 0 < init_scale < max_scale"):
+        cub_models.unbound_boxes(start, 0.4)
+
+
+def test_spatial_loc_net_reads_the_whole_feature_map():
+    """`loc_spatial`: the regression reads the flattened feature map (h * w * D inputs, not
+    D), so it is told where things are: the output is a linear read of that map."""
+    config = cub_config("2xst_448,smoke")
+    config.model.loc_spatial = True
+    model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    loc = model.loc_net
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
+    inner = loc.backbone.feature_map(inception_v3.normalise(cub_models.resize_to(x, 48)))
+    assert loc.regression.kernel.shape == (int(np.prod(inner.shape[1:])), 6)
+    loc.regression.kernel.value = jnp.asarray(
+        np.random.default_rng(1).normal(size=loc.regression.kernel.shape), jnp.float32)
+    expected = inner.reshape(2, -1) @ loc.regression.kernel[...] + loc.regression.bias[...][None]
+    np.testing.assert_allclose(np.asarray(loc(x)), np.asarray(expected), rtol=1e-4, atol=1e-4)

@@ -64,10 +64,11 @@ def validate_config(config) -> None:
                          f"inception_v3.tv_in1k model.safetensors, or '' for no weights)")
     if m.name == "st" and m.get("bounded_boxes"):
         scale, offset = float(m.init_scale), abs(float(m.init_offset))
-        if not (0 < scale < 1 and offset < 1 - scale):
-            raise ValueError(f"config.model.bounded_boxes needs 0 < init_scale < 1 and "
-                             f"init_offset < 1 - init_scale (boxes inside the image); got "
-                             f"{scale}, {offset}")
+        top = float(m.get("max_scale", 1.0))
+        if not (0 < scale < top <= 1 and offset < 1 - scale):
+            raise ValueError(f"config.model.bounded_boxes needs 0 < init_scale < max_scale <= 1 "
+                             f"and init_offset < 1 - init_scale (boxes inside the image); got "
+                             f"{scale}, {top}, {offset}")
     pretrain = m.get("pretrain")
     if pretrain is not None and int(pretrain.steps) > 0:
         if not source.startswith("clutter:"):
