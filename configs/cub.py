@@ -11,7 +11,8 @@ this CPU in a few minutes, with data it writes itself and a narrow backbone:
 
 `arg` is comma-separated: a row (`cnn`, `2xst_224`, `2xst_448`, `4xst_448`) and optionally a
 mode: `smoke` (synthetic birds, width 1/8, one to two minutes) or `standin` (the CPU stand-in of
-docs/results.md: Fashion-MNIST items on a cluttered canvas; set data.source=clutter:idx:DIR).
+docs/results.md: Fashion-MNIST items on a cluttered canvas, backbones pretrained on centred
+items, the first run pretrains and caches them; set data.source=clutter:idx:DIR).
 Choices the paper leaves open are marked (unstated); docs/cub.md lists what section 4.3 states.
 """
 from __future__ import annotations
@@ -113,8 +114,9 @@ def _standin(c: ml_collections.ConfigDict, name: str) -> None:
     96x96 canvas with 12 clutter pieces, the paper's "448 -> 224" halved twice: the CNN sees the
     canvas down-sampled to 48x48 (as the paper's CNN sees 224 px), the ST models' loc net the
     same 48x48 view and their 48x48 crops come from the full 96x96 canvas. Inceptions of width
-    1/4 cut after Mixed_5d; no flips (clothes' classes are not mirror-symmetric) and no crop
-    jitter (the canvas is the whole scene)."""
+    1/4 cut after Mixed_5d, all loaded from one pretrained on centred items (trained and
+    cached by the first run, `stn.tasks.cub.pretrained_weights`); no flips (clothes' classes
+    are not mirror-symmetric) and no crop jitter (the canvas is the whole scene)."""
     c.data.source = "clutter:sample"  # docs/results.md: clutter:idx:<Fashion-MNIST folder>
     c.data.num_classes = 10
     c.data.store_size = c.data.image_size = 48 if name == "cnn" else 96
