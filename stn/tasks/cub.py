@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -266,7 +267,8 @@ def _pretrain(config) -> tuple[inception_v3.InceptionV3, dict]:
     canvases = cub_data.centred_items(items, canvas=int(m.crop_size),
                                       side_range=(int(p.side_min), int(p.side_max)),
                                       jitter=int(p.jitter), seed=int(p.seed))
-    train_x, train_y, held_x, held_y = canvases[held:], labels[held:], canvases[:held], labels[:held]
+    train_x, train_y = canvases[held:], labels[held:]
+    held_x, held_y = canvases[:held], labels[:held]
     net = inception_v3.InceptionV3(num_classes=int(config.data.num_classes), width=float(m.width),
                                    last_block=str(m.last_block), rngs=nnx.Rngs(int(p.seed)),
                                    conv_general_dilated=xla_cpu.conv_general_dilated)
@@ -306,7 +308,7 @@ def _pretrain(config) -> tuple[inception_v3.InceptionV3, dict]:
 
 def _as_rgb(grey: np.ndarray) -> jax.Array:
     """uint8 `[B, S, S]` -> float32 `[B, S, S, 3]` in [0, 1]."""
-    return jax.numpy.asarray(np.repeat(grey[..., None], 3, -1), jax.numpy.float32) / 255.0
+    return jnp.asarray(np.repeat(grey[..., None], 3, -1), jnp.float32) / 255.0
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
