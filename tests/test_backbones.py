@@ -128,3 +128,41 @@ def test_width_truncation_and_descriptor():
     assert model(jnp.zeros((3, 48, 64, 3))).shape == (3, model.num_features)
     with pytest.raises(ValueError, match="last_block='Mixed_6b' is not one of"):
         inception_v3.InceptionV3(last_block="Mixed_6b", rngs=nnx.Rngs(0))
+
+
+def test_batch_norm_learns_statistics_when_pretraining():
+    """`learn_statistics(True)`: the batch's statistics normalise (each channel mean 0, variance
+    1 before scale and shift) and the running ones move by momentum 0.1 towards them (unbiased
+    variance); switched back, the layer uses the running statistics, fixed."""
+    bn = inception_v3.FrozenBatchNorm(2)
+    x = jnp.asarray(np.random.default_rng(0).normal([3.0, -1.0], [2.0, 0.5], (4, 5, 5, 2)),
+                    jnp.float32)
+    inception_v3.learn_statistics(bn, True)
+    y = np.asarray(bn(x)).reshape(-1, 2)
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(0), 1.0, atol=1e-2)
+    flat = np.asarray(x).reshape(-1, 2)
+    np.testing.assert_allclose(np.asarray(bn.mean[...]), 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.var[...]), 0.9 + 0.1 * flat.var(0, ddof=1),
+                               rtol=1e-5)
+    inception_v3.learn_statistics(bn, False)
+    mean, var = np.asarray(bn.mean[...]), np.asarray(bn.var[...])
+    np.testing.assert_allclose(np.asarray(bn(x)).reshape(-1, 2),
+                               (flat - mean) / np.sqrt(var + 1e-3), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(bn.mean[...]), mean)  # fixed again
+
+
+def test_export_then_import_is_the_same_network(tmp_path):
+    """`save_safetensors` writes timm's names and layouts: the file's keys and shapes are
+    `checkpoint_shapes`, and loading it into a fresh network gives the same logits."""
+    source = _small(num_classes=5)
+    timm_import.load_arrays(source, _small_weights(source, seed=3))
+    path = timm_import.save_safetensors(source, tmp_path / "exported.safetensors")
+    from safetensors.numpy import load_file
+    arrays = load_file(path)
+    assert {k: v.shape for k, v in arrays.items()} == timm_import.checkpoint_shapes(source)
+    np.testing.assert_array_equal(arrays["Conv2d_1a_3x3.conv.weight"],
+                                  _small_weights(source, seed=3)["Conv2d_1a_3x3.conv.weight"])
+    copy = timm_import.load_safetensors(_small(num_classes=5), path)
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 40, 40, 3)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(source(x)), atol=1e-6)

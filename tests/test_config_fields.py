@@ -63,7 +63,11 @@ CHANGES_NUMBERS = {
     "data.store_size", "data.synthetic.dir", "data.synthetic.num_classes", "data.synthetic.seed",
     "data.synthetic.test_per_class", "data.synthetic.train_per_class", "model.init_offset",
     "model.init_scale", "model.last_block", "model.loc_size", "model.num_transformers",
-    "model.share_backbones", "model.weights", "model.width",
+    "model.share_backbones", "model.weights", "model.width", "model.bounded_boxes",
+    "model.loc_spatial", "model.pretrain.steps", "model.pretrain.batch_size",
+    "model.pretrain.learning_rate", "model.pretrain.momentum", "model.pretrain.side_min",
+    "model.pretrain.side_max", "model.pretrain.jitter", "model.pretrain.held_out",
+    "model.pretrain.seed", "model.pretrain.cache_dir",
     # optimisation
     "train.steps", "train.batch_size", "train.learning_rate", "train.momentum",
     "train.weight_decay", "train.grad_clip_norm", "train.lr_decay_every",

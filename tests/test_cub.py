@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from stn import tasks, transforms
-from stn.backbones import seeded, timm_import
+from stn.backbones import inception_v3, seeded, timm_import
 from stn.data import cub as cub_data
 from stn.models import cub as cub_models
 
@@ -171,11 +171,14 @@ def test_make_model_loads_weights_into_every_backbone(tmp_path):
     ("model.weights", "/nonexistent.safetensors", "config.model.weights='/nonexistent"),
     ("data.image_size", 200, "config.data.image_size=200 must be in 1..data.store_size"),
     ("model.crop_size", 8, "does not fit"),
+    ("model.bounded_boxes", True, None),
 ])
 def test_bad_configs_are_one_line(field, value, message):
     config = cub_config()
     section, key = field.split(".")
     config[section][key] = value
+    if message is None:  # bounded boxes with a starting box that leaves the image
+        config.model.init_scale, message = 0.9, "bounded_boxes needs 0 < init_scale < max_scale"
     with pytest.raises(ValueError, match=message) as info:
         tasks.get("cub").validate_config(config)
     assert "\n" not in str(info.value)
@@ -279,3 +282,131 @@ def test_standin_source_builds_cluttered_canvases(tmp_path, row, stored):
     assert data.validation["image"].shape == (8, stored, stored, 3)
     assert data.test["image"].shape == (10, stored, stored, 3)
     np.testing.assert_array_equal(data.test["label"], np.arange(10))
+
+
+def test_centred_items_sizes_and_places():
+    """Each item resized to a side in the range and pasted near the centre, nothing else."""
+    items = np.full((50, 28, 28), 200, np.uint8)
+    out = cub_data.centred_items(items, canvas=48, side_range=(12, 20), jitter=2, seed=0)
+    assert out.shape == (50, 48, 48) and out.dtype == np.uint8
+    for canvas in out:
+        rows, cols = np.nonzero(canvas)
+        side = rows.max() - rows.min() + 1
+        assert 12 <= side <= 20 and cols.max() - cols.min() + 1 == side
+        assert abs((rows.min() + rows.max()) / 2 - 23.5) <= 2.5  # centred within the jitter
+    with pytest.raises(ValueError, match="item sides"):
+        cub_data.centred_items(items, canvas=48, side_range=(30, 20), jitter=0, seed=0)
+
+
+def _pretrain_config(tmp_path):
+    """The stand-in with a tiny, fast backbone on synthetic items written as IDX files (40
+    training items, the first 24 for canvases, the rest for pretraining)."""
+    from stn.data import idx
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        items = np.zeros((n, 28, 28), np.uint8)
+        items[:, 8:20, 8:20] = rng.integers(100, 255, (n, 1, 1))
+        idx.write_split(tmp_path / "items", split, items, np.arange(n) % 10)
+    config = cub_config("2xst_448,standin")
+    config.data.source = f"clutter:idx:{tmp_path / 'items'}"
+    config.data.validation_size = 4
+    config.data.clutter.update(train_limit=24, test_limit=0)
+    config.model.update(width=0.125, last_block="Conv2d_4a_3x3")
+    config.model.pretrain.update(steps=2, batch_size=4, held_out=4,
+                                 cache_dir=str(tmp_path / "cache"))
+    return config
+
+
+def test_pretrained_backbone_cached_reused_loaded_and_refused(tmp_path, monkeypatch):
+    """The first model trains the backbone once and caches it as a timm safetensors file; the
+    next reuses the file (no training), every backbone gets its weights through the importer;
+    a cached folder recording another config is refused in one line."""
+    from safetensors.numpy import load_file
+    from stn.tasks import cub as cub_task
+    config = _pretrain_config(tmp_path)
+    task = tasks.get("cub")
+    task.validate_config(config)
+    model = task.make_model(config, None, nnx.Rngs(0))
+    path = cub_task.pretrained_weights(config)
+    record = json.load(open(os.path.join(os.path.dirname(path), "config.json")))
+    assert record["config"] == cub_task.pretrain_spec(config)
+    assert record["pretraining_items"] == 40 - 24 - 4 and 0 <= record["held_out_error"] <= 1
+    stored = load_file(path)
+    for backbone in cub_models.backbones(model):  # the loc net's and the two parts'
+        np.testing.assert_array_equal(np.asarray(backbone.Conv2d_4a_3x3.bn.var[...]),
+                                      stored["Conv2d_4a_3x3.bn.running_var"])
+    assert not np.allclose(stored["Conv2d_4a_3x3.bn.running_var"], 1.0)  # statistics learnt
+
+    def no_training(config):
+        raise AssertionError("retrained although cached")
+    monkeypatch.setattr(cub_task, "_pretrain", no_training)
+    assert cub_task.pretrained_weights(config) == path
+    record["config"]["side_max"] = 99
+    with open(os.path.join(os.path.dirname(path), "config.json"), "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ValueError, match=r"^the pretrained backbone cached in .*\(differs in "
+                                         r"side_max\); delete that folder$"):
+        cub_task.pretrained_weights(config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c.data, "source", "synthetic"), "needs a clutter: source"),
+    (lambda c: setattr(c.model, "weights", __file__), "are both set; keep one"),
+])
+def test_bad_pretrain_configs_are_one_line(tmp_path, change, message):
+    config = _pretrain_config(tmp_path)
+    change(config)
+    with pytest.raises(ValueError, match=message) as info:
+        tasks.get("cub").validate_config(config)
+    assert "\n" not in str(info.value)
+
+
+def test_pretraining_without_spare_items_is_one_line(tmp_path):
+    from stn.tasks import cub as cub_task
+    config = _pretrain_config(tmp_path)
+    config.data.clutter.train_limit = 0
+    with pytest.raises(ValueError, match=r"^config.model.pretrain needs training items that no "
+                                         r"canvas uses[^\n]*$"):
+        cub_task.pretrained_weights(config)
+
+
+def test_bounded_boxes_stay_inside_and_start_as_configured():
+    """`bounded_boxes`: whatever the regression outputs, 0 < s < 1 and |t| + s <= 1 (the box
+    inside the image); with the zero kernel the grids are the configured boxes."""
+    raw = jnp.asarray([[40.0, 40.0, -40.0], [-40.0, -3.0, 0.0], [0.0, 0.0, 0.0]])
+    boxes = np.asarray(cub_models.bound_boxes(raw))
+    assert np.all(boxes[:, 0] > 0) and np.all(boxes[:, 0] <= 1)
+    assert np.all(np.abs(boxes[:, 1:]) + boxes[:, :1] <= 1 + 1e-6)
+    start = cub_models.initial_boxes(2, 0.5, 0.25)
+    np.testing.assert_allclose(np.asarray(cub_models.bound_boxes(
+        jnp.asarray(cub_models.unbound_boxes(start)))), start, atol=1e-6)
+    config = cub_config("2xst_448,smoke")
+    config.model.bounded_boxes = True
+    model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 96, 96, 3)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(model.attention(x))[0], start, atol=1e-6)
+    capped = np.asarray(cub_models.bound_boxes(raw, 0.5))
+    assert np.all(capped[:, 0] <= 0.5) and capped[2, 0] == pytest.approx(0.25)
+    small = cub_models.initial_boxes(2, 0.3, 0.25)
+    np.testing.assert_allclose(np.asarray(cub_models.bound_boxes(
+        jnp.asarray(cub_models.unbound_boxes(small, 0.5)), 0.5)), small, atol=1e-6)
+    with pytest.raises(ValueError, match="bounded boxes need 0 < init_scale < max_scale"):
+        cub_models.unbound_boxes(cub_models.initial_boxes(2, 1.0, 0.0))
+    with pytest.raises(ValueError, match="bounded boxes need 0 < init_scale < max_scale"):
+        cub_models.unbound_boxes(start, 0.4)
+
+
+def test_spatial_loc_net_reads_the_whole_feature_map():
+    """`loc_spatial`: the regression reads the flattened feature map (h * w * D inputs, not
+    D), so it is told where things are: the output is a linear read of that map."""
+    config = cub_config("2xst_448,smoke")
+    config.model.loc_spatial = True
+    model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    loc = model.loc_net
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
+    inner = loc.backbone.feature_map(inception_v3.normalise(cub_models.resize_to(x, 48)))
+    assert loc.regression.kernel.shape == (int(np.prod(inner.shape[1:])), 6)
+    loc.regression.kernel.value = jnp.asarray(
+        np.random.default_rng(1).normal(size=loc.regression.kernel.shape), jnp.float32)
+    expected = inner.reshape(2, -1) @ loc.regression.kernel[...] + loc.regression.bias[...][None]
+    np.testing.assert_allclose(np.asarray(loc(x)), np.asarray(expected), rtol=1e-4, atol=1e-4)

@@ -14,6 +14,9 @@ shift are trained like every other parameter. This is the usual choice when fine
 small batches (batch statistics of a few large crops are noisy), and it keeps a train step a pure
 function of the parameters. The statistics are part of the module's state, so they are
 checkpointed with the parameters; evaluation uses the same running statistics.
+Pretraining a network from scratch (`learn_statistics(model, True)`) switches every BN layer to
+the training behaviour instead: it normalises with the batch's statistics and updates the
+running ones (momentum 0.1, torch's); switched back, the layers use what they learnt.
 
 `width` multiplies every layer's channel count (rounded, at least 1): 1.0 is the published
 network; a narrow one (e.g. 0.125) runs on a CPU. `num_classes=0` drops the classifier:
@@ -53,22 +56,52 @@ class RunningStat(nnx.Variable):
 
 class FrozenBatchNorm(nnx.Module):
     """`y = (x - mean) / sqrt(var + eps) * scale + bias` with fixed `mean`, `var` (Ioffe and
-    Szegedy 2015, eq. in Alg. 1 with the population statistics); `scale`, `bias` train."""
+    Szegedy 2015, eq. in Alg. 1 with the population statistics); `scale`, `bias` train.
 
-    def __init__(self, features: int, *, eps: float = BN_EPS):
+    With `learning` set (`learn_statistics`), the batch's own mean and variance over every axis
+    but the last normalise instead (Alg. 1 in training), and the running statistics move towards
+    them: `r <- (1 - momentum) r + momentum b` (unbiased variance, as torch and timm keep it).
+    """
+
+    def __init__(self, features: int, *, eps: float = BN_EPS, momentum: float = 0.1):
         self.scale = nnx.Param(_filled(features, 1.0))
         self.bias = nnx.Param(_filled(features, 0.0))
         self.mean = RunningStat(_filled(features, 0.0))
         self.var = RunningStat(_filled(features, 1.0))
-        self.eps = eps
+        self.eps, self.momentum = eps, momentum
+        self.learning = False
+
+    def _batch_statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The batch's mean and (biased) variance per channel; the running ones updated."""
+        axes = tuple(range(x.ndim - 1))
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        count = x.size // x.shape[-1]
+        unbiased = jax.lax.stop_gradient(var) * count / max(count - 1, 1)
+        m = self.momentum
+        self.mean.value = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+        self.var.value = (1 - m) * self.var[...] + m * unbiased
+        return mean, var
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        mean = jax.lax.stop_gradient(self.mean[...])
-        var = jax.lax.stop_gradient(self.var[...])
+        if self.learning:
+            mean, var = self._batch_statistics(x)
+        else:
+            mean = jax.lax.stop_gradient(self.mean[...])
+            var = jax.lax.stop_gradient(self.var[...])
         multiplier = self.scale[...] * jax.lax.rsqrt(var + self.eps)
         shift = self.bias[...] - mean * multiplier
         channels = (1,) * (x.ndim - 1) + (-1,)  # explicit broadcast over the leading axes
         return x * multiplier.reshape(channels) + shift.reshape(channels)
+
+
+def learn_statistics(model: nnx.Module, learning: bool) -> nnx.Module:
+    """Every `FrozenBatchNorm` of `model` (in place) normalises with batch statistics and
+    updates its running ones (`learning=True`: pretraining from scratch) or uses the running
+    ones, fixed (`False`: the default, fine-tuning and evaluation); returns `model`."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, FrozenBatchNorm):
+            node.learning = bool(learning)
+    return model
 
 
 def he_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:

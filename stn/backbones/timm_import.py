@@ -18,6 +18,10 @@ one more `NameMap` here.
 
 Every key of the file must be used or skipped, and every leaf filled with the right shape: the
 first mismatch raises a one-line ValueError naming the key (and both shapes).
+
+The reverse, `export_arrays` / `save_safetensors`, writes a module's weights under the same names
+and layouts, so weights trained here (e.g. the CUB stand-in's pretrained backbone) load through
+the very path the published ones take.
 """
 from __future__ import annotations
 
@@ -52,11 +56,13 @@ class NameMap:
 INCEPTION_V3 = NameMap(skip_prefixes=("AuxLogits.",))
 MAPS = {"inception_v3": INCEPTION_V3}
 
-_CONV_KERNEL = (lambda w: np.transpose(w, (2, 3, 1, 0)), lambda s: (s[3], s[2], s[0], s[1]))
-_LINEAR_KERNEL = (lambda w: np.transpose(w, (1, 0)), lambda s: (s[1], s[0]))
-_SAME = (lambda w: w, lambda s: tuple(s))
+_CONV_KERNEL = (lambda w: np.transpose(w, (2, 3, 1, 0)), lambda s: (s[3], s[2], s[0], s[1]),
+                lambda w: np.transpose(w, (3, 2, 0, 1)))
+_LINEAR_KERNEL = (lambda w: np.transpose(w, (1, 0)), lambda s: (s[1], s[0]),
+                  lambda w: np.transpose(w, (1, 0)))
+_SAME = (lambda w: w, lambda s: tuple(s), lambda w: w)
 #: module type -> {leaf name: (checkpoint suffix, (checkpoint -> NNX array, NNX shape ->
-#: checkpoint shape))}
+#: checkpoint shape, NNX array -> checkpoint))}
 LEAF_RULES: dict[type, dict[str, tuple[str, tuple[Callable, Callable]]]] = {
     nnx.Conv: {"kernel": ("weight", _CONV_KERNEL), "bias": ("bias", _SAME)},
     nnx.Linear: {"kernel": ("weight", _LINEAR_KERNEL), "bias": ("bias", _SAME)},
@@ -71,6 +77,7 @@ class _Slot:
     leaf: str
     to_nnx: Callable[[np.ndarray], np.ndarray]
     shape: tuple[int, ...]  # in the checkpoint's layout
+    to_checkpoint: Callable[[np.ndarray], np.ndarray]
 
 
 def _key_prefix(path: tuple, name_map: NameMap) -> str:
@@ -89,12 +96,12 @@ def _slots(model: nnx.Module, name_map: NameMap) -> dict[str, _Slot]:
         if rules is None:
             continue
         prefix = _key_prefix(tuple(path), name_map)
-        for leaf, (suffix, (to_nnx, to_ckpt_shape)) in rules.items():
+        for leaf, (suffix, (to_nnx, to_ckpt_shape, to_ckpt)) in rules.items():
             variable = getattr(node, leaf, None)
             if variable is None:  # e.g. a convolution without bias
                 continue
             slots[f"{prefix}.{suffix}"] = _Slot(node, leaf, to_nnx,
-                                                to_ckpt_shape(variable[...].shape))
+                                                to_ckpt_shape(variable[...].shape), to_ckpt)
     return slots
 
 
@@ -150,3 +157,23 @@ def load_safetensors(model: nnx.Module, path: str | os.PathLike,
     except Exception as e:  # a truncated or foreign file, or a dtype numpy lacks (bfloat16)
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     return load_arrays(model, arrays, name_map, what=path)
+
+
+def export_arrays(model: nnx.Module, name_map: NameMap = INCEPTION_V3) -> dict[str, np.ndarray]:
+    """`model`'s weights as a checkpoint: `{timm key: float32 array in torch's layout}`, the
+    inverse of `load_arrays` (keys exactly `checkpoint_shapes(model, name_map)`)."""
+    return {key: np.ascontiguousarray(slot.to_checkpoint(
+                np.asarray(getattr(slot.module, slot.leaf)[...], np.float32)))
+            for key, slot in _slots(model, name_map).items()}
+
+
+def save_safetensors(model: nnx.Module, path: str | os.PathLike,
+                     name_map: NameMap = INCEPTION_V3) -> str:
+    """Writes `export_arrays(model)` to the safetensors file `path` (atomically); returns it."""
+    from safetensors.numpy import save_file
+
+    path = os.fspath(path)
+    temporary = f"{path}.tmp{os.getpid()}"
+    save_file(export_arrays(model, name_map), temporary)
+    os.replace(temporary, path)
+    return path

@@ -233,6 +233,27 @@ def cluttered_objects(items: np.ndarray, labels: np.ndarray, *, canvas: int,
     return np.repeat(out[..., None], 3, axis=-1), np.asarray(labels, np.int32)
 
 
+def centred_items(items: np.ndarray, *, canvas: int, side_range: tuple[int, int],
+                  jitter: int, seed: int) -> np.ndarray:
+    """The stand-in's "ImageNet": each uint8 `[N, 28, 28]` item resized to a random side in
+    `side_range` (pixels, inclusive) and pasted near the centre (a random shift of at most
+    `jitter` pixels each way) of a black `canvas x canvas` image, no clutter: uint8
+    `[N, canvas, canvas]` (grey; the batches repeat it as RGB)."""
+    low, high = int(side_range[0]), min(int(side_range[1]), canvas)
+    if not 1 <= low <= high:
+        raise ValueError(f"item sides {side_range} must satisfy 1 <= low <= high (canvas "
+                         f"{canvas})")
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(items), canvas, canvas), np.uint8)
+    for i, item in enumerate(items):
+        side = int(rng.integers(low, high + 1))
+        pasted = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
+        room = canvas - side
+        ty, tx = np.clip(room // 2 + rng.integers(-jitter, jitter + 1, 2), 0, room)
+        out[i, ty:ty + side, tx:tx + side] = pasted
+    return out
+
+
 # ----------------------------------------------------------------------------- batches
 
 

@@ -47,6 +47,28 @@ def initial_boxes(count: int, scale: float, offset: float) -> np.ndarray:
                      offset * np.sin(angles)], axis=1).astype(np.float32)
 
 
+def bound_boxes(raw: jax.Array, max_scale: float = 1.0) -> jax.Array:
+    """`[..., 3]` unbounded outputs `(a, b, c)` -> attention parameters inside the image:
+    `s = max_scale sigmoid(a)` in (0, max_scale), `t = (1 - s) tanh((b, c))`, so the box
+    `[t - s, t + s]` stays within `[-1, 1]` on both axes and spans at most `max_scale` of the
+    image's side (a choice of ours: paper eq. 2 leaves `(s, t)` free)."""
+    s = max_scale * jax.nn.sigmoid(raw[..., :1])
+    return jnp.concatenate([s, (1 - s) * jnp.tanh(raw[..., 1:])], axis=-1)
+
+
+def unbound_boxes(boxes: np.ndarray, max_scale: float = 1.0) -> np.ndarray:
+    """The inverse of `bound_boxes` (numpy), for the regression's initial bias; scales must be
+    in (0, max_scale) and each box inside the image."""
+    boxes = np.asarray(boxes, np.float64)
+    s, t = boxes[..., :1], boxes[..., 1:]
+    if not (np.all((s > 0) & (s < max_scale) & (s < 1)) and np.all(np.abs(t) < 1 - s)):
+        raise ValueError(f"bounded boxes need 0 < init_scale < max_scale <= 1 and boxes inside "
+                         f"the image (|offset| < 1 - scale); got {boxes.tolist()}")
+    u = s / max_scale
+    raw = np.concatenate([np.log(u / (1 - u)), np.arctanh(t / (1 - s))], axis=-1)
+    return raw.astype(np.float32)
+
+
 def resize_to(images: jax.Array, size: int) -> jax.Array:
     """`[B, H, W, C]` -> `[B, size, size, C]` by antialiased linear resizing (`jax.image`)."""
     if images.shape[1:3] == (size, size):
@@ -58,18 +80,36 @@ def resize_to(images: jax.Array, size: int) -> jax.Array:
 class AttentionLocNet(layers.LocalisationNet):
     """The image down-sampled to `loc_size` -> Inception descriptor -> `[B, 3N]` attention
     parameters (N transformers' `(s, t_x, t_y)` in order), identity-style initialised to
-    `boxes` (zero kernel, bias = the boxes)."""
+    `boxes` (zero kernel, bias = the boxes). With `bounded`, the regression's outputs go through
+    `bound_boxes(., max_scale)` (its bias holds `unbound_boxes(boxes, max_scale)`), so every
+    box stays in the image and spans at most `max_scale` of its side. With `spatial`, the
+    regression reads the backbone's whole feature map, flattened, instead of its pooled
+    descriptor: global pooling keeps little of where things are."""
 
     def __init__(self, backbone: inception_v3.InceptionV3, boxes: np.ndarray, loc_size: int, *,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, bounded: bool = False, max_scale: float = 1.0,
+                 spatial: bool = False):
         self.backbone = backbone
         self.loc_size = int(loc_size)
-        self.regression = layers.regression_layer(backbone.num_features, np.ravel(boxes),
-                                                  rngs=rngs)
+        self.bounded, self.max_scale, self.spatial = bool(bounded), float(max_scale), bool(spatial)
+        start = unbound_boxes(boxes, self.max_scale) if self.bounded else boxes
+        features = backbone.num_features
+        if self.spatial:
+            probe = jax.ShapeDtypeStruct((1, self.loc_size, self.loc_size, 3), jnp.float32)
+            features = int(np.prod(jax.eval_shape(backbone.feature_map, probe).shape[1:]))
+        self.regression = layers.regression_layer(features, np.ravel(start), rngs=rngs)
+
+    def _descriptor(self, x: jax.Array) -> jax.Array:
+        if self.spatial:
+            return self.backbone.feature_map(x).reshape(x.shape[0], -1)
+        return self.backbone.features(x)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         x = inception_v3.normalise(resize_to(images, self.loc_size))
-        return self.regression(self.backbone.features(x))
+        raw = self.regression(self._descriptor(x))
+        if not self.bounded:
+            return raw
+        return bound_boxes(raw.reshape(raw.shape[0], -1, 3), self.max_scale).reshape(raw.shape)
 
 
 class BackboneCNN(nnx.Module):
@@ -135,7 +175,10 @@ def get_model(model_config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     count = int(model_config.num_transformers)
     boxes = initial_boxes(count, float(model_config.init_scale), float(model_config.init_offset))
     loc_net = AttentionLocNet(make_backbone(width, last_block, rngs), boxes,
-                              int(model_config.loc_size), rngs=rngs)
+                              int(model_config.loc_size), rngs=rngs,
+                              bounded=bool(get("bounded_boxes", False)),
+                              max_scale=float(get("max_scale", 1.0)),
+                              spatial=bool(get("loc_spatial", False)))
     parts = [make_backbone(width, last_block, rngs)
              for _ in range(1 if get("share_backbones", False) else count)]
     return ParallelAttentionCNN(loc_net, parts, count, int(model_config.crop_size), num_classes,

@@ -4,19 +4,35 @@ Config fields read here (configs/cub.py): `data.source` (`dir:PATH`, `tfds:calte
 `synthetic`, `clutter:SOURCE`), `data.num_classes`, `data.store_size`, `data.image_size`,
 `data.flip`, `data.validation_size`, `data.validation_seed`, `data.synthetic.*`,
 `data.clutter.*`; `model.*` (`stn.models.cub.get_model`), `model.weights` (a timm
-safetensors file loaded into every backbone, "" to start from scratch); `train.batch_size`.
+safetensors file loaded into every backbone, "" to start from scratch); `train.batch_size`;
+`model.pretrain.*` (the stand-in's pretrained backbone, `pretrained_weights`).
+
+The stand-in's "ImageNet" (`model.pretrain.steps > 0`, `clutter:` sources, `model.weights`
+empty): the backbone is first trained once to classify centred, uncluttered items (training
+items that no canvas uses), with batch-norm statistics learnt as usual, then written as a timm
+safetensors file and cached under `model.pretrain.cache_dir` (default `$STN_CACHE_DIR/backbones`
+or `~/.cache/stn/backbones`), in a folder named by a hash of everything that shapes it; every
+run with the same settings loads that file through the published weights' importer.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import tempfile
+import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from absl import logging
 from flax import nnx
 from PIL import Image
 
-from stn.backbones import inception_v3
+from stn import metrics_io, xla_cpu
+from stn.backbones import inception_v3, timm_import
 from stn.data import cub as cub_data
 from stn.data import pipeline, sources
 from stn.models import cub as cub_models
@@ -47,6 +63,21 @@ def validate_config(config) -> None:
     if m.get("weights") and not os.path.isfile(m.weights):
         raise ValueError(f"config.model.weights={m.weights!r} is not a file (timm's "
                          f"inception_v3.tv_in1k model.safetensors, or '' for no weights)")
+    if m.name == "st" and m.get("bounded_boxes"):
+        scale, offset = float(m.init_scale), abs(float(m.init_offset))
+        top = float(m.get("max_scale", 1.0))
+        if not (0 < scale < top <= 1 and offset < 1 - scale):
+            raise ValueError(f"config.model.bounded_boxes needs 0 < init_scale < max_scale <= 1 "
+                             f"and init_offset < 1 - init_scale (boxes inside the image); got "
+                             f"{scale}, {top}, {offset}")
+    pretrain = m.get("pretrain")
+    if pretrain is not None and int(pretrain.steps) > 0:
+        if not source.startswith("clutter:"):
+            raise ValueError(f"config.model.pretrain.steps={pretrain.steps} needs a clutter: "
+                             f"source (the stand-in); set it to 0 for {source!r}")
+        if m.get("weights"):
+            raise ValueError("config.model.pretrain.steps > 0 and config.model.weights are both "
+                             "set; keep one")
     if int(d.get("validation_size", 0)) < 0:
         raise ValueError(f"config.data.validation_size={d.validation_size} must be >= 0")
     try:  # shapes only: a backbone too deep for its input fails here
@@ -145,16 +176,139 @@ def load_data(config) -> Data:
 
 
 def make_model(config, shape, rngs):
-    """The configured CNN / N x ST-CNN (`stn.models.cub`), with `model.weights` loaded into
-    every backbone when set."""
+    """The configured CNN / N x ST-CNN (`stn.models.cub`), with `model.weights` (or the
+    stand-in's cached pretrained backbone, `pretrained_weights`) loaded into every backbone."""
     del shape
     model = cub_models.get_model(config.model, int(config.data.num_classes), rngs)
-    if config.model.get("weights"):
+    path = config.model.get("weights") or ""
+    pretrain = config.model.get("pretrain")
+    if not path and pretrain is not None and int(pretrain.steps) > 0:
+        path = pretrained_weights(config)
+    if path:
         from safetensors.numpy import load_file
 
-        path = config.model.weights
         cub_models.load_backbone_weights(model, load_file(path), what=path)
     return model
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+def pretrain_spec(config) -> dict:
+    """Everything that shapes the stand-in's pretrained backbone (the cache key): the item
+    source and the first training item it may use, the backbone's shape, and
+    `model.pretrain.*` except `cache_dir`."""
+    m = config.model
+    spec = {k: v for k, v in m.pretrain.to_dict().items() if k != "cache_dir"}
+    spec.update(source=config.data.source[len("clutter:"):],
+                first_item=int(config.data.clutter.train_limit), width=float(m.width),
+                last_block=str(m.last_block), canvas=int(m.crop_size),
+                num_classes=int(config.data.num_classes))
+    return spec
+
+
+def pretrain_cache_root(configured: str = "") -> str:
+    """`configured`, else `$STN_CACHE_DIR/backbones`, else `~/.cache/stn/backbones`."""
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    base = os.environ.get("STN_CACHE_DIR") or os.path.join("~", ".cache", "stn")
+    return os.path.abspath(os.path.join(os.path.expanduser(base), "backbones"))
+
+
+def pretrained_weights(config) -> str:
+    """The stand-in's pretrained backbone as a timm safetensors file: the cached one for
+    `pretrain_spec(config)`, trained and cached first when absent (`_pretrain`).
+
+    Raises:
+      ValueError: one line when the cached folder's recorded config is not this one (a copied
+        or stale folder).
+    """
+    spec = pretrain_spec(config)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    folder = os.path.join(pretrain_cache_root(config.model.pretrain.get("cache_dir", "")), key)
+    record_path, weights = (os.path.join(folder, n) for n in ("config.json", "model.safetensors"))
+    if not os.path.isfile(record_path):
+        os.makedirs(folder, exist_ok=True)
+        backbone, measured = _pretrain(config)
+        timm_import.save_safetensors(backbone, weights)
+        metrics_io.write_json(record_path, {"config": spec, **measured})  # last: marks it whole
+    with open(record_path) as f:
+        stored = json.load(f).get("config")
+    if stored != spec:
+        differ = sorted(k for k in set(stored or {}) | set(spec)
+                        if (stored or {}).get(k) != spec.get(k))
+        raise ValueError(f"the pretrained backbone cached in {folder} was trained with another "
+                         f"config (differs in {', '.join(differ)}); delete that folder")
+    logging.info("pretrained backbone: %s", weights)
+    return weights
+
+
+def _pretraining_items(config) -> tuple[np.ndarray, np.ndarray]:
+    """The training items no canvas uses (from `data.clutter.train_limit` on) and labels."""
+    items = sources.load_digits(config.data.source[len("clutter:"):])
+    first = int(config.data.clutter.train_limit)
+    if first <= 0 or first >= len(items.train_images):
+        raise ValueError(f"config.model.pretrain needs training items that no canvas uses: set "
+                         f"config.data.clutter.train_limit in 1..{len(items.train_images) - 1} "
+                         f"(now {first})")
+    return items.train_images[first:], items.train_labels[first:]
+
+
+def _pretrain(config) -> tuple[inception_v3.InceptionV3, dict]:
+    """Trains an Inception (the backbone's width and depth, with a `num_classes` head) to
+    classify centred items (`cub_data.centred_items` on a `crop_size` canvas): SGD with
+    momentum, the learning rate / 10 after 2/3 of the steps, batch-norm statistics learnt
+    (`inception_v3.learn_statistics`). Returns the network (statistics fixed again) and what
+    was measured, including its error on `held_out` items it never trained on."""
+    p, m = config.model.pretrain, config.model
+    items, labels = _pretraining_items(config)
+    held = int(p.held_out)
+    if not 0 < held < len(items):
+        raise ValueError(f"config.model.pretrain.held_out={held} must be in 1..{len(items) - 1}")
+    canvases = cub_data.centred_items(items, canvas=int(m.crop_size),
+                                      side_range=(int(p.side_min), int(p.side_max)),
+                                      jitter=int(p.jitter), seed=int(p.seed))
+    train_x, train_y = canvases[held:], labels[held:]
+    held_x, held_y = canvases[:held], labels[:held]
+    net = inception_v3.InceptionV3(num_classes=int(config.data.num_classes), width=float(m.width),
+                                   last_block=str(m.last_block), rngs=nnx.Rngs(int(p.seed)),
+                                   conv_general_dilated=xla_cpu.conv_general_dilated)
+    inception_v3.learn_statistics(net, True)
+    steps = int(p.steps)
+    schedule = optax.piecewise_constant_schedule(float(p.learning_rate),
+                                                 {max(1, 2 * steps // 3): 0.1})
+    optimizer = nnx.Optimizer(net, optax.sgd(schedule, momentum=float(p.momentum)),
+                              wrt=nnx.Param)
+
+    @nnx.jit
+    def step(net, optimizer, images, labels):
+        def loss_fn(net):
+            logits = net(inception_v3.normalise(images))
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param))(net)
+        optimizer.update(net, grads)
+        return loss
+
+    rng = np.random.default_rng(int(p.seed))
+    start, losses = time.time(), []
+    for k in range(steps):
+        index = rng.integers(0, len(train_x), int(p.batch_size))
+        losses.append(float(step(net, optimizer, _as_rgb(train_x[index]), train_y[index])))
+        if (k + 1) % 100 == 0 or k + 1 == steps:
+            logging.info("pretrain step %d/%d: loss %.4f", k + 1, steps, np.mean(losses[-100:]))
+    inception_v3.learn_statistics(net, False)
+    predict = nnx.jit(lambda net, x: net(inception_v3.normalise(x)).argmax(-1))
+    wrong = sum(int((np.asarray(predict(net, _as_rgb(held_x[i:i + 500]))) !=
+                     held_y[i:i + 500]).sum()) for i in range(0, held, 500))
+    measured = {"held_out_error": wrong / held, "final_loss": float(np.mean(losses[-100:])),
+                "wall_time_s": time.time() - start, "load_average": os.getloadavg()[0],
+                "pretraining_items": len(train_x)}
+    logging.info("pretrained backbone: held-out error %.4f", measured["held_out_error"])
+    return net, measured
+
+
+def _as_rgb(grey: np.ndarray) -> jax.Array:
+    """uint8 `[B, S, S]` -> float32 `[B, S, S, 3]` in [0, 1]."""
+    return jnp.asarray(np.repeat(grey[..., None], 3, -1), jnp.float32) / 255.0
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
