@@ -1,6 +1,8 @@
 """A trained network's weights kept on disk beside the config that trained them, reused by every
 run and every `eval.py` call that asks for the same config (co-localisation's embedding CNN,
-appendix A.2: "the CNN trained for digit classification", trained once and then fixed).
+appendix A.2: "the CNN trained for digit classification", trained once and then fixed). The CUB
+stand-in's pretrained backbone (`stn.tasks.cub.pretrained_weights`, a timm safetensors file)
+shares its root, key and one-line refusal.
 
 Each entry is a folder `<root>/<key>` where `key` hashes the training config (`config_key`):
 `config.json` (that config and what training measured) and `weights.npz` (the parameter leaves
@@ -23,13 +25,14 @@ ENV_ROOT = "STN_CACHE_DIR"
 DEFAULT_ROOT = os.path.join("~", ".cache", "stn")
 
 
-def cache_root(configured: str = "") -> str:
-    """The folder holding cached embeddings: `configured`, else `$STN_CACHE_DIR/embeddings`,
-    else `~/.cache/stn/embeddings`."""
+def cache_root(configured: str = "", kind: str = "embeddings") -> str:
+    """The folder holding cached networks of one `kind` (co-localisation's "embeddings", the
+    CUB stand-in's pretrained "backbones"): `configured`, else `$STN_CACHE_DIR/<kind>`, else
+    `~/.cache/stn/<kind>`."""
     if configured:
         return os.path.abspath(os.path.expanduser(configured))
     base = os.environ.get(ENV_ROOT) or DEFAULT_ROOT
-    return os.path.abspath(os.path.join(os.path.expanduser(base), "embeddings"))
+    return os.path.abspath(os.path.join(os.path.expanduser(base), kind))
 
 
 def config_key(spec: dict[str, Any]) -> str:
@@ -54,7 +57,8 @@ def save(folder: str, spec: dict[str, Any], tree, measured: dict[str, Any]) -> N
     metrics_io.write_json(os.path.join(folder, "config.json"), {"config": spec, **measured})
 
 
-def _differences(stored: dict, wanted: dict) -> str:
+def differences(stored: dict, wanted: dict) -> str:
+    """`key: stored X, asked Y` for each key whose value differs, comma-separated (one line)."""
     keys = sorted(set(stored) | set(wanted))
     return ", ".join(f"{k}: stored {stored.get(k)!r}, asked {wanted.get(k)!r}"
                      for k in keys if stored.get(k) != wanted.get(k))
@@ -68,7 +72,7 @@ def load(folder: str, spec: dict[str, Any], template) -> tuple[Any, dict]:
         record = json.load(f)
     if record.get("config") != spec:
         raise ValueError(f"the cached embedding in {folder} was trained with another config "
-                         f"({_differences(record.get('config') or {}, spec)}); delete that "
+                         f"({differences(record.get('config') or {}, spec)}); delete that "
                          f"folder or set another model.embedding.cache_dir")
     with np.load(os.path.join(folder, "weights.npz")) as stored:
         names = [str(n) for n in stored["names"]]

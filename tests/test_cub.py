@@ -344,8 +344,8 @@ def test_pretrained_backbone_cached_reused_loaded_and_refused(tmp_path, monkeypa
     record["config"]["side_max"] = 99
     with open(os.path.join(os.path.dirname(path), "config.json"), "w") as f:
         json.dump(record, f)
-    with pytest.raises(ValueError, match=r"^the pretrained backbone cached in .*\(differs in "
-                                         r"side_max\); delete that folder$"):
+    with pytest.raises(ValueError, match=r"^the pretrained backbone cached in .*\(side_max: stored "
+                                         r"99, asked 44\); delete that folder$"):
         cub_task.pretrained_weights(config)
 
 

@@ -17,7 +17,6 @@ run with the same settings loads that file through the published weights' import
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import tempfile
@@ -31,7 +30,7 @@ from absl import logging
 from flax import nnx
 from PIL import Image
 
-from stn import metrics_io, xla_cpu
+from stn import embedding_cache, metrics_io, xla_cpu
 from stn.backbones import inception_v3, timm_import
 from stn.data import cub as cub_data
 from stn.data import pipeline, sources
@@ -206,14 +205,6 @@ def pretrain_spec(config) -> dict:
     return spec
 
 
-def pretrain_cache_root(configured: str = "") -> str:
-    """`configured`, else `$STN_CACHE_DIR/backbones`, else `~/.cache/stn/backbones`."""
-    if configured:
-        return os.path.abspath(os.path.expanduser(configured))
-    base = os.environ.get("STN_CACHE_DIR") or os.path.join("~", ".cache", "stn")
-    return os.path.abspath(os.path.join(os.path.expanduser(base), "backbones"))
-
-
 def pretrained_weights(config) -> str:
     """The stand-in's pretrained backbone as a timm safetensors file: the cached one for
     `pretrain_spec(config)`, trained and cached first when absent (`_pretrain`).
@@ -223,8 +214,8 @@ def pretrained_weights(config) -> str:
         or stale folder).
     """
     spec = pretrain_spec(config)
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    folder = os.path.join(pretrain_cache_root(config.model.pretrain.get("cache_dir", "")), key)
+    root = embedding_cache.cache_root(config.model.pretrain.get("cache_dir", ""), "backbones")
+    folder = os.path.join(root, embedding_cache.config_key(spec))
     record_path, weights = (os.path.join(folder, n) for n in ("config.json", "model.safetensors"))
     if not os.path.isfile(record_path):
         os.makedirs(folder, exist_ok=True)
@@ -234,10 +225,9 @@ def pretrained_weights(config) -> str:
     with open(record_path) as f:
         stored = json.load(f).get("config")
     if stored != spec:
-        differ = sorted(k for k in set(stored or {}) | set(spec)
-                        if (stored or {}).get(k) != spec.get(k))
         raise ValueError(f"the pretrained backbone cached in {folder} was trained with another "
-                         f"config (differs in {', '.join(differ)}); delete that folder")
+                         f"config ({embedding_cache.differences(stored or {}, spec)}); delete "
+                         f"that folder")
     logging.info("pretrained backbone: %s", weights)
     return weights
 
