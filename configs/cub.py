@@ -64,19 +64,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width = 1.0  # Inception-v3 channel multiplier (1.0: the published network)
     c.model.last_block = "Mixed_7c"
     c.model.loc_size = 224  # paper: the localisation net sees the image down-sampled to 224
+    # > 0: the CNN's image and the loc net's view are resized to this before their Inception
+    # (the same view at a larger scale; the stand-in's, docs/results.md); 0: as they are
+    c.model.view_enlarged = 0
     c.model.crop_size = 224  # paper: each transformer samples a 224x224 crop
     c.model.share_backbones = False  # paper: a part sub-net per crop, each from Inception
     c.model.init_scale = 0.5  # starting boxes (unstated): half the image side ...
     c.model.init_offset = 0.25  # ... centres on a circle of this radius (normalised units)
     c.model.loc_lr_multiplier = 0.1  # the loc net learns at 0.1x the rate (unstated)
+    c.model.loc_warmup_steps = 0  # loc nets held still for this many steps first (unstated)
     c.model.bounded_boxes = False  # True: scale in (0, max_scale), boxes inside the image (ours)
     c.model.max_scale = 1.0
-    c.model.loc_spatial = False  # True: the loc net regresses from the flattened feature map
+    # what the loc net regresses the boxes from (unstated): "pooled" (the Inception descriptor),
+    # "flattened" (the whole last feature map) or "soft_argmax" (stn.models.cub.AttentionLocNet)
+    c.model.loc_head = "pooled"
     # The stand-in's "ImageNet" (docs/results.md; clutter: sources only, 0: none): the backbone
     # pretrained once on centred items with sides in [side_min, side_max] px, cached.
     c.model.pretrain = ml_collections.ConfigDict(dict(
         steps=0, batch_size=64, learning_rate=0.05, momentum=0.9, side_min=12, side_max=44,
-        jitter=4, held_out=2000, seed=0, cache_dir=""))
+        jitter=4, pieces=0, held_out=2000, seed=0, cache_dir=""))
 
     # Fine-tuning recipe (all unstated in the paper's text; choose on validation): SGD with
     # momentum 0.9, batch 32, lr 0.01 divided by 10 every 3k of 8k steps (about 47 epochs of
@@ -110,33 +116,44 @@ def _smoke(c: ml_collections.ConfigDict, image_size: int) -> None:
 
 
 def _standin(c: ml_collections.ConfigDict, name: str) -> None:
-    """The CPU stand-in (docs/results.md): 28x28 items scaled 0.8-1.6x at random places on a
-    96x96 canvas with 12 clutter pieces, the paper's "448 -> 224" halved twice: the CNN sees the
-    canvas down-sampled to 48x48 (as the paper's CNN sees 224 px), the ST models' loc net the
-    same 48x48 view and their 48x48 crops come from the full 96x96 canvas. Inceptions of width
-    1/4 cut after Mixed_5d, all loaded from one pretrained on centred items (trained and
-    cached by the first run, `stn.tasks.cub.pretrained_weights`); no flips (clothes' classes
-    are not mirror-symmetric) and no crop jitter (the canvas is the whole scene)."""
+    """The CPU stand-in (docs/results.md): 28x28 items scaled 0.8-1.2x (22-34 px) at random
+    places on a 128x128 canvas with 16 clutter pieces; every backbone takes 96x96 inputs, as
+    every one of the paper's takes 224x224. As the paper's CNN sees the image at 224 px while
+    its ST models crop 224 px from the 448 px image, the CNN sees the canvas down-sampled to
+    48x48 (items 8-13 px) and enlarged back to 96x96 (`view_enlarged`: no new detail), the ST
+    models' loc net sees the same view, and their 96x96 crops are sampled from the full
+    128x128 canvas. Inceptions of width 1/4 cut after Mixed_5d, all loaded from one pretrained
+    on centred items among a little clutter (trained and cached by the first run,
+    `stn.tasks.cub.pretrained_weights`); no flips (clothes' classes are not mirror-symmetric)
+    and no crop jitter (the canvas is the whole scene)."""
     c.data.source = "clutter:sample"  # docs/results.md: clutter:idx:<Fashion-MNIST folder>
     c.data.num_classes = 10
-    c.data.store_size = c.data.image_size = 48 if name == "cnn" else 96
+    c.data.store_size = c.data.image_size = 48 if name == "cnn" else 128
     c.data.flip = False
     c.data.validation_size = 1000
-    c.data.clutter.update(canvas=96, train_limit=12000, test_limit=2000)
+    c.data.clutter.update(canvas=128, scale_min=0.8, scale_max=1.2, pieces=16,
+                          train_limit=12000, test_limit=2000)
     c.model.width = 0.25
     c.model.last_block = "Mixed_5d"
-    c.model.loc_size = c.model.crop_size = 48
+    c.model.crop_size = 96
+    c.model.loc_size = 48
+    c.model.view_enlarged = 96
     # The paper's backbones are ImageNet-pretrained; here every backbone (loc net and parts)
-    # starts from one Inception pretrained on centred, uncluttered items of the 48,000 training
-    # items no canvas uses (unstated; docs/results.md): sides 12-44 px on a 48x48 canvas, which
-    # covers the items' sizes in the CNN's 48x48 view (11-22 px) and in half-canvas crops (22-45).
-    c.model.pretrain.update(steps=1500, batch_size=64, learning_rate=0.05)
-    # Boxes as the other rows (scale 0.5, apart), kept inside the canvas (bounded_boxes: without
-    # it both boxes left the canvas by step 500), loc nets at 0.3x: chosen on validation error
-    # among the runs of docs/results.md (0.1x, 0.3x; max_scale 0.5 and loc_spatial lost).
-    c.model.init_scale, c.model.init_offset = 0.5, 0.25
+    # starts from one Inception pretrained on the 46,000 training items no canvas uses
+    # (unstated; docs/results.md): centred on a 96x96 canvas at sides 16-64 px, covering the
+    # items' sizes in the CNN's view (16-26 px) and in crops of scale 1 to 0.375 (16-68 px),
+    # with 6 clutter pieces around each (as photographs have backgrounds).
+    c.model.pretrain.update(steps=1500, batch_size=64, learning_rate=0.05, side_min=16,
+                            side_max=64, pieces=6)
+    # Boxes (unstated; chosen on validation error, docs/results.md): each centre the soft-argmax
+    # of its own saliency map, scales free up to the whole canvas from 0.5, loc nets at 0.03x
+    # after 200 steps held still (the random head's first gradients would throw them off).
+    c.model.loc_head = "soft_argmax"
+    c.model.init_scale, c.model.init_offset = 0.5, 0.0
     c.model.bounded_boxes = True
-    c.model.loc_lr_multiplier = 0.3
+    c.model.max_scale = 1.0
+    c.model.loc_lr_multiplier = 0.03
+    c.model.loc_warmup_steps = 200
     c.train.update(steps=1000, batch_size=32, learning_rate=0.01, lr_decay_every=700,
                    momentum=0.9, weight_decay=0.0, grad_clip_norm=10.0, eval_every=500,
                    checkpoint_every=500, log_every=100, num_images=8)

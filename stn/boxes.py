@@ -52,13 +52,27 @@ def area(box: jax.Array) -> jax.Array:
     return width * height
 
 
-def iou(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Intersection over union of two boxes, elementwise over the leading axes: `[..., 4]` x
-    `[..., 4]` -> `[...]`, `|a n b| / (|a| + |b| - |a n b|)`; 0 where both boxes are empty."""
+def intersection_area(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`|a n b|`, elementwise over the leading axes: `[..., 4]` x `[..., 4]` -> `[...]`."""
     a = jnp.asarray(a, jnp.float32)
     b = jnp.asarray(b, jnp.float32)
     lower = jnp.maximum(a[..., :2], b[..., :2])
     upper = jnp.minimum(a[..., 2:], b[..., 2:])
-    inter = area(jnp.concatenate([lower, upper], axis=-1))
-    union = area(a) + area(b) - inter
+    return area(jnp.concatenate([lower, upper], axis=-1))
+
+
+def covered_fraction(crop: jax.Array, target: jax.Array) -> jax.Array:
+    """The share of `target` that `crop` covers, `|crop n target| / |target|` (`[..., 4]` x
+    `[..., 4]` -> `[...]`): 1 when the crop holds the whole target, however large the crop;
+    0 for an empty target."""
+    target_area = area(jnp.asarray(target, jnp.float32))
+    inter = intersection_area(crop, target)
+    return jnp.where(target_area > 0, inter / jnp.where(target_area > 0, target_area, 1.0), 0.0)
+
+
+def iou(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Intersection over union of two boxes, elementwise over the leading axes: `[..., 4]` x
+    `[..., 4]` -> `[...]`, `|a n b| / (|a| + |b| - |a n b|)`; 0 where both boxes are empty."""
+    inter = intersection_area(a, b)
+    union = area(jnp.asarray(a, jnp.float32)) + area(jnp.asarray(b, jnp.float32)) - inter
     return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)

@@ -121,6 +121,25 @@ def _restore_verified(mngr, step: int, state):
                             else "")) from None
 
 
+def restore_run(workdir: str, config=None, *, step: int | None = None):
+    """A run's model at checkpoint `step` (default the newest), verified.
+
+    Returns `(config, task, graphdef, state, step, mesh)`: the run's config (`config_of_run`),
+    its task, the model split by `nnx.split` with the checkpoint's parameters replicated over
+    `mesh` (every device). Raises one-line ValueErrors as `evaluate_checkpoint` does.
+    """
+    mngr = checkpointing.manager(workdir, read_only=True)
+    step = _checkpoint_step(mngr, workdir, step)
+    config = config_of_run(workdir, config)
+    task = tasks.for_config(config)
+    task.validate_config(config)
+    mesh = parallel.make_mesh()
+    model = task.make_model(config, task.input_shape(config), nnx.Rngs(params=config.seed))
+    graphdef, state = nnx.split(model)
+    state = _restore_verified(mngr, step, jax.device_put(state, parallel.replicated(mesh)))
+    return config, task, graphdef, state, step, mesh
+
+
 def evaluate_checkpoint(config, workdir: str, *, step: int | None = None,
                         data: str | None = None) -> dict[str, Any]:
     """Restores a run's checkpoint (verified) and returns (and writes) its metrics on a set.
@@ -141,15 +160,7 @@ def evaluate_checkpoint(config, workdir: str, *, step: int | None = None,
         checkpoint, or bad data.
       ResultNotSaved: the result could not be written (it is the exception's `result`).
     """
-    mngr = checkpointing.manager(workdir, read_only=True)
-    step = _checkpoint_step(mngr, workdir, step)
-    config = config_of_run(workdir, config)
-    task = tasks.for_config(config)
-    task.validate_config(config)
-    mesh = parallel.make_mesh()
-    model = task.make_model(config, task.input_shape(config), nnx.Rngs(params=config.seed))
-    graphdef, state = nnx.split(model)
-    state = _restore_verified(mngr, step, jax.device_put(state, parallel.replicated(mesh)))
+    config, task, graphdef, state, step, mesh = restore_run(workdir, config, step=step)
     dataset, tag = task.load_eval_set(config, data or "test")
     metrics = evaluate(task, graphdef, state, dataset, batch_size=int(config.eval.batch_size),
                        mesh=mesh)

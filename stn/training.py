@@ -71,6 +71,9 @@ def validate_train_config(config) -> None:
     if not 0 <= float(config.model.get("loc_lr_multiplier", 1.0)) < math.inf:
         raise ValueError(f"config.model.loc_lr_multiplier={config.model.loc_lr_multiplier} "
                          f"must be >= 0 and finite")
+    if int(config.model.get("loc_warmup_steps", 0)) < 0:
+        raise ValueError(f"config.model.loc_warmup_steps={config.model.loc_warmup_steps} must "
+                         f"be >= 0 (0: the localisation nets learn from the first step)")
     n_dev = jax.device_count()
     if config.train.batch_size % n_dev:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
@@ -131,6 +134,10 @@ def make_optimizer(config, state, model: nnx.Module | None
     - `model.loc_lr_multiplier`: the localisation nets' whole update (gradient, decay and
       momentum) is scaled by it, i.e. they learn at that multiple of the learning rate, as a
       per-layer learning-rate multiplier does in the paper's framework.
+    - `model.loc_warmup_steps` N > 0: the localisation nets do not move for the first N steps
+      (their gradient and decay are zeroed before the momentum sees them), so their first
+      updates come from a classifier that has already learnt something rather than from a
+      random head's gradient.
     """
     schedule = optax.exponential_decay(
         config.train.learning_rate, transition_steps=config.train.lr_decay_every,
@@ -145,10 +152,15 @@ def make_optimizer(config, state, model: nnx.Module | None
         identity_bias = parameter_mask(state, model, regressions, "bias")
         decayed = jax.tree.map(lambda t, b: t and not b, trainable_mask(state), identity_bias)
         parts.append(optax.add_decayed_weights(weight_decay, mask=decayed))
+    loc = (parameter_mask(state, model, layers.localisation_paths(model))
+           if model is not None else None)
+    warmup = int(config.model.get("loc_warmup_steps", 0))
+    if warmup > 0 and loc is not None:
+        parts.append(optax.masked(optax.scale_by_schedule(
+            lambda count: (count >= warmup).astype(jnp.float32)), loc))
     parts.append(base_optimizer(config, schedule))
     multiplier = float(config.model.get("loc_lr_multiplier", 1.0))
-    if multiplier != 1.0 and model is not None:
-        loc = parameter_mask(state, model, layers.localisation_paths(model))
+    if multiplier != 1.0 and loc is not None:
         parts.append(optax.masked(optax.scale(multiplier), loc))
     return optax.chain(*parts), schedule
 

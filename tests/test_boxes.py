@@ -24,6 +24,19 @@ def test_iou_of_hand_made_boxes(a, b, expected):
                                          jnp.asarray([a], jnp.float32)), value, atol=1e-7)
 
 
+@pytest.mark.parametrize("crop,target,expected", [
+    ((0, 0, 4, 4), (1, 1, 2, 2), 1.0),            # the whole target, however large the crop
+    ((1, 1, 2, 2), (0, 0, 4, 4), 1.0 / 16.0),     # a small crop inside a large target
+    ((0, 0, 1, 2), (0, 0, 2, 2), 0.5),            # the left half
+    ((3, 3, 4, 4), (0, 0, 2, 2), 0.0),            # disjoint
+    ((0, 0, 1, 1), (0, 0, 0, 0), 0.0),            # empty target
+])
+def test_covered_fraction_of_hand_made_boxes(crop, target, expected):
+    value = boxes.covered_fraction(jnp.asarray([crop], jnp.float32),
+                                   jnp.asarray([target], jnp.float32))
+    np.testing.assert_allclose(value, [expected], atol=1e-6)
+
+
 def test_pixel_box_and_attention_box_round_trip():
     box = boxes.pixel_box(jnp.asarray([0, 56]), jnp.asarray([28, 10]), 28, 28, 84, 84)
     np.testing.assert_allclose(box[0], [-1, -1 / 3, -1 / 3, 1 / 3], atol=1e-6)

@@ -49,7 +49,7 @@ CHANGES_NUMBERS = {
     "data.digit_class", "data.num_train",
     # model
     "model.name", "model.transform", "model.kernel", "model.padding", "model.st_output_size",
-    "model.st_pool", "model.loc_lr_multiplier", "model.features", "model.fc_widths",
+    "model.st_pool", "model.loc_lr_multiplier", "model.loc_warmup_steps", "model.features", "model.fc_widths",
     "model.margin", "model.crop_size", "model.descriptor", "model.initial_scale",
     "model.min_scale", "model.max_scale", "model.patch_scale", "model.loc_hidden",
     "model.embedding.distortion", "model.embedding.steps", "model.embedding.batch_size",
@@ -64,9 +64,9 @@ CHANGES_NUMBERS = {
     "data.synthetic.test_per_class", "data.synthetic.train_per_class", "model.init_offset",
     "model.init_scale", "model.last_block", "model.loc_size", "model.num_transformers",
     "model.share_backbones", "model.weights", "model.width", "model.bounded_boxes",
-    "model.loc_spatial", "model.pretrain.steps", "model.pretrain.batch_size",
+    "model.loc_head", "model.view_enlarged", "model.pretrain.steps", "model.pretrain.batch_size",
     "model.pretrain.learning_rate", "model.pretrain.momentum", "model.pretrain.side_min",
-    "model.pretrain.side_max", "model.pretrain.jitter", "model.pretrain.held_out",
+    "model.pretrain.side_max", "model.pretrain.jitter", "model.pretrain.pieces", "model.pretrain.held_out",
     "model.pretrain.seed", "model.pretrain.cache_dir",
     # optimisation
     "train.steps", "train.batch_size", "train.learning_rate", "train.momentum",

@@ -16,6 +16,7 @@ from stn import tasks, transforms
 from stn.backbones import inception_v3, seeded, timm_import
 from stn.data import cub as cub_data
 from stn.models import cub as cub_models
+from stn.tasks import cub as cub_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,6 +129,22 @@ def test_cluttered_objects_place_each_item_once():
     assert canvas.shape == (3, 60, 60, 3)
     assert [(c[..., 0] == 200).sum() for c in canvas] == [64, 64, 64]
     np.testing.assert_array_equal(labels, [0, 1, 2])
+
+
+def test_cluttered_objects_with_boxes_gives_each_items_place():
+    """The recorded `(top, left, side)` is exactly the pasted item's footprint (clutter off,
+    so every lit pixel is the item's), and the canvases and labels are `cluttered_objects`'."""
+    items = np.full((4, 28, 28), 90, np.uint8)
+    kwargs = dict(canvas=50, scale_range=(0.5, 1.5), clutter=0, seed=3)
+    canvas, labels, places = cub_data.cluttered_objects_with_boxes(items, np.arange(4), **kwargs)
+    plain, plain_labels = cub_data.cluttered_objects(items, np.arange(4), **kwargs)
+    np.testing.assert_array_equal(canvas, plain)
+    np.testing.assert_array_equal(labels, plain_labels)
+    assert len(set(places[:, 2].tolist())) > 1  # sides differ
+    for image, (top, left, side) in zip(canvas[..., 0], places):
+        rows, cols = np.nonzero(image)
+        assert (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == (
+            top, left, top + side, left + side)
 
 
 def test_models_shapes_initial_boxes_and_grids():
@@ -263,9 +280,9 @@ def test_tfds_not_prepared_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("row, stored", [("cnn", 48), ("2xst_448", 96)])
+@pytest.mark.parametrize("row, stored", [("cnn", 48), ("2xst_448", 128)])
 def test_standin_source_builds_cluttered_canvases(tmp_path, row, stored):
-    """`clutter:idx:DIR` (synthetic items here): 96x96 canvases, down-sampled to 48 for the
+    """`clutter:idx:DIR` (synthetic items here): 128x128 canvases, down-sampled to 48 for the
     CNN row (its lower-resolution view), validation carved from training, test fixed."""
     from stn.data import idx
     rng = np.random.default_rng(0)
@@ -296,6 +313,22 @@ def test_centred_items_sizes_and_places():
         assert abs((rows.min() + rows.max()) / 2 - 23.5) <= 2.5  # centred within the jitter
     with pytest.raises(ValueError, match="item sides"):
         cub_data.centred_items(items, canvas=48, side_range=(30, 20), jitter=0, seed=0)
+
+
+def test_centred_items_clutter_adds_pieces_around_the_same_items():
+    """`clutter` pastes that many 8x8 pieces of other items (by maximum) on the canvas: every
+    pixel of the uncluttered canvas is kept, and pieces add lit pixels; 0 adds none."""
+    items = np.zeros((20, 28, 28), np.uint8)
+    items[:, 4:24, 4:24] = np.arange(20, dtype=np.uint8)[:, None, None] * 10 + 50
+    plain = cub_data.centred_items(items, canvas=48, side_range=(14, 14), jitter=0, seed=0)
+    again = cub_data.centred_items(items, canvas=48, side_range=(14, 14), jitter=0, seed=0,
+                                   clutter=0)
+    np.testing.assert_array_equal(plain, again)
+    cluttered = cub_data.centred_items(items, canvas=48, side_range=(14, 14), jitter=0, seed=0,
+                                       clutter=3)
+    assert np.all(cluttered >= plain)
+    added = (cluttered > 0).sum(axis=(1, 2)) - (plain > 0).sum(axis=(1, 2))
+    assert np.all(added >= 0) and added.mean() > 20
 
 
 def _pretrain_config(tmp_path):
@@ -344,8 +377,9 @@ def test_pretrained_backbone_cached_reused_loaded_and_refused(tmp_path, monkeypa
     record["config"]["side_max"] = 99
     with open(os.path.join(os.path.dirname(path), "config.json"), "w") as f:
         json.dump(record, f)
-    with pytest.raises(ValueError, match=r"^the pretrained backbone cached in .*\(side_max: stored "
-                                         r"99, asked 44\); delete that folder$"):
+    asked = config.model.pretrain.side_max
+    with pytest.raises(ValueError, match=rf"^the pretrained backbone cached in .*\(side_max: stored "
+                                         rf"99, asked {asked}\); delete that folder$"):
         cub_task.pretrained_weights(config)
 
 
@@ -396,11 +430,11 @@ def test_bounded_boxes_stay_inside_and_start_as_configured():
         cub_models.unbound_boxes(start, 0.4)
 
 
-def test_spatial_loc_net_reads_the_whole_feature_map():
-    """`loc_spatial`: the regression reads the flattened feature map (h * w * D inputs, not
-    D), so it is told where things are: the output is a linear read of that map."""
+def test_flattened_loc_head_reads_the_whole_feature_map():
+    """`loc_head="flattened"`: the regression reads the flattened feature map (h * w * D
+    inputs, not D), so it is told where things are: the output is a linear read of that map."""
     config = cub_config("2xst_448,smoke")
-    config.model.loc_spatial = True
+    config.model.loc_head = "flattened"
     model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
     loc = model.loc_net
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
@@ -410,3 +444,112 @@ def test_spatial_loc_net_reads_the_whole_feature_map():
         np.random.default_rng(1).normal(size=loc.regression.kernel.shape), jnp.float32)
     expected = inner.reshape(2, -1) @ loc.regression.kernel[...] + loc.regression.bias[...][None]
     np.testing.assert_allclose(np.asarray(loc(x)), np.asarray(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_soft_argmax_is_the_weighted_mean_of_cell_centres():
+    """A map peaked on one cell gives that cell's centre; a flat map gives the image centre;
+    two peaks of equal height give their midpoint (hand-computed on a 4x4 map)."""
+    peaked = np.full((1, 4, 4, 3), -1e4, np.float32)
+    peaked[0, 1, 3, 0] = 0.0         # row 1, column 3: centre (0.75, -0.25)
+    peaked[0, :, :, 1] = 0.0         # flat
+    peaked[0, 0, 0, 2] = peaked[0, 3, 0, 2] = 0.0  # (-0.75, -0.75) and (-0.75, 0.75)
+    centres = np.asarray(cub_models.soft_argmax(jnp.asarray(peaked)))
+    np.testing.assert_allclose(centres[0], [[0.75, -0.25], [0.0, 0.0], [-0.75, 0.0]],
+                               atol=1e-6)
+
+
+def test_soft_argmax_head_starts_centred_and_moves_towards_the_salient_cell():
+    """The soft_argmax head starts every box at the centre with the configured scale; a
+    saliency kernel that responds to the feature map moves each centre to the weighted mean of
+    the cells it marks, and its gradient reaches the saliency kernel."""
+    config = cub_config("2xst_448,smoke")
+    config.model.update(loc_head="soft_argmax", init_offset=0.0, init_scale=0.4,
+                        bounded_boxes=True, max_scale=0.8)
+    model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    loc = model.loc_net
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
+    start = np.asarray(model.attention(x))
+    np.testing.assert_allclose(start, np.tile([[0.4, 0.0, 0.0]], (2, 2, 1)), atol=1e-6)
+    inner = loc.backbone.feature_map(inception_v3.normalise(cub_models.resize_to(x, 48)))
+    kernel = np.random.default_rng(1).normal(size=loc.saliency.kernel.shape)
+    loc.saliency.kernel.value = jnp.asarray(kernel, jnp.float32)
+    expected = cub_models.soft_argmax(inner @ loc.saliency.kernel[...])
+    np.testing.assert_allclose(np.asarray(model.attention(x))[..., 1:], np.asarray(expected),
+                               rtol=1e-5, atol=1e-5)
+
+    def centre_x(loc):
+        return loc(x).reshape(2, 2, 3)[:, 0, 1].sum()
+    grads = nnx.grad(centre_x)(loc)
+    assert np.any(np.asarray(grads.saliency.kernel.value))
+
+
+def test_soft_argmax_head_with_an_offset_is_refused_in_one_line():
+    config = cub_config("2xst_448,smoke")
+    config.model.update(loc_head="soft_argmax", init_offset=0.25)
+    with pytest.raises(ValueError, match=r"^config.model.loc_head='soft_argmax' starts every box "
+                                         r"at the centre: set config.model.init_offset to 0"):
+        cub_task.validate_config(config)
+    config.model.update(loc_head="corner")
+    with pytest.raises(ValueError, match=r"^config.model.loc_head='corner' is unknown"):
+        cub_task.validate_config(config)
+
+
+def test_enlarged_view_holds_no_more_than_the_view():
+    """`view(x, 12, 24)`: the 12x12 view resized to 24x24; it equals enlarging the 12x12 view
+    itself, so two images with the same 12x12 view give the same enlarged view."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(2, 48, 48, 3)), jnp.float32)
+    small = cub_models.view(x, 12)
+    assert small.shape == (2, 12, 12, 3)
+    enlarged = cub_models.view(x, 12, 24)
+    assert enlarged.shape == (2, 24, 24, 3)
+    np.testing.assert_allclose(np.asarray(enlarged),
+                               np.asarray(cub_models.resize_to(small, 24)), atol=1e-6)
+
+
+def test_view_enlarged_reaches_the_cnn_and_the_loc_net_but_not_the_crops():
+    """With `view_enlarged`, the CNN's backbone and the loc net's see the enlarged view (their
+    outputs equal the backbone on `view(...)`), the part nets still see crop_size crops."""
+    config = cub_config("2xst_448,smoke")
+    config.model.update(view_enlarged=64, loc_head="flattened")
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
+    st = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    inner = st.loc_net.backbone.feature_map(inception_v3.normalise(cub_models.view(x, 48, 64)))
+    assert st.loc_net.regression.kernel.shape[0] == int(np.prod(inner.shape[1:]))
+    assert st.transformer_grids(x)[0].shape == (2, 48, 48, 2)
+    config.model.name = "cnn"
+    cnn = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+    small = x[:, ::2, ::2]
+    expected = cnn.classifier(cnn.backbone.features(inception_v3.normalise(
+        cub_models.resize_to(small, 64))))
+    np.testing.assert_allclose(np.asarray(cnn(small)), np.asarray(expected), atol=1e-5)
+    config.model.view_enlarged = -1
+    with pytest.raises(ValueError, match=r"^config.model.view_enlarged=-1 must be >= 0"):
+        cub_task.validate_config(config)
+
+
+def test_box_statistics_of_hand_made_boxes():
+    """benchmarks/cub_standin_boxes.py's measure: a box exactly on each item covers all of it,
+    follows it (centre correlation 1) and zooms `crop / (s * canvas)`; a fixed box in a corner
+    covers only the items that reach into it and does not follow them."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                        "cub_standin_boxes.py")
+    spec = importlib.util.spec_from_file_location("cub_standin_boxes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    canvas = 100
+    places = np.array([[10, 20, 20], [50, 60, 30], [0, 0, 40]])  # (top, left, side)
+    half = places[:, 2] / canvas
+    centre_x = (places[:, 1] + places[:, 2] / 2) / canvas * 2 - 1
+    centre_y = (places[:, 0] + places[:, 2] / 2) / canvas * 2 - 1
+    on_item = np.stack([half, centre_x, centre_y], axis=1)
+    corner = np.tile([[0.2, -0.8, -0.8]], (3, 1))  # pixels 0..19 on both axes
+    stats = module.box_statistics(np.stack([on_item, corner], axis=1), places, canvas, 48)
+    assert stats[0]["covered_mean"] == pytest.approx(1.0)
+    assert stats[0]["covered_90"] == 1.0
+    assert stats[0]["centre_corr_x"] == pytest.approx(1.0)
+    assert stats[0]["zoom_mean"] == pytest.approx(np.mean(48 / (half * canvas)))
+    # the corner box: nothing of items 0 and 1, (20 * 20) / (40 * 40) of item 2
+    assert stats[1]["covered_mean"] == pytest.approx((0 + 0 + 0.25) / 3)
+    assert stats[1]["centre_corr_x"] == 0.0 and stats[1]["scale_std"] == pytest.approx(0.0)

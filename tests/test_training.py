@@ -255,6 +255,43 @@ def test_loc_lr_multiplier_gives_that_fraction_of_the_whole_update(data_dir, wei
             assert np.any(np.asarray(u)), name
 
 
+def test_loc_warmup_steps_hold_the_loc_net_then_release_it(data_dir):
+    """With `loc_warmup_steps` 2 the loc net's updates are zero for two steps (its momentum
+    stays empty) while the rest moves; from the third step it gets the plain update."""
+    config = small_config(data_dir, learning_rate=0.1, momentum=0.9)
+    model, state, flags = _loc_flags(config)
+    keys = jax.random.split(jax.random.key(1), len(flags))
+    grads = jax.tree.unflatten(jax.tree.structure(state), [
+        jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(state))])
+    updates = {}
+    for warmup in (0, 2):
+        config.model.loc_warmup_steps = warmup
+        tx, _ = training.make_optimizer(config, state, model)
+        opt_state, steps = tx.init(state), []
+        for _ in range(3):
+            update, opt_state = tx.update(grads, opt_state, state)
+            steps.append([np.asarray(u) for u in jax.tree.leaves(update)])
+        updates[warmup] = steps
+    first_plain_step = updates[0][0]
+    for k, (flag, plain) in enumerate(zip(flags, first_plain_step)):
+        for step in range(2):
+            held = updates[2][step][k]
+            if flag:
+                assert not np.any(held)
+            else:
+                np.testing.assert_allclose(held, updates[0][step][k], rtol=1e-6)
+        # released with an empty momentum: the loc net's third update is a first update
+        np.testing.assert_allclose(updates[2][2][k], plain if flag else updates[0][2][k],
+                                   rtol=1e-6)
+
+
+def test_negative_loc_warmup_steps_is_refused_in_one_line(data_dir):
+    config = small_config(data_dir)
+    config.model.loc_warmup_steps = -1
+    with pytest.raises(ValueError, match=r"^config.model.loc_warmup_steps=-1 must be >= 0"):
+        training.validate_train_config(config)
+
+
 def test_grad_clip_norm_bounds_the_update():
     """With `grad_clip_norm` c, plain SGD moves the parameters by at most lr * c; without it the
     update is lr times the whole gradient."""

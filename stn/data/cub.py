@@ -214,31 +214,41 @@ def cluttered_objects(items: np.ndarray, labels: np.ndarray, *, canvas: int,
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Each uint8 `[N, 28, 28]` item resized by a random factor in `scale_range`, pasted at a
     random place on a `canvas x canvas` black image with `clutter` random 8x8 pieces of other
-    items: uint8 `[N, canvas, canvas, 3]` (grey as RGB) and the labels."""
+    items: uint8 `[N, canvas, canvas, 3]` (grey as RGB) and the labels
+    (`cluttered_objects_with_boxes` without the boxes)."""
+    canvases, labels, _ = cluttered_objects_with_boxes(
+        items, labels, canvas=canvas, scale_range=scale_range, clutter=clutter, seed=seed)
+    return canvases, labels
+
+
+def cluttered_objects_with_boxes(items: np.ndarray, labels: np.ndarray, *, canvas: int,
+                                 scale_range: tuple[float, float], clutter: int, seed: int
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`cluttered_objects` and each item's place: int `[N, 3]` rows `(top, left, side)` in
+    pixels (the pasted item covers rows `top..top+side-1`, columns `left..left+side-1`), the
+    ground truth the stand-in's boxes are measured against (they are never trained on it)."""
     rng = np.random.default_rng(seed)
     n = len(items)
     out = np.zeros((n, canvas, canvas), np.uint8)
+    places = np.zeros((n, 3), np.int64)
     for i in range(n):
-        for _ in range(clutter):
-            src = items[rng.integers(n)]
-            y, x = rng.integers(0, 28 - 8, 2)
-            ty, tx = rng.integers(0, canvas - 8, 2)
-            np.maximum(out[i, ty:ty + 8, tx:tx + 8], src[y:y + 8, x:x + 8],
-                       out=out[i, ty:ty + 8, tx:tx + 8])
+        _add_clutter(out[i], items, clutter, rng)
         side = int(round(28 * rng.uniform(*scale_range)))
         side = min(max(side, 4), canvas)
         item = np.asarray(Image.fromarray(items[i]).resize((side, side), Image.BILINEAR))
         ty, tx = rng.integers(0, canvas - side + 1, 2)
         np.maximum(out[i, ty:ty + side, tx:tx + side], item, out=out[i, ty:ty + side, tx:tx + side])
-    return np.repeat(out[..., None], 3, axis=-1), np.asarray(labels, np.int32)
+        places[i] = (ty, tx, side)
+    return np.repeat(out[..., None], 3, axis=-1), np.asarray(labels, np.int32), places
 
 
 def centred_items(items: np.ndarray, *, canvas: int, side_range: tuple[int, int],
-                  jitter: int, seed: int) -> np.ndarray:
+                  jitter: int, seed: int, clutter: int = 0) -> np.ndarray:
     """The stand-in's "ImageNet": each uint8 `[N, 28, 28]` item resized to a random side in
     `side_range` (pixels, inclusive) and pasted near the centre (a random shift of at most
-    `jitter` pixels each way) of a black `canvas x canvas` image, no clutter: uint8
-    `[N, canvas, canvas]` (grey; the batches repeat it as RGB)."""
+    `jitter` pixels each way) of a black `canvas x canvas` image, with `clutter` random 8x8
+    pieces of other items at random places (as `cluttered_objects` draws them; 0: none):
+    uint8 `[N, canvas, canvas]` (grey; the batches repeat it as RGB)."""
     low, high = int(side_range[0]), min(int(side_range[1]), canvas)
     if not 1 <= low <= high:
         raise ValueError(f"item sides {side_range} must satisfy 1 <= low <= high (canvas "
@@ -251,7 +261,21 @@ def centred_items(items: np.ndarray, *, canvas: int, side_range: tuple[int, int]
         room = canvas - side
         ty, tx = np.clip(room // 2 + rng.integers(-jitter, jitter + 1, 2), 0, room)
         out[i, ty:ty + side, tx:tx + side] = pasted
+        _add_clutter(out[i], items, clutter, rng)
     return out
+
+
+def _add_clutter(image: np.ndarray, items: np.ndarray, pieces: int,
+                 rng: np.random.Generator) -> None:
+    """Pastes (by maximum) `pieces` random 8x8 pieces of random `items` at random places of
+    the uint8 `[S, S]` `image`, in place."""
+    size = image.shape[0]
+    for _ in range(pieces):
+        src = items[rng.integers(len(items))]
+        y, x = rng.integers(0, 28 - 8, 2)
+        ty, tx = rng.integers(0, size - 8, 2)
+        np.maximum(image[ty:ty + 8, tx:tx + 8], src[y:y + 8, x:x + 8],
+                   out=image[ty:ty + 8, tx:tx + 8])
 
 
 # ----------------------------------------------------------------------------- batches

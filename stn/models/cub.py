@@ -69,6 +69,15 @@ def unbound_boxes(boxes: np.ndarray, max_scale: float = 1.0) -> np.ndarray:
     return raw.astype(np.float32)
 
 
+def view(images: jax.Array, size: int, enlarged: int = 0) -> jax.Array:
+    """The image as a network sees it: resized to `size` (the view's resolution), then, when
+    `enlarged` > 0, resized again to `enlarged` (no new detail: the same view, processed at a
+    larger scale, so a backbone's last feature map has more cells and sees small things at the
+    scale it was trained on)."""
+    seen = resize_to(images, size)
+    return resize_to(seen, enlarged) if enlarged else seen
+
+
 def resize_to(images: jax.Array, size: int) -> jax.Array:
     """`[B, H, W, C]` -> `[B, size, size, C]` by antialiased linear resizing (`jax.image`)."""
     if images.shape[1:3] == (size, size):
@@ -77,50 +86,101 @@ def resize_to(images: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(images, shape, "linear", antialias=True)
 
 
+LOC_HEADS = ("pooled", "flattened", "soft_argmax")
+
+
+def soft_argmax(logits: jax.Array) -> jax.Array:
+    """`[B, h, w, K]` logits -> `[B, K, 2]` expected cell centre `(x, y)` under each channel's
+    softmax over the `h x w` cells, `sum_p softmax(l)_p c_p`, with the cell centres `c_p` in
+    the sampler's normalised coordinates (`(j + 0.5) / w * 2 - 1`): a position that moves
+    smoothly with the map, inside the outermost cells' centres."""
+    b, h, w, k = logits.shape
+    weights = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1).reshape(b, h, w, k)
+    xs = (jnp.arange(w, dtype=logits.dtype) + 0.5) / w * 2 - 1
+    ys = (jnp.arange(h, dtype=logits.dtype) + 0.5) / h * 2 - 1
+    x = jnp.einsum("bhwk,w->bk", weights, xs)
+    y = jnp.einsum("bhwk,h->bk", weights, ys)
+    return jnp.stack([x, y], axis=-1)
+
+
 class AttentionLocNet(layers.LocalisationNet):
-    """The image down-sampled to `loc_size` -> Inception descriptor -> `[B, 3N]` attention
-    parameters (N transformers' `(s, t_x, t_y)` in order), identity-style initialised to
-    `boxes` (zero kernel, bias = the boxes). With `bounded`, the regression's outputs go through
-    `bound_boxes(., max_scale)` (its bias holds `unbound_boxes(boxes, max_scale)`), so every
-    box stays in the image and spans at most `max_scale` of its side. With `spatial`, the
-    regression reads the backbone's whole feature map, flattened, instead of its pooled
-    descriptor: global pooling keeps little of where things are."""
+    """The image down-sampled to `loc_size` (and, with `enlarged`, resized again to that size:
+    `view`) -> Inception -> `[B, 3N]` attention parameters (N transformers' `(s, t_x, t_y)` in
+    order), starting at `boxes`. The head (`head`):
+
+    - "pooled": one regression from the pooled descriptor (zero kernel, bias = the boxes);
+    - "flattened": the same from the whole last feature map, flattened (global pooling keeps
+      little of where things are);
+    - "soft_argmax": each transformer's centre is the `soft_argmax` of its own saliency map (a
+      1x1 regression of the feature map, zero at the start: a uniform map, so every box starts
+      centred and `boxes` must have t = 0), its scale a regression from the pooled
+      descriptor. The centre is a weighted mean of places in the image, so it can follow an
+      object from the start of training, where a linear regression must first learn to turn
+      "which cells are active" into a coordinate.
+
+    With `bounded`, scales are `max_scale sigmoid(.)` (`bound_boxes`) and, for the regression
+    heads, centres keep the box inside the image; soft-argmax centres are always inside the
+    outermost cells' centres.
+    """
 
     def __init__(self, backbone: inception_v3.InceptionV3, boxes: np.ndarray, loc_size: int, *,
                  rngs: nnx.Rngs, bounded: bool = False, max_scale: float = 1.0,
-                 spatial: bool = False):
+                 head: str = "pooled", enlarged: int = 0):
+        if head not in LOC_HEADS:
+            raise ValueError(f"loc net head {head!r} is unknown; use one of {', '.join(LOC_HEADS)}")
         self.backbone = backbone
-        self.loc_size = int(loc_size)
-        self.bounded, self.max_scale, self.spatial = bool(bounded), float(max_scale), bool(spatial)
-        start = unbound_boxes(boxes, self.max_scale) if self.bounded else boxes
-        features = backbone.num_features
-        if self.spatial:
-            probe = jax.ShapeDtypeStruct((1, self.loc_size, self.loc_size, 3), jnp.float32)
-            features = int(np.prod(jax.eval_shape(backbone.feature_map, probe).shape[1:]))
-        self.regression = layers.regression_layer(features, np.ravel(start), rngs=rngs)
-
-    def _descriptor(self, x: jax.Array) -> jax.Array:
-        if self.spatial:
-            return self.backbone.feature_map(x).reshape(x.shape[0], -1)
-        return self.backbone.features(x)
+        self.loc_size, self.enlarged = int(loc_size), int(enlarged)
+        self.bounded, self.max_scale, self.head = bool(bounded), float(max_scale), head
+        start = unbound_boxes(boxes, self.max_scale) if self.bounded else np.asarray(boxes)
+        side = self.enlarged or self.loc_size
+        probe = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+        map_shape = jax.eval_shape(backbone.feature_map, probe).shape[1:]
+        if head == "soft_argmax":
+            if np.any(np.asarray(boxes)[:, 1:]):
+                raise ValueError("the soft_argmax head starts every box at the centre; set "
+                                 "init_offset to 0")
+            count = len(boxes)
+            self.saliency = layers.regression_layer(map_shape[-1], np.zeros(count), rngs=rngs)
+            self.scales = layers.regression_layer(backbone.num_features, start[:, 0], rngs=rngs)
+        else:
+            features = (int(np.prod(map_shape)) if head == "flattened"
+                        else backbone.num_features)
+            self.regression = layers.regression_layer(features, np.ravel(start), rngs=rngs)
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        x = inception_v3.normalise(resize_to(images, self.loc_size))
-        raw = self.regression(self._descriptor(x))
+        x = inception_v3.normalise(view(images, self.loc_size, self.enlarged))
+        feature_map = self.backbone.feature_map(x)
+        batch = x.shape[0]
+        if self.head == "soft_argmax":
+            scale = self.scales(feature_map.mean(axis=(1, 2)))
+            if self.bounded:
+                scale = self.max_scale * jax.nn.sigmoid(scale)
+            centre = soft_argmax(self.saliency(feature_map))
+            return jnp.concatenate([scale[..., None], centre], axis=-1).reshape(batch, -1)
+        if self.head == "flattened":
+            raw = self.regression(feature_map.reshape(batch, -1))
+        else:
+            raw = self.regression(feature_map.mean(axis=(1, 2)))
         if not self.bounded:
             return raw
-        return bound_boxes(raw.reshape(raw.shape[0], -1, 3), self.max_scale).reshape(raw.shape)
+        return bound_boxes(raw.reshape(batch, -1, 3), self.max_scale).reshape(raw.shape)
 
 
 class BackboneCNN(nnx.Module):
-    """Inception descriptor of the whole image -> linear classifier (Table 3's "CNN")."""
+    """Inception descriptor of the whole image -> linear classifier (Table 3's "CNN"). With
+    `enlarged` > 0 the image is resized to that size first (`view`: the same view processed
+    at a larger scale)."""
 
-    def __init__(self, backbone: inception_v3.InceptionV3, num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(self, backbone: inception_v3.InceptionV3, num_classes: int, *, rngs: nnx.Rngs,
+                 enlarged: int = 0):
         self.backbone = backbone
+        self.enlarged = int(enlarged)
         self.classifier = nnx.Linear(backbone.num_features, num_classes, rngs=rngs)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """float `[B, H, W, 3]` in [0, 1] -> logits `[B, num_classes]`."""
+        if self.enlarged:
+            images = resize_to(images, self.enlarged)
         return self.classifier(self.backbone.features(inception_v3.normalise(images)))
 
     def transformer_grids(self, images: jax.Array) -> list[jax.Array]:
@@ -170,15 +230,17 @@ def get_model(model_config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     """The configured model: `model.name` "cnn" or "st" (`model.num_transformers` crops)."""
     get = model_config.get
     width, last_block = float(get("width", 1.0)), get("last_block", "Mixed_7c")
+    enlarged = int(get("view_enlarged", 0))
     if model_config.name == "cnn":
-        return BackboneCNN(make_backbone(width, last_block, rngs), num_classes, rngs=rngs)
+        return BackboneCNN(make_backbone(width, last_block, rngs), num_classes, rngs=rngs,
+                           enlarged=enlarged)
     count = int(model_config.num_transformers)
     boxes = initial_boxes(count, float(model_config.init_scale), float(model_config.init_offset))
     loc_net = AttentionLocNet(make_backbone(width, last_block, rngs), boxes,
                               int(model_config.loc_size), rngs=rngs,
                               bounded=bool(get("bounded_boxes", False)),
                               max_scale=float(get("max_scale", 1.0)),
-                              spatial=bool(get("loc_spatial", False)))
+                              head=str(get("loc_head", "pooled")), enlarged=enlarged)
     parts = [make_backbone(width, last_block, rngs)
              for _ in range(1 if get("share_backbones", False) else count)]
     return ParallelAttentionCNN(loc_net, parts, count, int(model_config.crop_size), num_classes,

@@ -62,6 +62,16 @@ def validate_config(config) -> None:
     if m.get("weights") and not os.path.isfile(m.weights):
         raise ValueError(f"config.model.weights={m.weights!r} is not a file (timm's "
                          f"inception_v3.tv_in1k model.safetensors, or '' for no weights)")
+    if int(m.get("view_enlarged", 0)) < 0:
+        raise ValueError(f"config.model.view_enlarged={m.view_enlarged} must be >= 0 (0: the "
+                         f"views are not enlarged)")
+    head = m.get("loc_head", "pooled")
+    if head not in cub_models.LOC_HEADS:
+        raise ValueError(f"config.model.loc_head={head!r} is unknown; set it to one of "
+                         f"{', '.join(cub_models.LOC_HEADS)}")
+    if m.name == "st" and head == "soft_argmax" and float(m.init_offset) != 0:
+        raise ValueError(f"config.model.loc_head='soft_argmax' starts every box at the centre: "
+                         f"set config.model.init_offset to 0 (now {m.init_offset})")
     if m.name == "st" and m.get("bounded_boxes"):
         scale, offset = float(m.init_scale), abs(float(m.init_offset))
         top = float(m.get("max_scale", 1.0))
@@ -134,13 +144,10 @@ def _cluttered(config) -> sources.DigitSet:
     stored at `store_size` (resized when smaller: the CNN row's lower-resolution view)."""
     c = config.data.clutter
     items = sources.load_digits(config.data.source[len("clutter:"):])
-    make = functools.partial(cub_data.cluttered_objects, canvas=int(c.canvas),
-                             scale_range=(float(c.scale_min), float(c.scale_max)),
-                             clutter=int(c.pieces))
     store = int(config.data.store_size)
 
     def stored(images, labels, seed):
-        canvases, labels = make(images, labels, seed=seed)
+        canvases, labels, _ = _canvases_with_places(config, images, labels, seed)
         if store != canvases.shape[1]:
             canvases = np.stack([np.asarray(Image.fromarray(x).resize((store, store),
                                                                       Image.BILINEAR))
@@ -151,6 +158,29 @@ def _cluttered(config) -> sources.DigitSet:
     train = stored(items.train_images[:train_n], items.train_labels[:train_n], int(c.seed))
     test = stored(items.test_images[:test_n], items.test_labels[:test_n], int(c.seed) + 1)
     return sources.DigitSet(*train, *test, f"clutter:{items.name}")
+
+
+def _canvases_with_places(config, images, labels, seed):
+    """`cub_data.cluttered_objects_with_boxes` with the config's `data.clutter` settings."""
+    c = config.data.clutter
+    return cub_data.cluttered_objects_with_boxes(
+        images, labels, canvas=int(c.canvas), scale_range=(float(c.scale_min),
+                                                           float(c.scale_max)),
+        clutter=int(c.pieces), seed=seed)
+
+
+def standin_test_places(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stand-in's test canvases at full size (uint8 `[N, canvas, canvas, 3]`), labels, and
+    each item's `(top, left, side)` in canvas pixels: the ground truth that
+    benchmarks/cub_standin_boxes.py measures the learnt boxes against (never trained on)."""
+    if not config.data.source.startswith("clutter:"):
+        raise ValueError(f"config.data.source={config.data.source!r} is not the stand-in's "
+                         f"(clutter:SOURCE); item places exist only there")
+    c = config.data.clutter
+    items = sources.load_digits(config.data.source[len("clutter:"):])
+    test_n = int(c.test_limit) or None
+    return _canvases_with_places(config, items.test_images[:test_n],
+                                 items.test_labels[:test_n], int(c.seed) + 1)
 
 
 def load_data(config) -> Data:
@@ -256,7 +286,8 @@ def _pretrain(config) -> tuple[inception_v3.InceptionV3, dict]:
         raise ValueError(f"config.model.pretrain.held_out={held} must be in 1..{len(items) - 1}")
     canvases = cub_data.centred_items(items, canvas=int(m.crop_size),
                                       side_range=(int(p.side_min), int(p.side_max)),
-                                      jitter=int(p.jitter), seed=int(p.seed))
+                                      jitter=int(p.jitter), seed=int(p.seed),
+                                      clutter=int(p.get("pieces", 0)))
     train_x, train_y = canvases[held:], labels[held:]
     held_x, held_y = canvases[:held], labels[:held]
     net = inception_v3.InceptionV3(num_classes=int(config.data.num_classes), width=float(m.width),
