@@ -209,6 +209,24 @@ def _loc_flags(config):
     return model, state, jax.tree.leaves(mask)
 
 
+def _random_like(state, seed: int):
+    """A tree like `state` of standard normal arrays (a stand-in gradient)."""
+    leaves = jax.tree.leaves(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(jax.tree.structure(state),
+                              [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def _optimizer_updates(config, state, model, grads, steps: int) -> list[list[np.ndarray]]:
+    """The updates (leaves, per step) of `config`'s optimizer fed `grads` `steps` times."""
+    tx, _ = training.make_optimizer(config, state, model)
+    opt_state, updates = tx.init(state), []
+    for _ in range(steps):
+        update, opt_state = tx.update(grads, opt_state, state)
+        updates.append([np.asarray(u) for u in jax.tree.leaves(update)])
+    return updates
+
+
 def test_loc_lr_multiplier_scales_only_the_loc_net(data_dir, tmp_path):
     """With multiplier 0 the localisation net stays at its identity start; the rest moves."""
     config = small_config(data_dir, steps=2, checkpoint_every=100, eval_every=100)
@@ -230,17 +248,12 @@ def test_loc_lr_multiplier_gives_that_fraction_of_the_whole_update(data_dir, wei
     and leaves the rest alone; regression biases are not decayed."""
     config = small_config(data_dir, learning_rate=0.1, momentum=0.9, weight_decay=weight_decay)
     model, state, flags = _loc_flags(config)
-    keys = jax.random.split(jax.random.key(0), len(flags))
-    grads = jax.tree.unflatten(jax.tree.structure(state), [
-        jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(state))])
+    grads = _random_like(state, seed=0)
     updates = {}
     for multiplier in (1.0, 0.1):
         config.model.loc_lr_multiplier = multiplier
-        tx, _ = training.make_optimizer(config, state, model)
-        opt_state = tx.init(state)
-        for _ in range(2):  # the second step includes momentum
-            update, opt_state = tx.update(grads, opt_state, state)
-        updates[multiplier] = [np.asarray(u) for u in jax.tree.leaves(update)]
+        # the second step includes momentum
+        updates[multiplier] = _optimizer_updates(config, state, model, grads, steps=2)[-1]
     for flag, full, tenth in zip(flags, updates[1.0], updates[0.1]):
         np.testing.assert_allclose(tenth, full * (0.1 if flag else 1.0), rtol=1e-5, atol=1e-8)
     # With a zero gradient, only the decay moves a parameter: regression biases stay put.
@@ -260,18 +273,11 @@ def test_loc_warmup_steps_hold_the_loc_net_then_release_it(data_dir):
     stays empty) while the rest moves; from the third step it gets the plain update."""
     config = small_config(data_dir, learning_rate=0.1, momentum=0.9)
     model, state, flags = _loc_flags(config)
-    keys = jax.random.split(jax.random.key(1), len(flags))
-    grads = jax.tree.unflatten(jax.tree.structure(state), [
-        jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(state))])
+    grads = _random_like(state, seed=1)
     updates = {}
     for warmup in (0, 2):
         config.model.loc_warmup_steps = warmup
-        tx, _ = training.make_optimizer(config, state, model)
-        opt_state, steps = tx.init(state), []
-        for _ in range(3):
-            update, opt_state = tx.update(grads, opt_state, state)
-            steps.append([np.asarray(u) for u in jax.tree.leaves(update)])
-        updates[warmup] = steps
+        updates[warmup] = _optimizer_updates(config, state, model, grads, steps=3)
     first_plain_step = updates[0][0]
     for k, (flag, plain) in enumerate(zip(flags, first_plain_step)):
         for step in range(2):
