@@ -532,12 +532,8 @@ def test_box_statistics_of_hand_made_boxes():
     """benchmarks/cub_standin_boxes.py's measure: a box exactly on each item covers all of it,
     follows it (centre correlation 1) and zooms `crop / (s * canvas)`; a fixed box in a corner
     covers only the items that reach into it and does not follow them."""
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
-                        "cub_standin_boxes.py")
-    spec = importlib.util.spec_from_file_location("cub_standin_boxes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from test_appendix_tasks import module_at
+    module = module_at("benchmarks/cub_standin_boxes.py")
     canvas = 100
     places = np.array([[10, 20, 20], [50, 60, 30], [0, 0, 40]])  # (top, left, side)
     half = places[:, 2] / canvas

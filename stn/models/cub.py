@@ -52,8 +52,13 @@ def bound_boxes(raw: jax.Array, max_scale: float = 1.0) -> jax.Array:
     `s = max_scale sigmoid(a)` in (0, max_scale), `t = (1 - s) tanh((b, c))`, so the box
     `[t - s, t + s]` stays within `[-1, 1]` on both axes and spans at most `max_scale` of the
     image's side (a choice of ours: paper eq. 2 leaves `(s, t)` free)."""
-    s = max_scale * jax.nn.sigmoid(raw[..., :1])
+    s = bounded_scale(raw[..., :1], max_scale)
     return jnp.concatenate([s, (1 - s) * jnp.tanh(raw[..., 1:])], axis=-1)
+
+
+def bounded_scale(raw: jax.Array, max_scale: float) -> jax.Array:
+    """An unbounded output -> a box scale `max_scale sigmoid(raw)` in (0, max_scale)."""
+    return max_scale * jax.nn.sigmoid(raw)
 
 
 def unbound_boxes(boxes: np.ndarray, max_scale: float = 1.0) -> np.ndarray:
@@ -132,20 +137,22 @@ class AttentionLocNet(layers.LocalisationNet):
         self.loc_size, self.enlarged = int(loc_size), int(enlarged)
         self.bounded, self.max_scale, self.head = bool(bounded), float(max_scale), head
         start = unbound_boxes(boxes, self.max_scale) if self.bounded else np.asarray(boxes)
-        side = self.enlarged or self.loc_size
-        probe = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
-        map_shape = jax.eval_shape(backbone.feature_map, probe).shape[1:]
         if head == "soft_argmax":
             if np.any(np.asarray(boxes)[:, 1:]):
                 raise ValueError("the soft_argmax head starts every box at the centre; set "
                                  "init_offset to 0")
-            count = len(boxes)
-            self.saliency = layers.regression_layer(map_shape[-1], np.zeros(count), rngs=rngs)
+            self.saliency = layers.regression_layer(backbone.num_features, np.zeros(len(boxes)),
+                                                    rngs=rngs)
             self.scales = layers.regression_layer(backbone.num_features, start[:, 0], rngs=rngs)
+        elif head == "flattened":
+            side = self.enlarged or self.loc_size
+            probe = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+            map_shape = jax.eval_shape(backbone.feature_map, probe).shape[1:]
+            self.regression = layers.regression_layer(int(np.prod(map_shape)), np.ravel(start),
+                                                      rngs=rngs)
         else:
-            features = (int(np.prod(map_shape)) if head == "flattened"
-                        else backbone.num_features)
-            self.regression = layers.regression_layer(features, np.ravel(start), rngs=rngs)
+            self.regression = layers.regression_layer(backbone.num_features, np.ravel(start),
+                                                      rngs=rngs)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         x = inception_v3.normalise(view(images, self.loc_size, self.enlarged))
@@ -154,7 +161,7 @@ class AttentionLocNet(layers.LocalisationNet):
         if self.head == "soft_argmax":
             scale = self.scales(feature_map.mean(axis=(1, 2)))
             if self.bounded:
-                scale = self.max_scale * jax.nn.sigmoid(scale)
+                scale = bounded_scale(scale, self.max_scale)
             centre = soft_argmax(self.saliency(feature_map))
             return jnp.concatenate([scale[..., None], centre], axis=-1).reshape(batch, -1)
         if self.head == "flattened":
