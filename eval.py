@@ -17,7 +17,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stn import evaluation, host
+from stn.experiments import evaluation, host
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Optional: the run's config file[:arg] and "

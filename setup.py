@@ -1,6 +1,6 @@
 """`pip install .` also compiles the native CPU sampler (stn/native/sampler.cc) into the package.
 
-The metadata is in pyproject.toml; this file only adds that build step (issue 24). It needs a C++
+The metadata is in pyproject.toml; this file only adds that build step. It needs a C++
 compiler and jax's FFI headers: jax is looked for in the build's own Python, then (pip builds in
 an isolated environment) in the interpreter pip runs under, i.e. the environment being installed
 into. The library is named as stn/native/build.py names it at run time (source, compiler, flags,

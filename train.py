@@ -6,7 +6,7 @@ Rerunning with the same --workdir resumes from its newest good checkpoint.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stn import host, training
+from stn.experiments import host, training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs/mnist.py:quick.",

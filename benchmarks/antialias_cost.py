@@ -1,4 +1,4 @@
-"""What `sample(..., antialias=True)` costs against plain sampling at zoom 1, 2 and 4 (issue 26).
+"""What `sample(..., antialias=True)` costs against plain sampling at zoom 1, 2 and 4.
 
     python benchmarks/antialias_cost.py [--runs 20]
 

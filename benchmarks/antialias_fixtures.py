@@ -1,4 +1,4 @@
-"""Writes tests/fixtures/antialias_torch.npz: torch's antialiased resizes that tests/test_antialias.py
+"""Writes tests/library/fixtures/antialias_torch.npz: torch's antialiased resizes that tests/test_antialias.py
 compares `sampling.sample(..., antialias=True)` with (torch is not a test dependency).
 
     /work/torchenv/bin/python benchmarks/antialias_fixtures.py    # any environment with torch

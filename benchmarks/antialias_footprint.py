@@ -16,7 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from stn import checkpointing, evaluation, sampling, tasks  # noqa: E402
+from stn.experiments import checkpointing, evaluation, tasks  # noqa: E402
+from stn import sampling
 
 
 def footprints(workdir: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Draws the antialiasing pictures of docs/sampling.md from the real sampler (issue 26).
+"""Draws the antialiasing pictures of docs/sampling.md from the real sampler.
 
     python benchmarks/antialias_pictures.py   # docs/sampling_antialias.png, docs/sampling_antialias_loss.png
 
@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 from sampling_pictures import _sheet, _tile  # noqa: E402
 
 from stn import sampling, transforms  # noqa: E402
-from stn.data import sources  # noqa: E402
+from stn.experiments.data import sources  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(HERE), "docs")
 ZOOM = 4  # input pixels per output pixel

@@ -8,7 +8,7 @@ the true digit (an oracle position), as a function of the box's half-side.
 The first argument is configs/colocalisation.py's `arg`; then `dotted.key=value` overrides. It
 trains the embedding as a run does, then, for each half-side `s`, puts the box
 `(s, centre of the true box)` on each of the 100 training images and prints the mean IoU with the
-true box and the appendix's loss (`stn.models.colocalisation.colocalisation_loss`, averaged over
+true box and the appendix's loss (`stn.experiments.models.colocalisation.colocalisation_loss`, averaged over
 `--repeats` draws of the random patches), and the same for a box of that size in the image
 corner farthest from the digit (on background: the degenerate answer). Where the loss is lowest is the box a localiser that
 found every digit would settle on: if that is not near the true half-side (1/3, IoU 1), no
@@ -35,9 +35,10 @@ from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from stn import boxes, config_compare, tasks  # noqa: E402
-from stn.data import colocalisation as colocalisation_data  # noqa: E402
-from stn.models import colocalisation as models  # noqa: E402
+from stn import boxes  # noqa: E402
+from stn.experiments import config_compare, tasks
+from stn.experiments.data import colocalisation as colocalisation_data  # noqa: E402
+from stn.experiments.models import colocalisation as models  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "colocalisation.py")
 

@@ -3,7 +3,7 @@
 For every convolution of the ST-CNN of ``benchmarks/train_step.py`` (batch 256, 42x42x1 input),
 times the forward ``y = conv(x, w)``, the input gradient ``dL/dx`` and the kernel gradient
 ``dL/dw`` separately: ``lax`` (XLA's jitted ``lax.conv_general_dilated``, NHWC, and its VJPs),
-``stn`` (``stn.xla_cpu.conv_general_dilated``, what the models use) and torch
+``stn`` (``stn._xla_cpu.conv_general_dilated``, what the models use) and torch
 (``torch.nn.functional.conv2d``, NCHW, and ``torch.autograd.grad``). Each side runs
 in its own subprocess, alternating over ``--rounds``; the table gives medians in milliseconds.
 
@@ -36,9 +36,9 @@ def worker_jax(side: str) -> dict:
     import jax
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from stn import xla_cpu
+    from stn import _xla_cpu
 
-    conv_fn = jax.lax.conv_general_dilated if side == "lax" else xla_cpu.conv_general_dilated
+    conv_fn = jax.lax.conv_general_dilated if side == "lax" else _xla_cpu.conv_general_dilated
 
     def conv(x, w):
         return conv_fn(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))

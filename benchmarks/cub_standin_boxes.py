@@ -2,8 +2,8 @@
 
     python benchmarks/cub_standin_boxes.py --workdir=/tmp/standin_2xst
 
-Restores the run's checkpoint (verified, `stn.evaluation.restore_run`), rebuilds its test
-canvases with each item's true place (`stn.tasks.cub.standin_test_places`; the model never saw
+Restores the run's checkpoint (verified, `stn.experiments.evaluation.restore_run`), rebuilds its test
+canvases with each item's true place (`stn.experiments.tasks.cub.standin_test_places`; the model never saw
 these places), and reports per box, over the test canvases:
 
 - `scale`: the box's half-side s (paper eq. 2), mean and spread: 1 is the whole canvas;
@@ -14,7 +14,7 @@ these places), and reports per box, over the test canvases:
 - `centre_corr`: the correlation between the box's centre and the item's centre, x and y: near
   0 when the box ignores where the item is, near 1 when it follows it.
 
-The same numbers for the run's starting boxes (`stn.models.cub.initial_boxes`, one box for all
+The same numbers for the run's starting boxes (`stn.experiments.models.cub.initial_boxes`, one box for all
 canvases) are printed beside them. The last line of stdout is one JSON object.
 """
 from __future__ import annotations
@@ -31,9 +31,10 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stn import boxes, evaluation  # noqa: E402
-from stn.models import cub as cub_models  # noqa: E402
-from stn.tasks import cub as cub_task  # noqa: E402
+from stn import boxes  # noqa: E402
+from stn.experiments import evaluation
+from stn.experiments.models import cub as cub_models  # noqa: E402
+from stn.experiments.tasks import cub as cub_task  # noqa: E402
 
 
 def box_statistics(attention: np.ndarray, places: np.ndarray, canvas: int,

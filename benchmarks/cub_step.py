@@ -2,7 +2,7 @@
 
 Each row (`configs/cub.py:cnn`, `2xst_224`, `2xst_448`, `4xst_448`) runs in its own subprocess
 at the row's real image sizes (224 or 448 input, 224 crops and loc input) with the trainer's own
-step (`stn.training.make_train_step`: forward, backward, SGD with momentum, weight decay), on a
+step (`stn.experiments.training.make_train_step`: forward, backward, SGD with momentum, weight decay), on a
 random batch. On the CPU the backbones are narrowed (`--width`, default 1/8); on a GPU use
 `--width=1 --batch=32` (the paper's network and our recipe's batch).
 
@@ -51,7 +51,7 @@ def worker(row: str, width: float, batch: int, runs: int, flops_only: bool) -> d
     from flax import nnx
 
     from sampler import jax_peak_growth_mb
-    from stn import tasks, training
+    from stn.experiments import tasks, training
 
     config = row_config(row, width, batch)
     task = tasks.get("cub")

@@ -1,6 +1,6 @@
 """Benchmark: milliseconds to make one distorted training batch on the default JAX device.
 
-Times the jitted `stn.data.pipeline.train_batch` (example selection + distortion) for each
+Times the jitted `stn.experiments.data.pipeline.train_batch` (example selection + distortion) for each
 distortion, with the training digits already on device, as the training loop uses it. Prints a
 markdown table of medians over `--repeats` calls after one warm-up (compile) call, and the
 minimum process CPU time per batch (all threads; the less load-sensitive number). Compare the
@@ -11,7 +11,7 @@ native CPU sampler with the pure-jnp one by running it twice, the second time wi
     python benchmarks/data_step.py --model st_cnn      # also an ST-CNN SGD step, and the ratio
 
 With `--model`, each row also times one jitted SGD step (forward, backward, update) of that
-`stn.models.mnist` model on the distortion's canvas, and the data batch's share of
+`stn.experiments.models.mnist` model on the distortion's canvas, and the data batch's share of
 data + step: the issue asks for under 10% with ST-CNN.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone
-from stn.data import distortions, pipeline, sources
+from stn.experiments.data import distortions, pipeline, sources
 
 
 def time_distortion(images, labels, name: str, batch_size: int,
@@ -52,7 +52,7 @@ def time_train_step(model_name: str, batch: dict, repeats: int) -> float:
     import optax
     from flax import nnx
 
-    from stn.models import mnist
+    from stn.experiments.models import mnist
 
     model = mnist.create(model_name, batch["image"].shape[1:], rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 6 in one command, sized for a short lease of one GPU:
+# The GPU checks in one command, sized for a short lease of one GPU:
 #   1. benchmarks/sampler.py: stn.sampling.sample (and under XLA's deterministic-ops flag, and the
 #      reference "gather" path) against torch CUDA grid_sample, with determinism and gradients;
 #   2. benchmarks/train_step.py: the MNIST ST-CNN step against the same net in torch CUDA;

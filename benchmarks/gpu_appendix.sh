@@ -29,17 +29,17 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 start=$(date +%s)
 {
-  timeout -s TERM "$seconds" $py -m stn.sweeps --parallel="${ADD_PARALLEL:-7}" \
+  timeout -s TERM "$seconds" $py -m stn.experiments.sweeps --parallel="${ADD_PARALLEL:-7}" \
     --workdir="$work/addition" --sweep="configs/sweeps/addition.py:reduced${ADD_ARGS:-}" &
-  timeout -s TERM "$seconds" $py -m stn.sweeps --parallel="${COLOC_PARALLEL:-8}" \
+  timeout -s TERM "$seconds" $py -m stn.experiments.sweeps --parallel="${COLOC_PARALLEL:-8}" \
     --workdir="$work/colocalisation" --sweep="configs/sweeps/colocalisation.py:reduced${COLOC_ARGS:-}" &
   wait
 } 2>&1 | tee "$out/sweep.log"
 echo "training wall: $(( $(date +%s) - start )) s" | tee -a "$out/sweep.log"
 
-$py -m stn.tables --workdir="$work/addition" --table=addition --out_dir="$out" 2>&1 \
+$py -m stn.experiments.results.tables --workdir="$work/addition" --table=addition --out_dir="$out" 2>&1 \
   | tail -20 | tee -a "$out/sweep.log"
-$py -m stn.tables --workdir="$work/colocalisation" --table=colocalisation --out_dir="$out" 2>&1 \
+$py -m stn.experiments.results.tables --workdir="$work/colocalisation" --table=colocalisation --out_dir="$out" 2>&1 \
   | tail -30 | tee -a "$out/sweep.log"
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"

@@ -32,10 +32,10 @@ o.__version__, jax.devices())"
 
 start=$(date +%s)
 {
-  timeout -s TERM "$seconds" $py -m stn.sweeps --parallel="${PARALLEL:-8}" \
+  timeout -s TERM "$seconds" $py -m stn.experiments.sweeps --parallel="${PARALLEL:-8}" \
     --workdir="$work/paper" --sweep="configs/sweeps/table1.py:data=sample,columns=rts,\
 eval_every=10000,test_curves=true${PAPER_ARGS:-}" &
-  timeout -s TERM "$seconds" $py -m stn.sweeps --parallel=2 --workdir="$work/cpu_recipe_long" \
+  timeout -s TERM "$seconds" $py -m stn.experiments.sweeps --parallel=2 --workdir="$work/cpu_recipe_long" \
     --sweep="configs/sweeps/table1_long.py${LONG_ARGS:-}" &
   wait
 } 2>&1 | tee "$out/sweep.log"
@@ -52,8 +52,8 @@ done
 wait
 tail -n 2 "$work"/*/*/eval_stopped.log 2>/dev/null | tee -a "$out/sweep.log"
 
-$py -m stn.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
+$py -m stn.experiments.results.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
   | tee -a "$out/sweep.log"
-$py -m stn.tables --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
+$py -m stn.experiments.results.tables --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"

@@ -1,5 +1,5 @@
-"""Writes tests/fixtures/inception_v3_timm.npz: timm's Inception-v3 logits on a fixed input,
-with seeded weights that the test rebuilds without torch (import parity, issue 23).
+"""Writes tests/library/fixtures/inception_v3_timm.npz: timm's Inception-v3 logits on a fixed input,
+with seeded weights that the test rebuilds without torch (import parity).
 
     /work/torchenv/bin/python benchmarks/make_inception_fixture.py   # torch, timm, numpy
 

@@ -1,4 +1,4 @@
-"""Redraw the charts in docs/ with stn.figures from the numbers the docs themselves print.
+"""Redraw the charts in docs/ with stn.experiments.results.figures from the numbers the docs themselves print.
 
 The runs behind the docs' charts (runs/ is not committed) are not needed: each chart here is
 rebuilt from a markdown table of the page that shows it, so the picture and the page cannot
@@ -6,7 +6,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 - docs/table1_cpu.png: Table 1 of docs/results.md (ours: mean, sample sd and the number of seeds).
 - docs/table_addition_cpu.png: the addition table of docs/addition_colocalisation.md (each
-  seed's test error; mean and sd computed here as stn.tables does).
+  seed's test error; mean and sd computed here as stn.experiments.results.tables does).
 - docs/table_colocalisation_cpu.png: the co-localisation table on the CPU of the same page
   (% of test images localised, one run per class, printed to 0.1).
 - docs/tune_st_cnn_rts.png: the ST-CNN row of the tuning table of docs/results.md (validation
@@ -15,7 +15,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 The learning curves (docs/rts_followed_curves.png, docs/gpu_rts_paper_recipe_curves.png) need
 every evaluation of every run (metrics.jsonl), which the docs do not print: redraw them with
-`python -m stn.tables --table=curves` from the runs.
+`python -m stn.experiments.results.tables --table=curves` from the runs.
 
     python benchmarks/redraw_doc_charts.py [--docs=docs]
 """
@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stn import figures  # noqa: E402
-from stn.results_collect import summarize, table_spec  # noqa: E402
-from stn.sweep_summary import summarize_sweep  # noqa: E402
+from stn.experiments.results import figures  # noqa: E402
+from stn.experiments.results.collect import summarize, table_spec  # noqa: E402
+from stn.experiments.results.summary import summarize_sweep  # noqa: E402
 
 
 def markdown_table(page: Path, header_start: str) -> list[list[str]]:

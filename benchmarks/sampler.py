@@ -3,8 +3,8 @@
 Prints one markdown table of forward and forward+backward (gradients to the image and to the
 grid) milliseconds, medians of many runs after warm-up, with the ratios to torch's
 ``grid_sample`` when torch is importable (its columns are skipped otherwise). Cases (``--cases``):
-``2d`` the bilinear shapes of issues 2 and 6, ``bicubic`` the same shapes with the bicubic kernel,
-``3d`` trilinear volumes (issue 15).
+``2d`` the bilinear shapes of the speed targets, ``bicubic`` the same shapes with the bicubic kernel,
+``3d`` trilinear volumes.
 
 Each side runs in its OWN subprocess (one per side and shape), and the sides alternate over
 ``--rounds`` rounds; the reported time is the median over rounds of each process's median. In
@@ -24,7 +24,7 @@ and how far each side's gradients are from torch's.
     python benchmarks/sampler.py --cases 2d --sides stn,stn_base,torch --base-root /tmp/stn-before
         # stn_base: the stn package of another checkout (e.g. `git archive` of an older commit)
 
-``--in-process`` (issue 24) instead times the native CPU sampler (``stn[native]``), the pure-jnp
+``--in-process`` instead times the native CPU sampler (``stn[native]``), the pure-jnp
 sampler (``stn[jnp]``) and torch's ``grid_sample`` in ONE process, alternating the three every
 round, and reports the minimum over all runs (the issue's protocol; min is the least disturbed
 by other load). torch comes from the running Python or from ``--torch-site`` (a site-packages
@@ -56,7 +56,7 @@ import numpy as np
 
 SHAPES = ((256, 1, 60, 60), (64, 32, 28, 28), (256, 1, 28, 28))
 VOLUME_SHAPES = ((2, 1, 64, 64, 64), (1, 3, 96, 96, 96))
-REGISTRATION_SHAPE = (1, 1, 160, 192, 224)  # a 3-D registration volume, dense grid (issue 24)
+REGISTRATION_SHAPE = (1, 1, 160, 192, 224)  # a 3-D registration volume, dense grid
 CASES = {  # name -> [(shape (B, C, *spatial), kernel)]; torch's mode has the same name
     "2d": [(shape, "bilinear") for shape in SHAPES],
     "bicubic": [(shape, "bicubic") for shape in SHAPES],
@@ -247,7 +247,7 @@ def worker_jax(side: str, shape, kernel: str, method: str | None,
     ``base_root``) or vmapped map_coordinates (linear only)."""
     sys.path.insert(0, base_root if side == "stn_base" else ROOT)
     if side == "stn_det":  # before JAX starts
-        from stn import host
+        from stn.experiments import host
 
         host.deterministic_gpu_ops()
     import jax

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stn import kernels, sampling, transforms  # noqa: E402
-from stn.data import sources  # noqa: E402
+from stn.experiments.data import sources  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 KERNELS = [("nearest", "nearest"), ("bilinear", "bilinear"), ("bicubic (Keys a=-0.75)", "bicubic"),

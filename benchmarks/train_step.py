@@ -1,7 +1,7 @@
 """Images/second of one MNIST ST-CNN train step: stn (JAX/Flax NNX) vs the same net in PyTorch.
 
 One step = forward, backward and an SGD update on a batch of 256 RTS-sized inputs (42x42x1):
-the project's model from ``stn.models.mnist`` (affine transformer, conv localisation net, CNN
+the project's model from ``stn.experiments.models.mnist`` (affine transformer, conv localisation net, CNN
 classifier) and a PyTorch model of the same architecture written here (torch columns only when
 torch imports). Each side runs in its own subprocess; sides alternate over ``--rounds`` rounds and
 the reported step time is the median over rounds of each process's median.
@@ -14,11 +14,11 @@ run as image patches + one matmul; forward and gradients are the same convolutio
 (the model as it is, the batch split over two XLA CPU devices, one per core, as
 ``train.py`` does over every device), ``nnx_pool`` (the max-pools through ``nnx.max_pool``
 instead of ``stn.layers.max_pool``), ``lax`` (``nnx_pool`` and every conv through plain
-``lax.conv_general_dilated`` instead of ``stn.xla_cpu.conv_general_dilated``: the step before
+``lax.conv_general_dilated`` instead of ``stn._xla_cpu.conv_general_dilated``: the step before
 either XLA:CPU fix), ``deterministic`` (the model as it is under XLA's
 ``--xla_gpu_deterministic_ops=true``; a GPU's cost of bit-identical steps), ``jnp_sampler``
 (the model as it is with ``STN_NATIVE=0``: the pure-jnp sampler instead of the native CPU one,
-i.e. the step before issue 24).
+i.e. the step without the native sampler).
 Also printed: peak RSS growth of the first step, or on an accelerator peak growth of its
 allocated memory (and XLA's temp + output bytes for JAX).
 """
@@ -81,7 +81,7 @@ def build_jax_model(variant: str):
     sys.path.insert(0, ROOT)
     from flax import nnx
 
-    from stn.models import mnist
+    from stn.experiments.models import mnist
 
     model = mnist.create("st_cnn", (SIZE, SIZE, 1), transform="affine", rngs=nnx.Rngs(0))
     convs = [*model.transformer.loc_net.convs, model.classifier.conv1, model.classifier.conv2]
@@ -115,7 +115,7 @@ def worker_jax(variant: str) -> dict:
                                    + " --xla_force_host_platform_device_count=2")
     if variant == "deterministic":  # XLA:GPU's deterministic scatter and reductions
         sys.path.insert(0, ROOT)
-        from stn import host
+        from stn.experiments import host
 
         host.deterministic_gpu_ops()
     import jax
@@ -183,7 +183,7 @@ def build_torch_model():
             nn.init.zeros_(self.loc_out.weight)
             with torch.no_grad():
                 self.loc_out.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
-            # Classifier (as stn.models.mnist.CNN): 9x9 conv, pool, 7x7 conv, pool, linear.
+            # Classifier (as stn.experiments.models.mnist.CNN): 9x9 conv, pool, 7x7 conv, pool, linear.
             self.conv1 = nn.Conv2d(1, 64, 9)
             self.conv2 = nn.Conv2d(64, 64, 7)
             self.fc = nn.Linear(64 * 5 * 5, CLASSES)

@@ -3,7 +3,7 @@
     python train.py --config=configs/colocalisation.py:tc,class=3,quick --workdir=/tmp/coloc
 
 trains the embedding CNN on digit classification once (printing its test error; later runs and
-`eval.py` read it from the cache, `stn.embedding_cache`), then the transformer's localisation
+`eval.py` read it from the cache, `stn.experiments.embedding_cache`), then the transformer's localisation
 net on 100 cluttered 84x84 images of threes by the triplet loss, and reports
 `train_localised`, the fraction of those 100 optimised images whose predicted box has IoU > 0.5
 with the true one (the paper's measure: 100% on T, 75-93% on TC), beside the same on held-out
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from stn import config_args
-from stn.data import colocalisation
+from stn.experiments import config_args
+from stn.experiments.data import colocalisation
 
 CLUTTER = {"t": 0, "tc": colocalisation.CLUTTER_PATCHES}
 
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.embedding.learning_rate = 0.02
     c.model.embedding.momentum = 0.9
     c.model.embedding.seed = 0  # one embedding shared by every run's seed (the paper's is fixed)
-    # Trained once per embedding config and reused (stn.embedding_cache): "" = $STN_CACHE_DIR or
+    # Trained once per embedding config and reused (stn.experiments.embedding_cache): "" = $STN_CACHE_DIR or
     # ~/.cache/stn, one folder per config under embeddings/.
     c.model.embedding.cache_dir = ""
     # The crop's side in pixels (unstated): the embedding's input, 28 (a smaller crop would be
@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 16
     c.train.learning_rate = 0.01
     c.train.momentum = 0.9
-    c.train.optimizer = "sgd"  # or "adam" (stn.training.base_optimizer)
+    c.train.optimizer = "sgd"  # or "adam" (stn.experiments.training.base_optimizer)
     c.train.weight_decay = 0.0  # must stay 0: the embedding is fixed
     # Clipped at global norm 1 (unstated): unclipped, a gradient spike (|g| ~ 40) killed the loc
     # net's ReLUs and froze the box (validation IoU 0.00 vs 0.29 clipped, T class 3, quick).

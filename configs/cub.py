@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from stn import config_args
+from stn.experiments import config_args
 
 # row -> (model name, transformers, image size, stored size); the paper's Table 3 rows.
 ROWS = {
@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.bounded_boxes = False  # True: scale in (0, max_scale), boxes inside the image (ours)
     c.model.max_scale = 1.0
     # what the loc net regresses the boxes from (unstated): "pooled" (the Inception descriptor),
-    # "flattened" (the whole last feature map) or "soft_argmax" (stn.models.cub.AttentionLocNet)
+    # "flattened" (the whole last feature map) or "soft_argmax" (stn.experiments.models.cub.AttentionLocNet)
     c.model.loc_head = "pooled"
     # The stand-in's "ImageNet" (docs/results.md; clutter: sources only, 0: none): the backbone
     # pretrained once on centred items with sides in [side_min, side_max] px, cached.
@@ -124,7 +124,7 @@ def _standin(c: ml_collections.ConfigDict, name: str) -> None:
     models' loc net sees the same view, and their 96x96 crops are sampled from the full
     128x128 canvas. Inceptions of width 1/4 cut after Mixed_5d, all loaded from one pretrained
     on centred items among a little clutter (trained and cached by the first run,
-    `stn.tasks.cub.pretrained_weights`); no flips (clothes' classes are not mirror-symmetric)
+    `stn.experiments.tasks.cub.pretrained_weights`); no flips (clothes' classes are not mirror-symmetric)
     and no crop jitter (the canvas is the whole scene)."""
     c.data.source = "clutter:sample"  # docs/results.md: clutter:idx:<Fashion-MNIST folder>
     c.data.num_classes = 10

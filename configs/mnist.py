@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from stn import config_args, transforms
-from stn.data import distortions
-from stn.models import mnist
+from stn.experiments import config_args
+from stn import transforms
+from stn.experiments.data import distortions
+from stn.experiments.models import mnist
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

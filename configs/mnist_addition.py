@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from stn import config_args, transforms
-from stn.data import distortions
-from stn.models import addition as models
+from stn.experiments import config_args
+from stn import transforms
+from stn.experiments.data import distortions
+from stn.experiments.models import addition as models
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 256
     c.train.learning_rate = 0.01
     c.train.momentum = 0.0
-    c.train.optimizer = "sgd"  # or "adam" (stn.training.base_optimizer)
+    c.train.optimizer = "sgd"  # or "adam" (stn.experiments.training.base_optimizer)
     c.train.weight_decay = 0.0
     c.train.grad_clip_norm = 0.0  # off; > 0 clips the gradient's global norm
     c.train.lr_decay_every = 50_000

@@ -1,8 +1,8 @@
-"""The offline SVHN stand-in: sequences of 1-5 real MNIST digits (`stn.data.mnist_sequences`).
+"""The offline SVHN stand-in: sequences of 1-5 real MNIST digits (`stn.experiments.data.mnist_sequences`).
 
     python train.py --config=configs/mnist_sequences.py:st_cnn_multi --workdir=/tmp/seq_multi
 
-trains the SVHN sequence models (`stn.models.svhn`) on 64x64 canvases of digits from the
+trains the SVHN sequence models (`stn.experiments.models.svhn`) on 64x64 canvases of digits from the
 embedded 10k-digit sample, so the whole SVHN path (data on device, sequence loss, sequence
 error, transformer pictures) runs with no download. Default widths are reduced (`small`) so it
 runs on a CPU; `full` uses the paper's SVHN widths (an accelerator).
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from stn import config_args
-from stn.models import svhn
+from stn.experiments import config_args
+from stn.experiments.models import svhn
 
 CANVASES = {"64px": 64, "128px": 128}
 SMALL_FEATURES = (16, 16, 32, 32, 48, 48, 48, 48)

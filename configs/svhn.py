@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from stn import config_args
-from stn.models import svhn
+from stn.experiments import config_args
+from stn.experiments.models import svhn
 
 VARIANTS = {"64px": 54, "128px": 108}  # variant -> random (train) / centre (test) crop size
 

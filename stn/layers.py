@@ -18,15 +18,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stn import sampling, transforms, xla_cpu
+from stn import sampling, transforms, _xla_cpu
 
 
 def valid_conv(in_features: int, out_features: int, kernel_size: int, *,
                rngs: nnx.Rngs) -> nnx.Conv:
-    """An `nnx.Conv` (stride 1, VALID) through `xla_cpu.conv_general_dilated`: the same
+    """An `nnx.Conv` (stride 1, VALID) through `_xla_cpu.conv_general_dilated`: the same
     convolution, on XLA:CPU's faster paths when running on the CPU."""
     return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), padding="VALID",
-                    conv_general_dilated=xla_cpu.conv_general_dilated, rngs=rngs)
+                    conv_general_dilated=_xla_cpu.conv_general_dilated, rngs=rngs)
 
 
 def max_pool(x: jax.Array, size: int = 2, padding: str = "VALID") -> jax.Array:
@@ -84,7 +84,7 @@ class Frozen(nnx.Variable):
     """A fixed weight: read through `jax.lax.stop_gradient`, and not an `nnx.Param`.
 
     Gradients flow through the layer to its input but never reach the weight, and optimisers
-    and `stn.models.num_params` (which count `nnx.Param`s) leave it out: e.g. the pretrained
+    and `stn.experiments.models.num_params` (which count `nnx.Param`s) leave it out: e.g. the pretrained
     embedding of co-localisation (appendix A.2), which the triplet loss must not train.
     """
 

@@ -37,7 +37,7 @@ Grid points that are not finite, and huge ones (one rule for every kernel and pa
   that float32 cannot place a point within a pixel anyway. So a huge point is outside the image:
   zeros padding gives 0, border padding the edge pixel, reflection the mirror of the clamped point.
 
-Antialiasing (``antialias=True``, issue 26): each point's kernel is stretched along each input
+Antialiasing (``antialias=True``): each point's kernel is stretched along each input
 axis by the grid's footprint, the norm of that axis's row of the grid's Jacobian (finite
 differences), at least 1 and at most a static ``max_scale``, and its weights normalised; the
 section "antialiasing" below derives the estimate and gives its cost in taps.
@@ -540,7 +540,7 @@ def _bilinear_window_jvp(primals, tangents):
     return output, tangent
 
 
-# ------------------------------------------------------------ antialiasing (issue 26)
+# ------------------------------------------------------------ antialiasing
 #
 # A grid that reads the input more sparsely than its pixels (zooming out) aliases with any
 # fixed-width kernel. With ``antialias=True`` each point's kernel is stretched along each input

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="session")
 def _embedding_cache_in_tmp(tmp_path_factory):
-    """Cached embeddings (stn.embedding_cache) go to a temporary folder, never ~/.cache."""
+    """Cached embeddings (stn.experiments.embedding_cache) go to a temporary folder, never ~/.cache."""
     previous = os.environ.get("STN_CACHE_DIR")
     os.environ["STN_CACHE_DIR"] = str(tmp_path_factory.mktemp("stn_cache"))
     yield

@@ -1,7 +1,7 @@
 """MNIST addition (appendix A.1, Table 4): every model, each point a configs/mnist_addition.py run.
 
-    python -m stn.sweeps --sweep=configs/sweeps/addition.py:reduced --workdir=runs/addition_reduced
-    python -m stn.tables --workdir=runs/addition_reduced --table=addition
+    python -m stn.experiments.sweeps --sweep=configs/sweeps/addition.py:reduced --workdir=runs/addition_reduced
+    python -m stn.experiments.results.tables --workdir=runs/addition_reduced --table=addition
 
 `reduced` (the CPU preset, one seed, the embedded sample): FCN, CNN, ST-FCN Aff, 2xST-FCN Aff /
 Proj / TPS and 2xST-CNN Aff, at the `reduced` preset of configs/mnist_addition.py (FCN models
@@ -17,7 +17,7 @@ gains `-lrV`; default: the config's rate), optimizer=sgd|adam (`train.optimizer`
 point, its name gains `-sgd`/`-adam`; default: the config's), e.g. the validation comparison
 `reduced,optimizer=sgd,lrs=0.05` against the preset.
 """
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 MODELS = (
     ("fcn", None), ("cnn", None),
@@ -25,7 +25,7 @@ MODELS = (
     ("2xst_fcn", "affine"), ("2xst_fcn", "projective"), ("2xst_fcn", "tps"),
     ("2xst_cnn", "affine"), ("2xst_cnn", "projective"), ("2xst_cnn", "tps"),
 )
-#: stn.training.OPTIMIZERS, named here so that loading the sweep does not import JAX.
+#: stn.experiments.training.OPTIMIZERS, named here so that loading the sweep does not import JAX.
 OPTIMIZERS = ("sgd", "adam")
 REDUCED_MODELS = (
     ("fcn", None), ("cnn", None), ("st_fcn", "affine"),

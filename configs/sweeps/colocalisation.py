@@ -1,8 +1,8 @@
 """Co-localisation (appendix A.2, Table 5): every digit class, on T and TC, each point a
 configs/colocalisation.py run.
 
-    python -m stn.sweeps --sweep=configs/sweeps/colocalisation.py:reduced --workdir=runs/coloc_reduced
-    python -m stn.tables --workdir=runs/coloc_reduced --table=colocalisation
+    python -m stn.experiments.sweeps --sweep=configs/sweeps/colocalisation.py:reduced --workdir=runs/coloc_reduced
+    python -m stn.experiments.results.tables --workdir=runs/coloc_reduced --table=colocalisation
 
 `reduced` (the CPU preset, one seed, the embedded sample): the `reduced` preset of
 configs/colocalisation.py for the 10 classes on T and TC (see docs/addition_colocalisation.md
@@ -13,7 +13,7 @@ Argument (comma-separated): `reduced`, and `key=value` for classes=LIST (default
 source=SOURCE (`idx:DIR`, `tfds:NAME`, `sample`, or a bare folder), crop_sizes=LIST (crop sides
 to compare on validation; each point's name gains `-cropN`; default: the config's).
 """
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

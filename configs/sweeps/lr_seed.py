@@ -1,6 +1,6 @@
 """A tuning sweep: learning rate x localisation-net learning-rate multiplier x seed, one config.
 
-    python -m stn.sweeps --workdir=runs/lr_rts_st_cnn \
+    python -m stn.experiments.sweeps --workdir=runs/lr_rts_st_cnn \
         --sweep=configs/sweeps/lr_seed.py:config=configs/mnist.py:rts,st_cnn,affine,seeds=3
 
 Argument (`key=value` joined by commas; a list continues after commas):
@@ -12,7 +12,7 @@ Argument (`key=value` joined by commas; a list continues after commas):
   steps=N, data=SOURCE    shared overrides of train.steps and data.source.
 Point names read `lr0.01-loc1-s0`.
 """
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

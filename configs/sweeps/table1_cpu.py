@@ -1,7 +1,7 @@
 """Table 1 on a 2-core CPU: the 32 cells (R, RTS, P, E x 8 models) in about an hour, one seed.
 
-    python -m stn.sweeps --sweep=configs/sweeps/table1_cpu.py --workdir=runs/table1_cpu --cpu_devices=2
-    python -m stn.tables --workdir=runs/table1_cpu --table=1
+    python -m stn.experiments.sweeps --sweep=configs/sweeps/table1_cpu.py --workdir=runs/table1_cpu --cpu_devices=2
+    python -m stn.experiments.results.tables --workdir=runs/table1_cpu --table=1
 
 Data: the embedded sample (8,000 training digits, all of them: final runs keep no validation
 split). The recipe was chosen on the validation split by `configs/sweeps/table1_cpu_tune.py`
@@ -11,7 +11,7 @@ data=SOURCE (default sample).
 """
 from pathlib import Path
 
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 # The budget: batch 64, SGD with momentum 0.9, the learning rate divided by 10 at 3/4 of the
 # steps; the cheap fully connected models get more steps than the convolutional ones.

@@ -1,9 +1,9 @@
 """The tuning sweep behind table1_cpu.py: its recipe, chosen by validation error on RTS.
 
     for f in fcn cnn st_fcn st_cnn; do
-      python -m stn.sweeps --sweep=configs/sweeps/table1_cpu_tune.py:family=$f \
+      python -m stn.experiments.sweeps --sweep=configs/sweeps/table1_cpu_tune.py:family=$f \
           --workdir=runs/table1_cpu_tune/$f --cpu_devices=2
-      python -m stn.tables --workdir=runs/table1_cpu_tune/$f --table=sweep
+      python -m stn.experiments.results.tables --workdir=runs/table1_cpu_tune/$f --table=sweep
     done
 
 Each model family (FCN, CNN, ST-FCN affine, ST-CNN affine) on RTS at table1_cpu.py's budget,
@@ -14,7 +14,7 @@ family is its own sweep, summarised on its own), lrs=..., loc_multipliers=..., s
 """
 from pathlib import Path
 
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 FAMILIES = {"fcn": "fcn", "cnn": "cnn", "st_fcn": "st_fcn,affine", "st_cnn": "st_cnn,affine"}
 

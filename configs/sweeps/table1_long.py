@@ -1,8 +1,8 @@
 """One cell of Table 1 followed further: RTS CNN and ST-CNN (affine) with table1_cpu.py's tuned
 recipe run 10x longer (20,000 steps of 128), validation and test error every 2,000 steps.
 
-    python -m stn.sweeps --sweep=configs/sweeps/table1_long.py --workdir=runs/table1_long --parallel=2
-    python -m stn.tables --workdir=runs/table1_long --table=curves
+    python -m stn.experiments.sweeps --sweep=configs/sweeps/table1_long.py --workdir=runs/table1_long --parallel=2
+    python -m stn.experiments.results.tables --workdir=runs/table1_long --table=curves
 
 Beside the paper's own recipe on the same cells (configs/sweeps/table1.py:columns=rts,
 test_curves=true), this shows how far from converged the CPU table is (docs/results.md).
@@ -10,7 +10,7 @@ Argument: steps=N (default 20000), batch=N (default 128), data=SOURCE (default s
 """
 from pathlib import Path
 
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 CELLS = (("cnn", None), ("st_cnn", "affine"))
 

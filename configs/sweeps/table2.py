@@ -1,7 +1,7 @@
 """Table 2 of the paper: SVHN multi-digit sequence error, 64px and 128px crops x 3 models.
 
-    python -m stn.sweeps --sweep=configs/sweeps/table2.py:seeds=1 --workdir=runs/table2
-    python -m stn.tables --workdir=runs/table2 --table=2
+    python -m stn.experiments.sweeps --sweep=configs/sweeps/table2.py:seeds=1 --workdir=runs/table2
+    python -m stn.experiments.results.tables --workdir=runs/table2 --table=2
 
 Each point is a configs/svhn.py run (`64px,cnn`, `128px,st_cnn_single`, `64px,st_cnn_multi`, ...).
 The paper's Maxout CNN and DRAM rows are other papers' models and are not reproduced here.
@@ -9,7 +9,7 @@ Argument (all optional, `key=value` joined by commas): seeds=N (default 1), firs
 steps=N (override train.steps), manual_dir=DIR (data.manual_dir: the folder holding SVHN's
 format 1 archives), tfds_data_dir=DIR (data.tfds_data_dir: where the built data set lives).
 """
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 VARIANTS = ("64px", "128px")
 MODELS = ("cnn", "st_cnn_single", "st_cnn_multi")

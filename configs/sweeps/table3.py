@@ -1,8 +1,8 @@
 """Table 3 of the paper: CUB-200-2011, CNN and 2x / 4x ST-CNN, every point a configs/cub.py run.
 
-    python -m stn.sweeps --sweep=configs/sweeps/table3.py:data=/data/CUB_200_2011,\
+    python -m stn.experiments.sweeps --sweep=configs/sweeps/table3.py:data=/data/CUB_200_2011,\
 weights=/weights/model.safetensors --workdir=runs/table3
-    python -m stn.tables --workdir=runs/table3 --table=3
+    python -m stn.experiments.results.tables --workdir=runs/table3 --table=3
 
 Argument (all optional, `key=value` joined by commas):
   data=PATH      the official CUB_200_2011 folder (data.source=dir:PATH), or tfds:NAME;
@@ -13,7 +13,7 @@ Argument (all optional, `key=value` joined by commas):
                  (0 for final runs on all 5,994 training images);
   smoke=true     the rows' smoke modifier (synthetic data, narrow backbone: a CPU check).
 """
-from stn import config_args, sweeps
+from stn.experiments import config_args, sweeps
 
 ROWS = ("cnn", "2xst_224", "2xst_448", "4xst_448")
 

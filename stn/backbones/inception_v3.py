@@ -9,7 +9,7 @@ ImageNet training); a network truncated at an earlier block (`last_block`) takes
 Batch normalisation: **frozen running statistics**. Every BN layer normalises with its running
 mean and variance (the imported ImageNet ones, or 0 and 1 for a fresh network), in training and
 in evaluation alike; the statistics never change (read through `stop_gradient`, and they are not
-`nnx.Param`s, so optimisers and `stn.models.num_params` leave them out), while the BN scale and
+`nnx.Param`s, so optimisers and `stn.experiments.models.num_params` leave them out), while the BN scale and
 shift are trained like every other parameter. This is the usual choice when fine-tuning with
 small batches (batch statistics of a few large crops are noisy), and it keeps a train step a pure
 function of the parameters. The statistics are part of the module's state, so they are

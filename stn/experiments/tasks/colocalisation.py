@@ -1,0 +1,269 @@
+"""Task `colocalisation`: co-localisation of one digit class (paper appendix A.2), no labels.
+
+Config fields read here (configs/colocalisation.py): `data.source`, `data.digit_class`,
+`data.clutter` (6x6 distractor patches per image: 0 for T, 16 for TC), `data.num_train` (the
+images optimised on; the paper's 100), `data.validation_size` and `data.validation_seed`
+(training digits held out, all classes), `data.test_seed` (seed of the fixed sets);
+`model.crop_size`, `model.kernel`, `model.antialias`, `model.margin` (alpha), `model.initial_scale`,
+`model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
+crop's own), `model.embedding.*` (how the fixed embedding CNN is
+trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`, `seed`; and
+`cache_dir`, where it is kept); `train.batch_size`.
+
+The embedding is the section-4.1 CNN (`stn.experiments.models.mnist.CNN`) trained on digit classification
+by `train_embedding` once per embedding config (`embedding_spec`), cached on disk
+(`stn.experiments.embedding_cache`) and read back by every later run and `eval.py` call, then frozen. Loss: the appendix's
+triplet hinge loss (`stn.experiments.models.colocalisation`). Metrics: `error`, the fraction of images whose
+predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
+IoU > 0.5); `iou`; and a baseline, a fixed box of the digit's size at the centre
+(`centre_box_error`, `centre_box_localised`, `centre_box_iou`). The trainer scores them on the
+optimised images too (`Data.optimised`: `train_localised`, the paper's headline).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from stn import boxes, sampling, transforms
+from stn.experiments import embedding_cache, pictures
+from stn.experiments.data import colocalisation, distortions, pipeline, sources
+from stn.experiments.models import colocalisation as models
+from stn.experiments.models import mnist
+from stn.experiments.tasks import Data, Task, classification
+
+MODEL_NAMES = ("colocaliser",)
+EVAL_SETS = ("test", "validation", "train")
+
+
+def validate_config(config) -> None:
+    """One-line ValueErrors for the model, embedding and data fields of the config."""
+    if config.model.name not in MODEL_NAMES:
+        raise ValueError(f"config.model.name={config.model.name!r} is unknown for task "
+                         f"'colocalisation'; set it to one of {', '.join(MODEL_NAMES)}")
+    if config.model.get("kernel", "bilinear") not in sampling.KERNELS:
+        raise ValueError(f"config.model.kernel={config.model.kernel!r} is unknown; set it to "
+                         f"one of {', '.join(sampling.KERNELS)}")
+    classification.validate_antialias(config)
+    if not 0 <= int(config.data.digit_class) <= 9:
+        raise ValueError(f"config.data.digit_class={config.data.digit_class} must be in 0..9")
+    if int(config.data.clutter) < 0:
+        raise ValueError(f"config.data.clutter={config.data.clutter} must be >= 0 (0: T, 16: TC)")
+    if int(config.data.num_train) < 2 or int(config.train.batch_size) > int(config.data.num_train):
+        raise ValueError(f"config.data.num_train={config.data.num_train} must be at least 2 and "
+                         f"at least config.train.batch_size={config.train.batch_size}")
+    if int(config.train.batch_size) < 2:
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} must be at least 2 "
+                         f"(the triplet loss pairs the images of a batch)")
+    if config.model.descriptor not in models.DESCRIPTORS:
+        raise ValueError(f"config.model.descriptor={config.model.descriptor!r} is unknown; set "
+                         f"it to one of {', '.join(models.DESCRIPTORS)}")
+    low, high = float(config.model.min_scale), float(config.model.max_scale)
+    if not (0 <= low < high <= 1):
+        raise ValueError(f"config.model.min_scale={low} and max_scale={high} must satisfy "
+                         f"0 <= min_scale < max_scale <= 1 (min_scale 0: no bound)")
+    if low and not low < float(config.model.initial_scale) < high:
+        raise ValueError(f"config.model.initial_scale={config.model.initial_scale} must lie in "
+                         f"(min_scale, max_scale) = ({low}, {high}) when the crop is kept inside "
+                         f"the image")
+    if not all(int(w) > 0 for w in config.model.loc_hidden):
+        raise ValueError(f"config.model.loc_hidden={tuple(config.model.loc_hidden)} must be "
+                         f"positive widths")
+    if not 0 <= float(config.model.patch_scale) <= 1:
+        raise ValueError(f"config.model.patch_scale={config.model.patch_scale} must be in "
+                         f"[0, 1] (0: the crop's own size)")
+    if int(config.data.get("validation_size", 0)) < 0:
+        raise ValueError(f"config.data.validation_size={config.data.validation_size} must be "
+                         f">= 0 (0: no validation split)")
+    sources.check_source(config.data.source, field="config.data.source")
+    embedding = config.model.embedding
+    if embedding.distortion not in distortions.NAMES:
+        raise ValueError(f"config.model.embedding.distortion={embedding.distortion!r} is "
+                         f"unknown; set it to one of {', '.join(distortions.NAMES)}")
+    canvas = distortions.get(embedding.distortion).canvas_size
+    if not 0 < int(config.model.crop_size) <= canvas:
+        raise ValueError(f"config.model.crop_size={config.model.crop_size} must be in "
+                         f"1..{canvas}: at most the embedding CNN's input, the "
+                         f"{embedding.distortion!r} canvas")
+    for key in ("steps", "batch_size"):
+        if int(embedding[key]) <= 0:
+            raise ValueError(f"config.model.embedding.{key}={embedding[key]} must be positive")
+    if float(config.train.get("weight_decay", 0.0)) != 0.0:
+        raise ValueError(f"config.train.weight_decay={config.train.weight_decay} must be 0: the "
+                         f"embedding CNN is fixed, and decay would shrink it")
+
+
+def input_shape(config) -> tuple[int, int, int]:
+    """`(84, 84, 1)`."""
+    return (colocalisation.CANVAS, colocalisation.CANVAS, 1)
+
+
+def _datasets(config) -> dict[str, dict[str, np.ndarray]]:
+    return colocalisation.datasets(
+        sources.load_digits(config.data.source), digit_class=int(config.data.digit_class),
+        num_train=int(config.data.num_train),
+        validation_size=int(config.data.get("validation_size", 0)),
+        validation_seed=int(config.data.get("validation_seed", 0)),
+        clutter=int(config.data.clutter), seed=int(config.data.get("test_seed", 0)))
+
+
+def load_data(config) -> Data:
+    """The fixed training images of one class, their batch maker, the fixed sets; the
+    training images are also the `optimised` set, scored at the end as `train_*` (the paper's
+    measure: `train_localised`, the fraction of them with IoU > 0.5) and drawn at every
+    evaluation (the same images each time, as in the paper's Figure 4)."""
+    sets = _datasets(config)
+    batch = functools.partial(colocalisation.train_batch, batch_size=int(config.train.batch_size))
+    return Data(train_arrays=(sets["train"]["image"], sets["train"]["box"]),
+                train_batch=lambda arrays, seed, step: batch(*arrays, seed, step),
+                validation=sets["validation"] if int(config.data.validation_size) else None,
+                test=sets["test"], input_shape=input_shape(config), optimised=sets["train"])
+
+
+EMBEDDING_FIELDS = ("distortion", "steps", "batch_size", "learning_rate", "momentum", "seed")
+
+
+def embedding_spec(config) -> dict:
+    """What the embedding CNN's weights depend on (its cache key): the digit source, the
+    validation split it must not see, and `model.embedding.*` but `cache_dir`."""
+    embedding = config.model.embedding
+    kinds = {"distortion": str, "steps": int, "batch_size": int, "learning_rate": float,
+             "momentum": float, "seed": int}
+    return {"source": str(config.data.source),
+            "validation_size": int(config.data.get("validation_size", 0)),
+            "validation_seed": int(config.data.get("validation_seed", 0)),
+            **{key: kinds[key](embedding.get(key, 0)) for key in EMBEDDING_FIELDS}}
+
+
+def train_embedding(spec: dict) -> tuple[nnx.State, dict]:
+    """The section-4.1 CNN trained on digit classification (SGD with momentum, cross-entropy)
+    on the training digits left after the validation split, `spec["distortion"]` applied;
+    returns its state (numpy) and `{"test_error": ...}` on the distorted test digits."""
+    digits = sources.load_digits(spec["source"])
+    digits, _, _ = pipeline.split_validation(digits, spec["validation_size"],
+                                             seed=spec["validation_seed"],
+                                             field="config.data.validation_size")
+    distortion, seed = spec["distortion"], spec["seed"]
+    graphdef, state = nnx.split(_embedding_cnn(distortion, seed))
+    tx = optax.sgd(spec["learning_rate"], momentum=spec["momentum"] or None)
+    make_batch = functools.partial(pipeline.train_batch, batch_size=spec["batch_size"],
+                                   distortion=distortion)
+
+    @jax.jit
+    def step(state, opt_state, images, labels, number):
+        batch = make_batch(images, labels, seed, number)
+        grads = jax.grad(lambda s: classification.loss(nnx.merge(graphdef, s)(batch["image"]),
+                                                       batch).mean())(state)
+        updates, opt_state = tx.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state
+
+    opt_state = tx.init(state)
+    images, labels = jnp.asarray(digits.train_images), jnp.asarray(digits.train_labels)
+    for number in range(spec["steps"]):
+        state, opt_state = step(state, opt_state, images, labels, number)
+    test = pipeline.test_set(digits, distortion, seed=seed)
+    predict = jax.jit(lambda s, x: jnp.argmax(nnx.merge(graphdef, s)(x), axis=-1))
+    predicted = np.concatenate([np.asarray(predict(state, test["image"][i:i + 1000]))
+                                for i in range(0, len(test["image"]), 1000)])
+    error = float(np.mean(predicted != test["label"]))
+    print(f"embedding CNN: {spec['steps']} steps on {distortion!r} digits of {spec['source']}, "
+          f"{100 * error:.2f}% test error", flush=True)
+    return jax.device_get(state), {"test_error": error}
+
+
+def _embedding_cnn(distortion: str, seed: int) -> mnist.CNN:
+    canvas = distortions.get(distortion).canvas_size
+    return mnist.CNN((canvas, canvas, 1), rngs=nnx.Rngs(params=seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_embedding(spec_items: tuple, cache_dir: str) -> tuple[nnx.State, dict]:
+    spec = dict(spec_items)
+    template = nnx.split(_embedding_cnn(spec["distortion"], spec["seed"]))[1]
+    return embedding_cache.load_or_train(embedding_cache.cache_root(cache_dir), spec, template,
+                                         lambda: train_embedding(spec))
+
+
+def pretrained_embedding(config) -> tuple[nnx.State, dict]:
+    """The embedding CNN's trained state and its record (`test_error`, `folder`): read from the
+    cache (`stn.experiments.embedding_cache`, folder `model.embedding.cache_dir`, "" = ~/.cache/stn), else
+    trained once by `train_embedding` and cached; one process reads it once."""
+    spec = embedding_spec(config)
+    return _cached_embedding(tuple(sorted(spec.items())),
+                             str(config.model.embedding.get("cache_dir", "")))
+
+
+def make_model(config, shape, rngs):
+    """The co-localiser, its embedding CNN trained first (`pretrained_embedding`) and frozen."""
+    embedding = config.model.embedding
+    state, record = pretrained_embedding(config)
+    print(f"embedding CNN from {record['folder']} ({100 * record['test_error']:.2f}% test "
+          f"error)", flush=True)
+    canvas = distortions.get(embedding.distortion).canvas_size
+    cnn = _embedding_cnn(embedding.distortion, int(embedding.get("seed", 0)))
+    nnx.update(cnn, state)
+    return models.CoLocaliser(shape, cnn, crop_size=int(config.model.crop_size),
+                              embedding_size=canvas,
+                              kernel=config.model.get("kernel", "bilinear"),
+                              antialias=config.model.get("antialias", False),
+                              margin=float(config.model.margin),
+                              initial_scale=float(config.model.initial_scale),
+                              descriptor=config.model.descriptor,
+                              patch_scale=float(config.model.patch_scale),
+                              min_scale=float(config.model.min_scale),
+                              max_scale=float(config.model.max_scale),
+                              loc_hidden=tuple(int(w) for w in config.model.loc_hidden),
+                              rngs=rngs)
+
+
+def forward(model, batch: dict) -> dict:
+    """The crop's and the random patch's descriptors, the box, and the model's margin."""
+    return model(batch["image"], batch["rand_pos"])
+
+
+def loss(outputs: dict, batch: dict) -> jax.Array:
+    """The appendix's triplet hinge loss over the pairs of the batch, `[B]`."""
+    del batch  # no label and no box: co-localisation is trained without either
+    return models.colocalisation_loss(outputs)
+
+
+def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
+    """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and the
+    baseline of a fixed centred box of the digit's size: `centre_box_error`,
+    `centre_box_localised` and `centre_box_iou`."""
+    overlap = boxes.iou(outputs["box"], batch["box"])
+    true = batch["box"]
+    half = 0.5 * (true[:, 2:] - true[:, :2])
+    centred = boxes.iou(jnp.concatenate([-half, half], axis=-1), true)
+    localised = (overlap > 0.5).astype(jnp.float32)
+    return {"error": 1.0 - localised, "localised": localised, "iou": overlap,
+            "centre_box_error": (centred <= 0.5).astype(jnp.float32),
+            "centre_box_localised": (centred > 0.5).astype(jnp.float32), "centre_box_iou": centred}
+
+
+def load_eval_set(config, spec: str) -> tuple[dict, str]:
+    """`test` (the class's test digits), `validation`, or `train`: the images optimised on,
+    where the paper measures co-localisation."""
+    if spec not in EVAL_SETS:
+        raise ValueError(f"--data must be one of {', '.join(EVAL_SETS)} for task "
+                         f"'colocalisation', got {spec!r}")
+    if spec == "validation" and not int(config.data.get("validation_size", 0)):
+        raise ValueError("the config has no validation split (config.data.validation_size is 0)")
+    return _datasets(config)[spec], spec
+
+
+def draw(batch: dict, grids: list, outputs: list):
+    """Each input with the predicted box (red) and the true box (green), beside the crop."""
+    height, width = outputs[0].shape[1:3]
+    true = transforms.get("attention").grid(boxes.box_attention(batch["box"]), height, width)
+    return pictures.transformer_grid_image(batch["image"], outputs, [*grids, np.asarray(true)],
+                                        columns=4)
+
+
+TASK = Task(name="colocalisation", validate_config=validate_config, load_data=load_data,
+            input_shape=input_shape, make_model=make_model, loss=loss, metrics=metrics,
+            load_eval_set=load_eval_set, forward=forward, draw=draw)
