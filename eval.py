@@ -9,7 +9,7 @@ The run is evaluated as it was trained: with its `config.json`. `--config` (and 
 be given, but a field that changes the model, the data or the split is refused; only fields
 that cannot change the numbers (`eval.batch_size`, intervals, paths) may differ. `--data` picks
 the set: `test` (default), `validation`, or external data that the config's task reads
-(docs/training.md lists the formats of each task). The checkpoint is verified (digest,
+(docs/guides/training.md lists the formats of each task). The checkpoint is verified (digest,
 finiteness, parameter paths and shapes) before it is evaluated.
 """
 import json

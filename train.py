@@ -13,9 +13,9 @@ config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, images, results).")
 flags.DEFINE_integer("cpu_devices", 1, "Run JAX's CPU backend as this many devices (e.g. one per "
-                     "core): the batch is split over them, faster on CPU (docs/performance.md).")
+                     "core): the batch is split over them, faster on CPU (docs/reports/performance.md).")
 flags.DEFINE_bool("deterministic", False, "On a GPU: bit-identical gradients run after run "
-                  "(XLA's deterministic scatter and reductions; slower, docs/performance.md).")
+                  "(XLA's deterministic scatter and reductions; slower, docs/reports/performance.md).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

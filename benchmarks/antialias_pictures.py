@@ -1,6 +1,6 @@
-"""Draws the antialiasing pictures of docs/sampling.md from the real sampler.
+"""Draws the antialiasing pictures of docs/guides/sampling.md from the real sampler.
 
-    python benchmarks/antialias_pictures.py   # docs/sampling_antialias.png, docs/sampling_antialias_loss.png
+    python benchmarks/antialias_pictures.py   # docs/images/sampling_antialias.png, docs/images/sampling_antialias_loss.png
 
 The input is a line drawing: the outline of one digit of the embedded sample at 112 x 112 pixels
 (strokes 1-3 pixels wide). An affine grid turns it by theta and reads it into 28 x 28 pixels, a
@@ -113,7 +113,7 @@ def main() -> None:
     for name, loss in losses.items():
         print(f"{name}: roughness {roughness(loss):.2e}, min at {degrees[np.argmin(loss)]:g} deg, "
               f"loss at theta0 {loss[np.argmin(np.abs(degrees - THETA0))]:.4f}")
-    print("wrote docs/sampling_antialias.png and docs/sampling_antialias_loss.png")
+    print("wrote docs/images/sampling_antialias.png and docs/images/sampling_antialias_loss.png")
 
 
 if __name__ == "__main__":

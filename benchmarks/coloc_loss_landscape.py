@@ -19,7 +19,7 @@ boxes of the digit's size moved `k` pixels sideways off each digit (towards the 
 line, kept inside the image), for every image at once, and for one image at a time while the
 others keep the true box (`offset_landscape`). A loss higher part-way than at the empty end is a
 barrier that gradient descent from an empty or partly covering box does not cross.
-docs/addition_colocalisation.md has the numbers.
+docs/reports/appendix.md has the numbers.
 """
 from __future__ import annotations
 

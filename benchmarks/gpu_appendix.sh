@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The appendix tables (MNIST addition, co-localisation) at their `reduced` presets, every run of
 # both sweeps side by side on one GPU: the same configs as the CPU commands of
-# docs/addition_colocalisation.md, on the embedded sample.
+# docs/reports/appendix.md, on the embedded sample.
 #
 #     bash benchmarks/gpu_appendix.sh                  # on a machine with a GPU
 #     TRAIN_SECONDS=600 OUT=runs/gpu_appendix bash benchmarks/gpu_appendix.sh

@@ -1,5 +1,5 @@
 """An independent check of the CUB stand-in's earlier recipe (96x96 canvas, boxes regressed
-from the pooled or flattened map; docs/results.md "How the stand-in got here"), in PyTorch.
+from the pooled or flattened map; docs/reports/results.md "How the stand-in got here"), in PyTorch.
 The current `standin` preset (128x128 canvas, soft-argmax boxes) is not rebuilt here.
 
 Benchmark only: it imports nothing from `stn`, no test imports it, and torch never joins the

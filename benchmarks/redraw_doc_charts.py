@@ -4,16 +4,16 @@ The runs behind the docs' charts (runs/ is not committed) are not needed: each c
 rebuilt from a markdown table of the page that shows it, so the picture and the page cannot
 disagree. Only numbers printed in the docs are used, at the precision printed:
 
-- docs/table1_cpu.png: Table 1 of docs/results.md (ours: mean, sample sd and the number of seeds).
-- docs/table_addition_cpu.png: the addition table of docs/addition_colocalisation.md (each
+- docs/images/table1_cpu.png: Table 1 of docs/reports/results.md (ours: mean, sample sd and the number of seeds).
+- docs/images/table_addition_cpu.png: the addition table of docs/reports/appendix.md (each
   seed's test error; mean and sd computed here as stn.experiments.results.tables does).
-- docs/table_colocalisation_cpu.png: the co-localisation table on the CPU of the same page
+- docs/images/table_colocalisation_cpu.png: the co-localisation table on the CPU of the same page
   (% of test images localised, one run per class, printed to 0.1).
-- docs/tune_st_cnn_rts.png: the ST-CNN row of the tuning table of docs/results.md (validation
+- docs/images/tune_st_cnn_rts.png: the ST-CNN row of the tuning table of docs/reports/results.md (validation
   error, one seed; validation has 1,000 digits, so 0.1% is exact). The page does not print
   the tuning runs' test errors, so this chart has the validation panel only.
 
-The learning curves (docs/rts_followed_curves.png, docs/gpu_rts_paper_recipe_curves.png) need
+The learning curves (docs/images/rts_followed_curves.png, docs/images/gpu_rts_paper_recipe_curves.png) need
 every evaluation of every run (metrics.jsonl), which the docs do not print: redraw them with
 `python -m stn.experiments.results.tables --table=curves` from the runs.
 
@@ -66,7 +66,7 @@ def printed_summary(mean: float, std: float, n: int) -> dict[str, float]:
 
 
 def table1(docs: Path) -> dict[str, Any]:
-    """Table 1 on the CPU (docs/results.md): `paper / mean[±sd]` per cell; the header says
+    """Table 1 on the CPU (docs/reports/results.md): `paper / mean[±sd]` per cell; the header says
     how many seeds a column has (`RTS (3 seeds)`), one otherwise."""
     spec = table_spec(1)
     header, *rows = markdown_table(docs / "results.md", "| model | R | RTS")
@@ -85,7 +85,7 @@ def table1(docs: Path) -> dict[str, Any]:
 
 
 def addition(docs: Path) -> dict[str, Any]:
-    """Addition on the CPU (docs/addition_colocalisation.md): each seed's % test error."""
+    """Addition on the CPU (docs/reports/appendix.md): each seed's % test error."""
     spec = table_spec("addition")
     _, *rows = markdown_table(docs / "addition_colocalisation.md",
                               "| model | paper % error | ours % test error")
@@ -97,7 +97,7 @@ def addition(docs: Path) -> dict[str, Any]:
 
 
 def colocalisation(docs: Path) -> dict[str, Any]:
-    """Co-localisation on the CPU (docs/addition_colocalisation.md): % of test images
+    """Co-localisation on the CPU (docs/reports/appendix.md): % of test images
     localised per class on T and on TC (the TC cell prints `test / optimised`)."""
     spec = table_spec("colocalisation")
     header, *rows = markdown_table(docs / "addition_colocalisation.md",
@@ -114,7 +114,7 @@ def colocalisation(docs: Path) -> dict[str, Any]:
 
 
 def tuning(docs: Path) -> dict[str, Any]:
-    """The ST-CNN row of the tuning table (docs/results.md) as a sweep summary: validation
+    """The ST-CNN row of the tuning table (docs/reports/results.md) as a sweep summary: validation
     error against the learning rate, one line per localisation-net multiplier."""
     header, *rows = markdown_table(docs / "results.md", "| family | lr 0.01 |")
     (row,) = [r for r in rows if r[0].startswith("ST-CNN Aff, loc 0.1x")]

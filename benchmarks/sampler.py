@@ -68,7 +68,7 @@ CASES = {  # name -> [(shape (B, C, *spatial), kernel)]; torch's mode has the sa
 # any block over 64 MiB from a thread's arena) to the OS, so an XLA program whose temporary buffer
 # exceeds it page-faults its whole temp space in again on every call (sys time can exceed user
 # time). These settings keep freed memory in the process; --malloc tuned applies them to every
-# worker, JAX and torch alike (docs/performance.md).
+# worker, JAX and torch alike (docs/reports/performance.md).
 TUNED_MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),

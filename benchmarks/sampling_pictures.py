@@ -1,6 +1,6 @@
-"""Draws the pictures of docs/sampling.md from the real sampler.
+"""Draws the pictures of docs/guides/sampling.md from the real sampler.
 
-    python benchmarks/sampling_pictures.py      # writes docs/sampling_kernels.png, docs/sampling_volume.png
+    python benchmarks/sampling_pictures.py      # writes docs/images/sampling_kernels.png, docs/images/sampling_volume.png
 
 1. One digit of the embedded MNIST sample, its middle zoomed 8x (an attention grid, paper eq. 2)
    with each kernel: nearest, bilinear, bicubic (Keys a = -0.75), Keys a = -0.5, Gaussian sigma 0.7.
@@ -110,7 +110,7 @@ def main() -> None:
     digit = digits.test_images[0].astype(np.float32) / 255.0  # a 3
     kernel_picture(digit).save(os.path.join(OUT, "sampling_kernels.png"))
     volume_picture(digit).save(os.path.join(OUT, "sampling_volume.png"))
-    print("wrote docs/sampling_kernels.png and docs/sampling_volume.png")
+    print("wrote docs/images/sampling_kernels.png and docs/images/sampling_volume.png")
 
 
 if __name__ == "__main__":

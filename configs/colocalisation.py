@@ -10,7 +10,7 @@ with the true one (the paper's measure: 100% on T, 75-93% on TC), beside the sam
 test digits (`test_localised`) and a fixed centred box's (`train_centre_box_localised`). The
 pictures show predicted (red) and true (green) boxes on the same optimised images at every
 evaluation, stitched into images/transformer_steps.png at the end (as the paper's Figure 4).
-docs/addition_colocalisation.md gives measured numbers: under these defaults no class is
+docs/reports/appendix.md gives measured numbers: under these defaults no class is
 localised (0% on T and TC; the boxes collapse onto background within 250 steps), nor in an
 independent PyTorch implementation of A.2 (benchmarks/independent/coloc_torch.py) or any
 variant of the unstated choices tried; `benchmarks/coloc_loss_landscape.py --offsets` shows
@@ -20,7 +20,7 @@ closest to A.2's text, not a setting that reaches the paper's 100%.
 `arg` is comma-separated: `t` (translated digits) or `tc` (with 16 clutter patches),
 `class=K` (the digit class, default 3) and/or a preset: `quick` (a check that it localises)
 or `reduced` (the CPU budget of configs/sweeps/colocalisation.py). Every field can be
-overridden. Choices the paper leaves open are marked (unstated); docs/paper_appendix.md lists
+overridden. Choices the paper leaves open are marked (unstated); docs/reports/appendix_facts.md lists
 what it states.
 """
 from __future__ import annotations
@@ -59,13 +59,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.name = "colocaliser"
     c.model.kernel = "bilinear"
     # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
-    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    # (docs/guides/sampling.md, antialiasing); off keeps the paper's plain sampler.
     c.model.antialias = False
     c.model.margin = 1.0  # alpha (appendix A.2)
     # The embedding e(): "the CNN trained for digit classification from Sect. 4.1" (A.2), fixed.
     # Its training distortion is (unstated): none, so its 28x28 input shows a digit at the
     # scale the true 28-px box shows it through a 28-px crop (the loss by box size is then
-    # lowest at the true box, docs/addition_colocalisation.md; RTS with a 42-px crop is flat
+    # lowest at the true box, docs/reports/appendix.md; RTS with a 42-px crop is flat
     # from a box 0.75x to 1.5x the digit). Fully trained: 3,000 steps (2.00% test error on the embedded
     # sample; 500 steps: more error, chosen on the loss by box size); trained once and cached.
     c.model.embedding = ml_collections.ConfigDict()

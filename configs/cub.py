@@ -11,9 +11,9 @@ this CPU in a few minutes, with data it writes itself and a narrow backbone:
 
 `arg` is comma-separated: a row (`cnn`, `2xst_224`, `2xst_448`, `4xst_448`) and optionally a
 mode: `smoke` (synthetic birds, width 1/8, one to two minutes) or `standin` (the CPU stand-in of
-docs/results.md: Fashion-MNIST items on a cluttered canvas, backbones pretrained on centred
+docs/reports/results.md: Fashion-MNIST items on a cluttered canvas, backbones pretrained on centred
 items, the first run pretrains and caches them; set data.source=clutter:idx:DIR).
-Choices the paper leaves open are marked (unstated); docs/cub.md lists what section 4.3 states.
+Choices the paper leaves open are marked (unstated); docs/reports/cub.md lists what section 4.3 states.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.last_block = "Mixed_7c"
     c.model.loc_size = 224  # paper: the localisation net sees the image down-sampled to 224
     # > 0: the CNN's image and the loc net's view are resized to this before their Inception
-    # (the same view at a larger scale; the stand-in's, docs/results.md); 0: as they are
+    # (the same view at a larger scale; the stand-in's, docs/reports/results.md); 0: as they are
     c.model.view_enlarged = 0
     c.model.crop_size = 224  # paper: each transformer samples a 224x224 crop
     c.model.share_backbones = False  # paper: a part sub-net per crop, each from Inception
@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # what the loc net regresses the boxes from (unstated): "pooled" (the Inception descriptor),
     # "flattened" (the whole last feature map) or "soft_argmax" (stn.experiments.models.cub.AttentionLocNet)
     c.model.loc_head = "pooled"
-    # The stand-in's "ImageNet" (docs/results.md; clutter: sources only, 0: none): the backbone
+    # The stand-in's "ImageNet" (docs/reports/results.md; clutter: sources only, 0: none): the backbone
     # pretrained once on centred items with sides in [side_min, side_max] px, cached.
     c.model.pretrain = ml_collections.ConfigDict(dict(
         steps=0, batch_size=64, learning_rate=0.05, momentum=0.9, side_min=12, side_max=44,
@@ -116,7 +116,7 @@ def _smoke(c: ml_collections.ConfigDict, image_size: int) -> None:
 
 
 def _standin(c: ml_collections.ConfigDict, name: str) -> None:
-    """The CPU stand-in (docs/results.md): 28x28 items scaled 0.8-1.2x (22-34 px) at random
+    """The CPU stand-in (docs/reports/results.md): 28x28 items scaled 0.8-1.2x (22-34 px) at random
     places on a 128x128 canvas with 16 clutter pieces; every backbone takes 96x96 inputs, as
     every one of the paper's takes 224x224. As the paper's CNN sees the image at 224 px while
     its ST models crop 224 px from the 448 px image, the CNN sees the canvas down-sampled to
@@ -126,7 +126,7 @@ def _standin(c: ml_collections.ConfigDict, name: str) -> None:
     on centred items among a little clutter (trained and cached by the first run,
     `stn.experiments.tasks.cub.pretrained_weights`); no flips (clothes' classes are not mirror-symmetric)
     and no crop jitter (the canvas is the whole scene)."""
-    c.data.source = "clutter:sample"  # docs/results.md: clutter:idx:<Fashion-MNIST folder>
+    c.data.source = "clutter:sample"  # docs/reports/results.md: clutter:idx:<Fashion-MNIST folder>
     c.data.num_classes = 10
     c.data.store_size = c.data.image_size = 48 if name == "cnn" else 128
     c.data.flip = False
@@ -140,12 +140,12 @@ def _standin(c: ml_collections.ConfigDict, name: str) -> None:
     c.model.view_enlarged = 96
     # The paper's backbones are ImageNet-pretrained; here every backbone (loc net and parts)
     # starts from one Inception pretrained on the 46,000 training items no canvas uses
-    # (unstated; docs/results.md): centred on a 96x96 canvas at sides 16-64 px, covering the
+    # (unstated; docs/reports/results.md): centred on a 96x96 canvas at sides 16-64 px, covering the
     # items' sizes in the CNN's view (16-26 px) and in crops of scale 1 to 0.375 (16-68 px),
     # with 6 clutter pieces around each (as photographs have backgrounds).
     c.model.pretrain.update(steps=1500, batch_size=64, learning_rate=0.05, side_min=16,
                             side_max=64, pieces=6)
-    # Boxes (unstated; chosen on validation error, docs/results.md): each centre the soft-argmax
+    # Boxes (unstated; chosen on validation error, docs/reports/results.md): each centre the soft-argmax
     # of its own saliency map, scales free up to the whole canvas from 0.5, loc nets at 0.03x
     # after 200 steps held still (the random head's first gradients would throw them off).
     c.model.loc_head = "soft_argmax"

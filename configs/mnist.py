@@ -12,7 +12,7 @@ is the paper's recipe for one cell of Table 1 (paper: 0.5% error on RTS; full MN
 `arg` is comma-separated: a distortion (none, r, rts, p, e, tc), a model (fcn, cnn, st_fcn,
 st_cnn), a transform (affine, projective, tps, ...; ST models only), and/or the preset `quick`.
 Every field can be overridden, e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`.
-Choices the paper leaves open are marked (unstated) below; docs/training.md says why.
+Choices the paper leaves open are marked (unstated) below; docs/guides/training.md says why.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.transform = picked["transform"]
     c.model.kernel = "bilinear"
     # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
-    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    # (docs/guides/sampling.md, antialiasing); off keeps the paper's plain sampler.
     c.model.antialias = False
     c.model.padding = "zeros"
     c.model.st_output_size = 0  # 0: the input's size

@@ -5,7 +5,7 @@
 trains a 2xST-FCN (two affine transformers in parallel) for a few hundred steps on the embedded
 sample and writes, at each evaluation, the picture of each transformer's box on both input
 channels beside its output channels (/tmp/add/images/); chance is 90% error (the most common
-sum, 9, is 10% of pairs). docs/addition_colocalisation.md gives measured numbers.
+sum, 9, is 10% of pairs). docs/reports/appendix.md gives measured numbers.
 
     python train.py --config=configs/mnist_addition.py:2xst_fcn,tps --workdir=runs/add_2xst_tps
 is the paper's setting for its best cell (paper: 5.8% error; full MNIST via `tfds:mnist`; the
@@ -16,7 +16,7 @@ appendix names no optimiser settings, so section 4.1's are used: an accelerator)
 , `reduced` (the CPU budget of configs/sweeps/addition.py, one seed) or `short` (the budget of
 its three-seed table on a shared CPU, where every model stays near chance). Every field can be overridden,
 e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`. Choices the paper leaves open
-are marked (unstated); docs/paper_appendix.md lists what it states.
+are marked (unstated); docs/reports/appendix_facts.md lists what it states.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.transform = picked["transform"]
     c.model.kernel = "bilinear"
     # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
-    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    # (docs/guides/sampling.md, antialiasing); off keeps the paper's plain sampler.
     c.model.antialias = False
     c.model.padding = "zeros"
     # Each transformer's output side (unstated): the transformers' outputs together have the
@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.steps = 4000 if picked["model"].endswith("cnn") else 20_000
     elif picked["preset"] == "short":
         # What a shared 2-core CPU affords for 3 seeds of the 7-row table in about an hour
-        # (docs/addition_colocalisation.md): a CNN step costs about 5x an FCN step.
+        # (docs/reports/appendix.md): a CNN step costs about 5x an FCN step.
         c.train.steps = 600 if picked["model"].endswith("cnn") else 3000
     if picked["preset"]:
         c.train.lr_decay_every = 3 * c.train.steps // 4

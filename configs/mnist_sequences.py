@@ -9,10 +9,10 @@ runs on a CPU; `full` uses the paper's SVHN widths (an accelerator).
 
 `arg` is comma-separated: a model (cnn, st_cnn_single, st_cnn_multi), a canvas (64px, 128px),
 `small` (default) or `full`, and a length: the default (20k steps of 128), `short` (4,000 steps
-of 64: 7-20 minutes on a 2-core CPU with --cpu_devices=2, the comparison in docs/svhn.md) or
+of 64: 7-20 minutes on a 2-core CPU with --cpu_devices=2, the comparison in docs/reports/svhn.md) or
 `quick` (600 steps of 32, a check that the loss falls).
 
-The learning rate is 0.005 (docs/svhn.md: at 0.02 this deep plain ReLU stack dies at once).
+The learning rate is 0.005 (docs/reports/svhn.md: at 0.02 this deep plain ReLU stack dies at once).
 Override the base digits with `--config.data.source=idx:DIR` or `tfds:mnist`.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.transform = "affine"
     c.model.kernel = "bilinear"
     # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
-    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    # (docs/guides/sampling.md, antialiasing); off keeps the paper's plain sampler.
     c.model.antialias = False
     c.model.padding = "zeros"
     full = picked["width"] == "full"
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train, c.eval = config_args.run_sections(
         steps=20_000, batch_size=128, learning_rate=0.005, momentum=0.9, lr_decay_every=8_000,
         eval_every=2_000, checkpoint_every=2_000,
-        grad_clip_norm=10.0)  # keeps one bad batch from throwing a transformer off (docs/svhn.md)
+        grad_clip_norm=10.0)  # keeps one bad batch from throwing a transformer off (docs/reports/svhn.md)
 
     if picked["length"] == "short":
         c.train.steps = 4_000

@@ -3,15 +3,15 @@
     python train.py --config=configs/svhn.py:64px,st_cnn_multi --workdir=runs/svhn64_multi \
         --config.data.manual_dir=~/svhn   # folder with train.tar.gz, test.tar.gz, extra.tar.gz
 
-builds `svhn_multidigit/64px` once (tfds, TF-free, see docs/svhn.md) and trains with the
+builds `svhn_multidigit/64px` once (tfds, TF-free, see docs/reports/svhn.md) and trains with the
 paper's recipe (appendix A: SGD, batch 128, lr 0.01 divided by 10 every 80k steps, 400k steps,
 weight decay 5e-4, localisation nets at 1/10 of the learning rate). Paper, % sequence error:
 64px CNN 4.0, ST-CNN Single 3.7, ST-CNN Multi 3.6; 128px CNN 5.6, ST-CNN Single 3.9.
 
 `arg` is comma-separated: a variant (64px, 128px), a model (cnn, st_cnn_single, st_cnn_multi)
 and/or `smoke` (a few steps on at most 2,000 images, to check an installation).
-Not reproduced: the paper's dropout (0.5 on all but the first conv layer); see docs/svhn.md.
-Not verified here (no SVHN offline); docs/svhn.md says what the stand-in showed about the
+Not reproduced: the paper's dropout (0.5 on all but the first conv layer); see docs/reports/svhn.md.
+Not verified here (no SVHN offline); docs/reports/svhn.md says what the stand-in showed about the
 learning rate: if the loss jumps back to about 10.9, lower `train.learning_rate` or set
 `train.grad_clip_norm`.
 """
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.transform = "affine"
     c.model.kernel = "bilinear"
     # True: stretch the sampling kernel by the grid's footprint where a transformer zooms out
-    # (docs/sampling.md, antialiasing); off keeps the paper's plain sampler.
+    # (docs/guides/sampling.md, antialiasing); off keeps the paper's plain sampler.
     c.model.antialias = False
     c.model.padding = "zeros"
     c.model.features = (48, 64, 128, 160, 192, 192, 192, 192)

@@ -4,7 +4,7 @@ XLA:CPU runs some convolution shapes far slower than equivalent forms: a VALID c
 faster computed padded-and-cropped, and for few input channels or small maps its input gradient
 is faster as one matmul plus an overlap-add. `conv_general_dilated` picks the fast form on the
 CPU backend and calls `jax.lax.conv_general_dilated` unchanged everywhere else. The measurements
-behind each threshold are in docs/performance.md ("Train step, second pass").
+behind each threshold are in docs/reports/performance.md ("Train step, second pass").
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def max_pool(x: jax.Array, size: int = 2, padding: str = "VALID") -> jax.Array:
 
     Same values as `nnx.max_pool(x, (size, size), strides=(size, size), padding=padding)`,
     computed as a reshape and a max: its gradient is elementwise, where `max_pool`'s
-    select-and-scatter runs element by element on XLA:CPU (docs/performance.md). Ties share the gradient equally (a valid subgradient;
+    select-and-scatter runs element by element on XLA:CPU (docs/reports/performance.md). Ties share the gradient equally (a valid subgradient;
     after a ReLU the usual ties are zeros, whose gradient the ReLU drops anyway).
     """
     if padding not in ("VALID", "SAME"):

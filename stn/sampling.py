@@ -47,9 +47,9 @@ NaN or inf from an out-of-range value leaks into a gradient.
 
 On the CPU, ``sample(method="auto")`` runs the nearest and linear kernels through a native C++
 kernel instead (``stn.native``: same rules, same numbers to float32 rounding, one-pass backward;
-docs/sampling.md); ``method="jnp"`` keeps the paths below.
+docs/guides/sampling.md); ``method="jnp"`` keeps the paths below.
 
-Implementation (all pure jnp; docs/performance.md has speed and memory): the reference path
+Implementation (all pure jnp; docs/reports/performance.md has speed and memory): the reference path
 (``method="gather"`` of the internal ``_sample``) gathers every tap once and differentiates by
 autodiff. The default floating-point path gathers each point's window of taps from the image
 extended by the padding and differentiates through a custom JVP with the closed forms above, so
@@ -458,7 +458,7 @@ def _sample_window(image: jax.Array, kernels, coords, firsts, paddings,
 # Reverse mode transposes that JVP: the image cotangent becomes ONE windowed scatter-add (2x2
 # windows) and the grid cotangent a few element-wise products. On XLA CPU this backward is several
 # times faster than autodiff of the reference path and needs half its temporary memory (see
-# docs/performance.md); XLA's CPU scatter runs sequentially, so the result is deterministic.
+# docs/reports/performance.md); XLA's CPU scatter runs sequentially, so the result is deterministic.
 
 
 def _window_gather(image: jax.Array, x0: jax.Array, y0: jax.Array) -> tuple[jax.Array, ...]:
@@ -717,7 +717,7 @@ def sample(
       method: ``"auto"`` runs the native CPU sampler (``stn.native``: nearest and bilinear /
         trilinear, float32 or float64 coordinates) where it applies and is available, else the
         pure-jnp sampler; ``"jnp"`` always the pure-jnp one; ``"native"`` the native one or a
-        ValueError saying why not. Both give the same values and gradients (docs/sampling.md).
+        ValueError saying why not. Both give the same values and gradients (docs/guides/sampling.md).
 
     Returns:
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid

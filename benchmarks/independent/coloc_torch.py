@@ -23,7 +23,7 @@ collapse here and there can be compared): `--patch` (how I_n^rand is drawn), `--
 `--init_scale`, `--min_scale`, `--max_scale`, `--optimizer`, `--lr`, `--margin`, `--batch`,
 `--embedding_shift`, `--scale_lr_factor`. With `--landscape` it trains nothing and prints the
 loss along boxes moved sideways off the digits and along the straight line from the starting
-box to the true ones (`landscape`). docs/addition_colocalisation.md has the numbers.
+box to the true ones (`landscape`). docs/reports/appendix.md has the numbers.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 
 `reduced` (the CPU preset, one seed, the embedded sample): FCN, CNN, ST-FCN Aff, 2xST-FCN Aff /
 Proj / TPS and 2xST-CNN Aff, at the `reduced` preset of configs/mnist_addition.py (FCN models
-20k steps of 64, CNN models 4k: see docs/addition_colocalisation.md for the budget and how it
+20k steps of 64, CNN models 4k: see docs/reports/appendix.md for the budget and how it
 was chosen on validation); `short` the same rows at the `short` preset (3k / 600 steps: the
 budget of the three-seed table, `short,first_seed=K` for K = 0, 1, 2). Without either, all 11 rows at the paper's setting (section 4.1's
 optimiser; an accelerator).

@@ -5,7 +5,7 @@ configs/colocalisation.py run.
     python -m stn.experiments.results.tables --workdir=runs/coloc_reduced --table=colocalisation
 
 `reduced` (the CPU preset, one seed, the embedded sample): the `reduced` preset of
-configs/colocalisation.py for the 10 classes on T and TC (see docs/addition_colocalisation.md
+configs/colocalisation.py for the 10 classes on T and TC (see docs/reports/appendix.md
 for the budget). Without it, the config's defaults.
 
 Argument (comma-separated): `reduced`, and `key=value` for classes=LIST (default 0..9, e.g.

@@ -5,7 +5,7 @@
 
 Data: the embedded sample (8,000 training digits, all of them: final runs keep no validation
 split). The recipe was chosen on the validation split by `configs/sweeps/table1_cpu_tune.py`
-(docs/results.md: the settings tried and the validation errors that chose them). Argument
+(docs/reports/results.md: the settings tried and the validation errors that chose them). Argument
 (`key=value` joined by commas): seeds=N, first_seed=K, columns=r,rts,p,e (a subset),
 data=SOURCE (default sample).
 """
@@ -19,7 +19,7 @@ BATCH = 64
 STEPS = {"fcn": 6000, "st_fcn": 6000, "cnn": 2000, "st_cnn": 2000}
 # Chosen on validation error by table1_cpu_tune.py (RTS; affine for the ST models; one seed):
 # the learning rate from {0.01, 0.03, 0.1}, the loc-net multiplier from {0.1, 1}; the 2x2 pool
-# after the ST-FCN's transformer lost (docs/results.md has the numbers).
+# after the ST-FCN's transformer lost (docs/reports/results.md has the numbers).
 LEARNING_RATE = {"fcn": 0.03, "st_fcn": 0.01, "cnn": 0.03, "st_cnn": 0.03}
 LOC_MULTIPLIER = {"st_fcn": 0.1, "st_cnn": 0.1}
 

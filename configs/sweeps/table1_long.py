@@ -5,7 +5,7 @@ recipe run 10x longer (20,000 steps of 128), validation and test error every 2,0
     python -m stn.experiments.results.tables --workdir=runs/table1_long --table=curves
 
 Beside the paper's own recipe on the same cells (configs/sweeps/table1.py:columns=rts,
-test_curves=true), this shows how far from converged the CPU table is (docs/results.md).
+test_curves=true), this shows how far from converged the CPU table is (docs/reports/results.md).
 Argument: steps=N (default 20000), batch=N (default 128), data=SOURCE (default sample).
 """
 from pathlib import Path

@@ -16,7 +16,7 @@ from typing import Any
 
 #: Fields that do not change what is computed, only what is logged or kept, or how the
 #: computation is spread: how often to log, evaluate and checkpoint, how many checkpoints and
-#: pictures to keep (checkpoint/resume is bit-identical, docs/training.md), the evaluation
+#: pictures to keep (checkpoint/resume is bit-identical, docs/guides/training.md), the evaluation
 #: batch (padding is masked out), multi-host start-up, where the SVHN archives are read
 #: from the first time the prepared set is built, and where co-localisation's cached embedding
 #: lives (its weights are checked against the config that trained them, stn.experiments.embedding_cache).

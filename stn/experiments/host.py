@@ -22,7 +22,7 @@ def keep_freed_memory() -> bool:
     """Stops glibc from handing XLA's large temporary buffers back to the OS after each call.
 
     By default glibc serves big allocations with mmap and trims freed memory, so every jitted
-    step page-faults its whole working set in again (docs/performance.md). This is the in-process
+    step page-faults its whole working set in again (docs/reports/performance.md). This is the in-process
     form of `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647
     MALLOC_ARENA_MAX=1`. Returns False (and changes nothing) where libc has no mallopt.
     """
@@ -41,7 +41,7 @@ def split_cpu(devices: int) -> None:
     data-parallel training step splits every batch over them.
 
     XLA:CPU parallelises one convolution poorly over cores; a device per core does better
-    (docs/performance.md). Same results up to float rounding (the mean over the
+    (docs/reports/performance.md). Same results up to float rounding (the mean over the
     batch is summed in another order). Must run before JAX executes anything; only the CPU
     backend changes, a GPU or TPU run is unaffected.
     """
@@ -68,7 +68,7 @@ def deterministic_gpu_ops() -> None:
 
     On a GPU the sampler's backward is a scatter-add with atomics, so its sums land in a
     different order each run (as in torch's CUDA grid_sample backward). The flag makes XLA sort
-    scatters and reduce in a fixed order, at a cost in speed (docs/performance.md). CPU runs are
+    scatters and reduce in a fixed order, at a cost in speed (docs/reports/performance.md). CPU runs are
     deterministic already and unaffected.
     """
     if _backends_started():

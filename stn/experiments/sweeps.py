@@ -7,7 +7,7 @@ point is plain data:
      "config": "configs/mnist.py:rts,st_cnn,affine",  # the --config of train.py
      "overrides": {"seed": 0, "train.steps": 3000}}   # each becomes --config.KEY=VALUE
 
-Run a sweep (see docs/sweeps.md):
+Run a sweep (see docs/guides/sweeps.md):
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/table1.py:seeds=3 --workdir=runs/table1 \
         [--parallel=N] [--dry_run] [--emit=FILE] [--filter=REGEX] [--rerun_changed]
@@ -620,7 +620,7 @@ def _define_flags() -> None:
                          "move those runs to WORKDIR.superseded/ and run the points afresh "
                          "(default: refuse, naming the differing fields).")
     flags.DEFINE_integer("cpu_devices", 1, "Passed to every train.py as --cpu_devices (JAX's CPU "
-                         "backend as this many devices; faster on a CPU, docs/performance.md).")
+                         "backend as this many devices; faster on a CPU, docs/reports/performance.md).")
     flags.DEFINE_string("python", sys.executable, "Python interpreter for the training processes.")
     flags.DEFINE_string("train_script", None, "Training script each point runs (default: the "
                         "train.py beside the stn package).")

@@ -3,7 +3,7 @@
 The task (`stn.experiments.tasks`, picked by `config.task`) supplies the data, model, loss and metrics; this
 module names none. Each step makes its batch on the devices from `(seed, step)` (sharded over
 the mesh of every device of every process, `stn.experiments.parallel`) and runs one jitted SGD step. See
-docs/training.md for what a run writes, and how it resumes, stops and refuses.
+docs/guides/training.md for what a run writes, and how it resumes, stops and refuses.
 """
 from __future__ import annotations
 
@@ -310,7 +310,7 @@ def _json_number(value: float | None) -> float | None:
 
 def results_record(config, *, steps: int, start_step: int, evaluations: dict[str, dict],
                    wall: float, images_per_second: float, num_params: int) -> dict[str, Any]:
-    """The `results.json` record (docs/CONTRACTS.md): `<split>_<metric>` for every evaluated
+    """The `results.json` record (docs/guides/contracts.md): `<split>_<metric>` for every evaluated
     split (test, validation), plus the run's size and time; non-finite numbers become null with
     a `non_finite` list naming them."""
     record = {"name": config.name, "task": config.task, "config": config.to_dict(),
@@ -429,7 +429,7 @@ def train_and_evaluate(config, workdir: str, *,
 
     Args:
       config: an `ml_collections.ConfigDict` from `configs/*.py` (its `task` names the task).
-      workdir: output folder (docs/training.md lists what it holds).
+      workdir: output folder (docs/guides/training.md lists what it holds).
       step_callback: called as `step_callback(step, metrics)` after each step (tests, hooks).
     Returns:
       The record written to `workdir/results.json`.

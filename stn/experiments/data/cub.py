@@ -13,7 +13,7 @@ Sources (`config.data.source`):
   "birds", one head colour per class, at random places and sizes on textured backgrounds),
   then read back through `dir:`: the smoke runs and tests, with no download.
 - `clutter:SOURCE` (SOURCE `idx:DIR`, `tfds:fashion_mnist` or `sample`): the CPU stand-in of
-  docs/results.md, 28x28 items at random positions and scales on a larger cluttered canvas
+  docs/reports/results.md, 28x28 items at random positions and scales on a larger cluttered canvas
   (`cluttered_objects`).
 
 Training batches (`train_batch`) take a random `image_size` crop of each stored image and flip it

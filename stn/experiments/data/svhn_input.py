@@ -68,7 +68,7 @@ def svhn_builder(variant: str, *, data_dir: str | None = None, manual_dir: str |
                 raise ValueError(
                     f"svhn_multidigit/{variant} is not prepared in {builder.data_dir} and "
                     f"ufldl.stanford.edu is unreachable: download train.tar.gz, test.tar.gz (and "
-                    f"extra.tar.gz) by hand and set config.data.manual_dir (see docs/svhn.md)")
+                    f"extra.tar.gz) by hand and set config.data.manual_dir (see docs/reports/svhn.md)")
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(manual_dir=manual))

@@ -1,6 +1,6 @@
 """Layer 3: the paper's networks, one file per experiment.
 
-The model contract (docs/CONTRACTS.md): a model is an `nnx.Module` called on a batch of images
+The model contract (docs/guides/contracts.md): a model is an `nnx.Module` called on a batch of images
 `[B, H, W, C]`, returning its outputs (logits, or a dict of them), with a method
 `transformer_grids(images) -> list[[B, h, w, 2]]`: the sampling grid of each of its spatial
 transformers mapped into the input image's frame (normalised as `align_corners=False`), for

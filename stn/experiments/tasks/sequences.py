@@ -65,7 +65,7 @@ def validate_config(config) -> None:
     manual = config.data.get("manual_dir", "")
     if manual and not os.path.isdir(os.path.expanduser(manual)):
         raise ValueError(f"config.data.manual_dir={manual!r} is not a directory; put the SVHN "
-                         f"format 1 archives there (see docs/svhn.md) or leave it empty")
+                         f"format 1 archives there (see docs/reports/svhn.md) or leave it empty")
 
 
 def input_shape(config) -> tuple[int, int, int]:

@@ -311,7 +311,7 @@ def test_colocalisation_short_run_beats_a_centred_box(tmp_path):
     # The earlier recipe (an RTS embedding seen through a 42-px crop, digit-sized random
     # patches, 128-unit loc layers): it moves the boxes towards the digits (too large to pass
     # IoU > 0.5); the appendix's own settings, the defaults, collapse onto empty crops
-    # (docs/addition_colocalisation.md).
+    # (docs/reports/appendix.md).
     config = coloc_config("t,class=3,quick")
     config.model.embedding.update(distortion="rts", steps=300)
     config.model.update(crop_size=42, patch_scale=1 / 3, loc_hidden=(128, 128))
