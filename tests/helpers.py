@@ -23,6 +23,15 @@ from stn.experiments.data import idx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
+def module_at(relative_path):
+    """The Python file at `relative_path` under the repository root, imported."""
+    path = os.path.join(ROOT, relative_path)
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_config_module():
     spec = importlib.util.spec_from_file_location("mnist_config", os.path.join(ROOT, "configs",
                                                                                "mnist.py"))

@@ -19,17 +19,8 @@ import helpers
 ROOT = Path(helpers.ROOT)
 
 
-def module_at(relative_path):
-    """The Python file at `relative_path` under the repository root, imported."""
-    path = ROOT / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def config_module(name):
-    return module_at(f"configs/{name}.py")
+    return helpers.module_at(f"configs/{name}.py")
 
 
 def addition_config(arg="2xst_fcn,affine"):

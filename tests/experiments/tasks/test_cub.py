@@ -13,6 +13,8 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from stn.experiments import tasks
+
+import helpers
 from stn import transforms
 from stn.backbones import inception_v3, seeded, timm_import
 from stn.experiments.data import cub as cub_data
@@ -533,8 +535,7 @@ def test_box_statistics_of_hand_made_boxes():
     """benchmarks/cub_standin_boxes.py's measure: a box exactly on each item covers all of it,
     follows it (centre correlation 1) and zooms `crop / (s * canvas)`; a fixed box in a corner
     covers only the items that reach into it and does not follow them."""
-    from test_appendix_tasks import module_at
-    module = module_at("benchmarks/cub_standin_boxes.py")
+    module = helpers.module_at("benchmarks/cub_standin_boxes.py")
     canvas = 100
     places = np.array([[10, 20, 20], [50, 60, 30], [0, 0, 40]])  # (top, left, side)
     half = places[:, 2] / canvas
