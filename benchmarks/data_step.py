@@ -12,7 +12,7 @@ native CPU sampler with the pure-jnp one by running it twice, the second time wi
 
 With `--model`, each row also times one jitted SGD step (forward, backward, update) of that
 `stn.experiments.models.mnist` model on the distortion's canvas, and the data batch's share of
-data + step: the issue asks for under 10% with ST-CNN.
+data + step (the target: under 10% with ST-CNN).
 """
 from __future__ import annotations
 

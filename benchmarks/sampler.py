@@ -21,18 +21,18 @@ and how far each side's gradients are from torch's.
     python benchmarks/sampler.py --methods gather,window   # stn's internal methods too
     python benchmarks/sampler.py --sides stn,stn_det,torch   # on a GPU: XLA's deterministic ops
     python benchmarks/sampler.py --cases 3d,bicubic --sides stn,torch
-    python benchmarks/sampler.py --cases 2d --sides stn,stn_base,torch --base-root /tmp/stn-before
-        # stn_base: the stn package of another checkout (e.g. `git archive` of an older commit)
+    python benchmarks/sampler.py --cases 2d --sides stn,stn_base,torch --base-root OLD
+        # stn_base: the stn package of another checkout (e.g. `git archive` of an older commit into OLD)
 
 ``--in-process`` instead times the native CPU sampler (``stn[native]``), the pure-jnp
 sampler (``stn[jnp]``) and torch's ``grid_sample`` in ONE process, alternating the three every
-round, and reports the minimum over all runs (the issue's protocol; min is the least disturbed
+round, and reports the minimum over all runs (min is the least disturbed
 by other load). torch comes from the running Python or from ``--torch-site`` (a site-packages
-folder appended to ``sys.path``, e.g. /work/torchenv/lib/python3.11/site-packages); without it the
+folder appended to ``sys.path``, e.g. another virtualenv's lib/python3.11/site-packages); without it the
 torch column is skipped.
 
     python benchmarks/sampler.py --in-process --cases 2d,3d,registration --rounds 10 \
-        --torch-site /work/torchenv/lib/python3.11/site-packages
+        --torch-site TORCH_VENV/lib/python3.11/site-packages
 
 ``--native-cpu`` prints the native path's process CPU time per call on one thread
 (``STN_NATIVE_THREADS=1``, min of ``--repeats`` calls), which other load disturbs much less:

@@ -12,8 +12,8 @@ pictures show predicted (red) and true (green) boxes on the same optimised image
 evaluation, stitched into images/transformer_steps.png at the end (as the paper's Figure 4).
 docs/reports/appendix.md gives measured numbers: under these defaults no class is
 localised (0% on T and TC; the boxes collapse onto background within 250 steps), nor in an
-independent PyTorch implementation of A.2 (benchmarks/independent/coloc_torch.py) or any
-variant of the unstated choices tried; `benchmarks/coloc_loss_landscape.py --offsets` shows
+independent PyTorch implementation of A.2 (checks/independent/coloc_torch.py) or any
+variant of the unstated choices tried; `tools/analyses/coloc_loss_landscape.py --offsets` shows
 why (the loss climbs between an empty box and the true one). The defaults are the reading
 closest to A.2's text, not a setting that reaches the paper's 100%.
 

@@ -2,7 +2,7 @@
 
 A parity test needs the same weights in two frameworks without shipping a 100 MB checkpoint:
 `seeded_weights(shapes, seed)` makes every tensor from `(seed, crc32(name))`, so the script that
-runs timm (benchmarks/make_inception_fixture.py, with torch) and the test that runs the NNX
+runs timm (tools/fixtures/inception_v3_timm.py, with torch) and the test that runs the NNX
 module (without torch) build identical tensors from the names and shapes alone. The values are
 chosen so a deep network's activations stay of order one (He-scaled weights) and every batch-norm
 term matters (scale, shift and running statistics away from 1 and 0). This file imports nothing

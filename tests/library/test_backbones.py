@@ -1,5 +1,5 @@
 """Inception-v3 backbone and its timm importer: import parity with timm's own logits
-(a fixture made by benchmarks/make_inception_fixture.py; no torch here), one-line mismatch
+(a fixture made by tools/fixtures/inception_v3_timm.py; no torch here), one-line mismatch
 errors, frozen batch-norm statistics, width and truncation."""
 import json
 import os

@@ -1,7 +1,7 @@
 """Sampling kernels k(d; Phi): torch's numbers, pytree behaviour, the kernels' own properties.
 
 The TORCH_* literals below were generated for these tests with torch 2.13.0 (CPU, float64) by
-benchmarks/torch_fixtures.py (torch is not a test dependency): 2-D ``grid_sample`` with
+tools/fixtures/torch_grid_sample.py (torch is not a test dependency): 2-D ``grid_sample`` with
 ``mode="bicubic"`` and 5-D ``grid_sample`` with ``"bilinear"`` (trilinear) and ``"nearest"``, for
 every padding mode and both ``align_corners``, on points inside, on the edge and far outside.
 """

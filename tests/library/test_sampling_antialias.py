@@ -2,7 +2,7 @@
 by the grid's footprint (stn.sampling, the antialiasing section).
 
 Peers: tests/library/fixtures/antialias_torch.npz holds torch's `interpolate(..., antialias=True,
-align_corners=False)` (made once by benchmarks/antialias_fixtures.py; torch is not a test
+align_corners=False)` (made once by tools/fixtures/antialias_torch.py; torch is not a test
 dependency); PIL's resize of float ("F") images is computed here.
 """
 import os

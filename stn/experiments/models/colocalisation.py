@@ -150,7 +150,7 @@ class CoLocaliser(nnx.Module):
     def outputs_at(self, images: jax.Array, theta: jax.Array,
                    rand_pos: jax.Array | None = None) -> dict:
         """`__call__`'s outputs for the boxes `theta [B, 3]` given rather than localised (for
-        probing which boxes the loss prefers, benchmarks/coloc_loss_landscape.py)."""
+        probing which boxes the loss prefers, tools/analyses/coloc_loss_landscape.py)."""
         outputs = {"theta": theta, "box": boxes.attention_box(theta),
                    "embedding": self._descriptors(images, theta), "margin": self.margin}
         if rand_pos is not None:

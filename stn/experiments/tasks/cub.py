@@ -173,7 +173,7 @@ def _canvases_with_places(config, images, labels, seed):
 def standin_test_places(config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stand-in's test canvases at full size (uint8 `[N, canvas, canvas, 3]`), labels, and
     each item's `(top, left, side)` in canvas pixels: the ground truth that
-    benchmarks/cub_standin_boxes.py measures the learnt boxes against (never trained on)."""
+    tools/analyses/cub_standin_boxes.py measures the learnt boxes against (never trained on)."""
     if not config.data.source.startswith("clutter:"):
         raise ValueError(f"config.data.source={config.data.source!r} is not the stand-in's "
                          f"(clutter:SOURCE); item places exist only there")

@@ -194,7 +194,7 @@ def test_no_chart_is_drawn_by_hand():
 
 
 def test_docs_charts_are_redrawn_from_the_numbers_the_docs_print(tmp_path):
-    redraw = helpers.module_at("benchmarks/redraw_doc_charts.py")
+    redraw = helpers.module_at("tools/pictures/redraw_doc_charts.py")
     docs = REPO / "docs"
     cells = redraw.table1(docs)["cells"]
     assert cells[0][1]["ours"] == {"n": 3, "mean": 17.08, "std": 0.28, "min": 17.08,

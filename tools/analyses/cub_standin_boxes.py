@@ -1,6 +1,6 @@
 """Where a trained CUB stand-in's boxes go: each box against the item it should find.
 
-    python benchmarks/cub_standin_boxes.py --workdir=/tmp/standin_2xst
+    python tools/analyses/cub_standin_boxes.py --workdir=runs/standin_2xst
 
 Restores the run's checkpoint (verified, `stn.experiments.evaluation.restore_run`), rebuilds its test
 canvases with each item's true place (`stn.experiments.tasks.cub.standin_test_places`; the model never saw
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from stn import boxes  # noqa: E402
 from stn.experiments import evaluation

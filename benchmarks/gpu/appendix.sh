@@ -3,18 +3,18 @@
 # both sweeps side by side on one GPU: the same configs as the CPU commands of
 # docs/reports/appendix.md, on the embedded sample.
 #
-#     bash benchmarks/gpu_appendix.sh                  # on a machine with a GPU
-#     TRAIN_SECONDS=600 OUT=runs/gpu_appendix bash benchmarks/gpu_appendix.sh
+#     bash benchmarks/gpu/appendix.sh                  # on a machine with a GPU
+#     TRAIN_SECONDS=600 OUT=runs/gpu_appendix bash benchmarks/gpu/appendix.sh
 #     ADD_ARGS=,lrs=0.003,0.01 COLOC_ARGS=,crop_sizes=28 ADD_PARALLEL=14 COLOC_PARALLEL=10 \
-#         bash benchmarks/gpu_appendix.sh              # the validation comparisons
+#         bash benchmarks/gpu/appendix.sh              # the validation comparisons
 #
 # Runs still going after TRAIN_SECONDS are stopped by SIGTERM (each saves its checkpoint; rerun
 # the script to resume them). Everything lands in $OUT: versions.txt, sweep.log, the two tables
 # (markdown and PNG) and runs.tgz (every run's config, metrics, results and pictures).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-runs/gpu_appendix}
-work=${WORKDIR:-/tmp/stn_gpu_appendix}
+work=${WORKDIR:-runs/gpu_work/appendix}
 seconds=${TRAIN_SECONDS:-360}
 py=${PYTHON:-python3}
 mkdir -p "$out" "$work"

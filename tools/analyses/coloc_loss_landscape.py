@@ -1,9 +1,9 @@
 """Which box size does the co-localisation loss prefer? The triplet loss with every box centred on
 the true digit (an oracle position), as a function of the box's half-side.
 
-    python benchmarks/coloc_loss_landscape.py                      # T, class 3, the reduced preset
-    python benchmarks/coloc_loss_landscape.py tc,class=3,reduced model.crop_size=28
-    python benchmarks/coloc_loss_landscape.py t,class=3,reduced --offsets     # the path to the box
+    python tools/analyses/coloc_loss_landscape.py                      # T, class 3, the reduced preset
+    python tools/analyses/coloc_loss_landscape.py tc,class=3,reduced model.crop_size=28
+    python tools/analyses/coloc_loss_landscape.py t,class=3,reduced --offsets     # the path to the box
 
 The first argument is configs/colocalisation.py's `arg`; then `dotted.key=value` overrides. It
 trains the embedding as a run does, then, for each half-side `s`, puts the box
@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 from stn import boxes  # noqa: E402
 from stn.experiments import config_compare, tasks

@@ -4,10 +4,10 @@
 # It downloads nothing: give it the official CUB_200_2011 folder and timm's inception_v3.tv_in1k
 # weights (https://huggingface.co/timm/inception_v3.tv_in1k, model.safetensors).
 #
-#     bash benchmarks/gpu_table3.sh /data/CUB_200_2011 /weights/model.safetensors
+#     bash benchmarks/gpu/table3.sh /data/CUB_200_2011 /weights/model.safetensors
 #     OUT=runs/gpu_table3 SWEEP_ARGS=,steps=200,validation_size=0 \
-#         bash benchmarks/gpu_table3.sh DATA WEIGHTS          # a short check of the script
-#     SWEEP_ARGS=,smoke=true bash benchmarks/gpu_table3.sh x x   # no data at all: smoke rows
+#         bash benchmarks/gpu/table3.sh DATA WEIGHTS          # a short check of the script
+#     SWEEP_ARGS=,smoke=true bash benchmarks/gpu/table3.sh x x   # no data at all: smoke rows
 #
 # Everything lands in $OUT: versions.txt, sweep.log, table3.md, table3.png, runs.tgz (each run's
 # config, metrics, results and box pictures; no checkpoints).
@@ -18,9 +18,9 @@ if [ $# -lt 2 ]; then
 fi
 data=$1
 weights=$2
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-runs/gpu_table3}
-work=${WORKDIR:-/tmp/stn_gpu_table3}
+work=${WORKDIR:-runs/gpu_work/table3}
 py=${PYTHON:-python3}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false

@@ -11,8 +11,9 @@ and a result it does not share points at `stn`'s code. It also reports what the 
 only show as pictures: how much of the item the crops hold (the fraction of the item's box
 inside the union of the crops, and the crops' mean area as a fraction of the canvas).
 
-    /work/torchenv/bin/python benchmarks/independent_cub_standin.py \
-        --data=/work/shared/data/fashion-mnist --model=st --seed=0
+    python checks/independent/cub_standin_torch.py --data=DIR --model=st --seed=0
+
+(`python` with torch installed; DIR holds the four Fashion-MNIST IDX files.)
 """
 from __future__ import annotations
 
@@ -204,7 +205,8 @@ def item_coverage(model, x, boxes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/fashion-mnist")
+    parser.add_argument("--data", required=True,
+                        help="a folder with the four Fashion-MNIST IDX files")
     parser.add_argument("--model", choices=("cnn", "st"), default="st")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1000)

@@ -1,6 +1,6 @@
 """Draws the antialiasing pictures of docs/guides/sampling.md from the real sampler.
 
-    python benchmarks/antialias_pictures.py   # docs/images/sampling_antialias.png, docs/images/sampling_antialias_loss.png
+    python tools/pictures/antialias_pictures.py   # docs/images/sampling_antialias.png, docs/images/sampling_antialias_loss.png
 
 The input is a line drawing: the outline of one digit of the embedded sample at 112 x 112 pixels
 (strokes 1-3 pixels wide). An affine grid turns it by theta and reads it into 28 x 28 pixels, a
@@ -19,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 from sampling_pictures import _sheet, _tile  # noqa: E402
 
 from stn import sampling, transforms  # noqa: E402
 from stn.experiments.data import sources  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(HERE), "docs")
+OUT = os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "images")
 ZOOM = 4  # input pixels per output pixel
 SIZE = 28  # output side
 ANGLES = (0.0, 7.0, 14.0, 21.0, 28.0, 35.0)  # degrees, for the picture

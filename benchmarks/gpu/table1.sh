@@ -2,10 +2,10 @@
 # Table 1's RTS column with the paper's recipe on one GPU, its 8 runs side by side, plus the
 # RTS CNN and ST-CNN with the CPU recipe run long (the "one cell followed further" curves).
 #
-#     bash benchmarks/gpu_table1.sh                    # on a machine with a GPU
-#     TRAIN_SECONDS=3600 OUT=runs/gpu_table1 bash benchmarks/gpu_table1.sh
+#     bash benchmarks/gpu/table1.sh                    # on a machine with a GPU
+#     TRAIN_SECONDS=3600 OUT=runs/gpu_table1 bash benchmarks/gpu/table1.sh
 #     PAPER_ARGS=,steps=30,eval_every=10 LONG_ARGS=:steps=20,batch=32 PARALLEL=2 \
-#         TRAIN_SECONDS=60 bash benchmarks/gpu_table1.sh        # a smoke run of the script
+#         TRAIN_SECONDS=60 bash benchmarks/gpu/table1.sh        # a smoke run of the script
 #
 # Paper recipe (configs/mnist.py defaults): SGD, batch 256, lr 0.01 / 10 every 50k, 150k steps,
 # on the embedded sample (7,000 training digits, 1,000 held out for validation; the GPU machine
@@ -14,9 +14,9 @@
 # so the table says how far each got. Everything lands in $OUT: versions.txt, sweep.log,
 # table1.md, table1.png, runs.tgz (every run's config, metrics, results and pictures).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-runs/gpu_table1}
-work=${WORKDIR:-/tmp/stn_gpu_table1}
+work=${WORKDIR:-runs/gpu_work/table1}
 seconds=${TRAIN_SECONDS:-420}
 py=${PYTHON:-python3}
 mkdir -p "$out" "$work"

@@ -17,7 +17,7 @@ The learning curves (docs/images/rts_followed_curves.png, docs/images/gpu_rts_pa
 every evaluation of every run (metrics.jsonl), which the docs do not print: redraw them with
 `python -m stn.experiments.results.tables --table=curves` from the runs.
 
-    python benchmarks/redraw_doc_charts.py [--docs=docs]
+    python tools/pictures/redraw_doc_charts.py [--docs=docs]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stn.experiments.results import figures  # noqa: E402
 from stn.experiments.results.collect import summarize, table_spec  # noqa: E402
@@ -69,7 +69,7 @@ def table1(docs: Path) -> dict[str, Any]:
     """Table 1 on the CPU (docs/reports/results.md): `paper / mean[±sd]` per cell; the header says
     how many seeds a column has (`RTS (3 seeds)`), one otherwise."""
     spec = table_spec(1)
-    header, *rows = markdown_table(docs / "results.md", "| model | R | RTS")
+    header, *rows = markdown_table(docs / "reports" / "results.md", "| model | R | RTS")
     seeds = [int(m.group(1)) if (m := re.search(r"\((\d+) seeds\)", h)) else 1
              for h in header[1:]]
     cells = empty_cells(spec)
@@ -87,7 +87,7 @@ def table1(docs: Path) -> dict[str, Any]:
 def addition(docs: Path) -> dict[str, Any]:
     """Addition on the CPU (docs/reports/appendix.md): each seed's % test error."""
     spec = table_spec("addition")
-    _, *rows = markdown_table(docs / "addition_colocalisation.md",
+    _, *rows = markdown_table(docs / "reports" / "appendix.md",
                               "| model | paper % error | ours % test error")
     cells = empty_cells(spec)
     labels = [r["label"] for r in spec["rows"]]
@@ -100,7 +100,7 @@ def colocalisation(docs: Path) -> dict[str, Any]:
     """Co-localisation on the CPU (docs/reports/appendix.md): % of test images
     localised per class on T and on TC (the TC cell prints `test / optimised`)."""
     spec = table_spec("colocalisation")
-    header, *rows = markdown_table(docs / "addition_colocalisation.md",
+    header, *rows = markdown_table(docs / "reports" / "appendix.md",
                                    "| class | T: % localised, test |")
     t_col = header.index("T: % localised, test")
     tc_col = header.index("TC: % localised, test / optimised")
@@ -116,7 +116,7 @@ def colocalisation(docs: Path) -> dict[str, Any]:
 def tuning(docs: Path) -> dict[str, Any]:
     """The ST-CNN row of the tuning table (docs/reports/results.md) as a sweep summary: validation
     error against the learning rate, one line per localisation-net multiplier."""
-    header, *rows = markdown_table(docs / "results.md", "| family | lr 0.01 |")
+    header, *rows = markdown_table(docs / "reports" / "results.md", "| family | lr 0.01 |")
     (row,) = [r for r in rows if r[0].startswith("ST-CNN Aff, loc 0.1x")]
     lrs = [numbers(h)[0] for h in header[1:4]]
     runs = [(0.1, lr, numbers(cell)[0]) for lr, cell in zip(lrs, row[1:4])]
@@ -131,15 +131,15 @@ def tuning(docs: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
+    parser.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[2] / "docs")
     docs = parser.parse_args().docs
     for name, table, build in (("table1_cpu", "1", table1),
                                ("table_addition_cpu", "addition", addition),
                                ("table_colocalisation_cpu", "colocalisation", colocalisation)):
         fig = figures.table_figure(build(docs), table_spec(table))
-        print("wrote", *figures.save_figure(fig, docs / f"{name}.png"))
+        print("wrote", *figures.save_figure(fig, docs / "images" / f"{name}.png"))
     fig, caption = figures.sweep_figure(tuning(docs))
-    print("wrote", *figures.save_figure(fig, docs / "tune_st_cnn_rts.png"), f"({caption})")
+    print("wrote", *figures.save_figure(fig, docs / "images" / "tune_st_cnn_rts.png"), f"({caption})")
 
 
 if __name__ == "__main__":

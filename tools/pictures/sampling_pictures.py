@@ -1,6 +1,6 @@
 """Draws the pictures of docs/guides/sampling.md from the real sampler.
 
-    python benchmarks/sampling_pictures.py      # writes docs/images/sampling_kernels.png, docs/images/sampling_volume.png
+    python tools/pictures/sampling_pictures.py      # writes docs/images/sampling_kernels.png, docs/images/sampling_volume.png
 
 1. One digit of the embedded MNIST sample, its middle zoomed 8x (an attention grid, paper eq. 2)
    with each kernel: nearest, bilinear, bicubic (Keys a = -0.75), Keys a = -0.5, Gaussian sigma 0.7.
@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from stn import kernels, sampling, transforms  # noqa: E402
 from stn.experiments.data import sources  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "images")
 KERNELS = [("nearest", "nearest"), ("bilinear", "bilinear"), ("bicubic (Keys a=-0.75)", "bicubic"),
            ("Keys a=-0.5", kernels.Keys(-0.5)), ("Gaussian sigma=0.7", kernels.Gaussian(0.7, 2.5))]
 

@@ -1,6 +1,6 @@
 """How far a trained 2-D transformer zooms out: its grid's footprint on validation images.
 
-    python benchmarks/antialias_footprint.py WORKDIR [WORKDIR ...]
+    python tools/analyses/antialias_footprint.py WORKDIR [WORKDIR ...]
 
 For each finished run (an MNIST classifier with one 2-D transformer, e.g. configs/mnist.py), it
 restores the newest checkpoint, builds the transformer's grid on the first 500 validation images
@@ -11,7 +11,7 @@ median and 90th percentile.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
