@@ -84,7 +84,7 @@ class Frozen(nnx.Variable):
     """A fixed weight: read through `jax.lax.stop_gradient`, and not an `nnx.Param`.
 
     Gradients flow through the layer to its input but never reach the weight, and optimisers
-    and `stn.experiments.models.num_params` (which count `nnx.Param`s) leave it out: e.g. the pretrained
+    and `stn.experiments.models.num_params` (which count `nnx.Param` variables) leave it out: e.g. the pretrained
     embedding of co-localisation (appendix A.2), which the triplet loss must not train.
     """
 

@@ -56,15 +56,15 @@ def block_cases():
 
 
 @pytest.mark.parametrize("page,line,source", list(block_cases()))
-def test_python_block_runs(page, line, source):
-    """A block runs alone, in a fresh namespace, from the repository root (where the README's
-    commands run)."""
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        exec(compile(source, f"{page}:{line}", "exec"), {"__name__": "__docs__"})
-    finally:
-        os.chdir(cwd)
+def test_python_block_runs(page, line, source, tmp_path):
+    """A block runs alone in a fresh interpreter from the repository root, where the README's
+    commands run (so that no block leans on another's names or on a setting another made)."""
+    script = tmp_path / "block.py"
+    script.write_text(source)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"{page}:{line}: the block failed\n{result.stderr[-4000:]}"
 
 
 def test_the_readme_runs_a_library_example():

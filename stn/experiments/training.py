@@ -193,7 +193,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: tasks.Task
 
 
 class MetricWindow:
-    """Running means of the train metrics since the last log line (and the largest |g|)."""
+    """Running means of the train metrics since the last log line (and the largest gradient norm)."""
 
     def __init__(self):
         self.sums, self.count, self.max_grad_norm = {"loss": 0.0, "error": 0.0}, 0, 0.0

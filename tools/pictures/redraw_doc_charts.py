@@ -6,7 +6,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 - docs/images/table1_cpu.png: Table 1 of docs/reports/results.md (ours: mean, sample sd and the number of seeds).
 - docs/images/table_addition_cpu.png: the addition table of docs/reports/appendix.md (each
-  seed's test error; mean and sd computed here as stn.experiments.results.tables does).
+  seed's test error; mean and sd computed here as `python -m stn.experiments.results` does).
 - docs/images/table_colocalisation_cpu.png: the co-localisation table on the CPU of the same page
   (% of test images localised, one run per class, printed to 0.1).
 - docs/images/tune_st_cnn_rts.png: the ST-CNN row of the tuning table of docs/reports/results.md (validation
@@ -15,7 +15,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 The learning curves (docs/images/rts_followed_curves.png, docs/images/gpu_rts_paper_recipe_curves.png) need
 every evaluation of every run (metrics.jsonl), which the docs do not print: redraw them with
-`python -m stn.experiments.results.tables --table=curves` from the runs.
+`python -m stn.experiments.results --table=curves` from the runs.
 
     python tools/pictures/redraw_doc_charts.py [--docs=docs]
 """

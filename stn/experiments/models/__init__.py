@@ -4,8 +4,8 @@ The model contract (docs/guides/contracts.md): a model is an `nnx.Module` called
 `[B, H, W, C]`, returning its outputs (logits, or a dict of them), with a method
 `transformer_grids(images) -> list[[B, h, w, 2]]`: the sampling grid of each of its spatial
 transformers mapped into the input image's frame (normalised as `align_corners=False`), for
-pictures; an empty list for a model without a transformer. Localisation nets are
-`stn.layers.LocalisationNet`s, which the trainer finds by type.
+pictures; an empty list for a model without a transformer. Localisation nets subclass
+`stn.layers.LocalisationNet`, by which the trainer finds them.
 """
 from __future__ import annotations
 
