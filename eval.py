@@ -1,9 +1,9 @@
 """Evaluates a run's checkpoint; the last line of stdout is one JSON object.
 
-    python eval.py --workdir=/tmp/quick                       # the run's own config.json
-    python eval.py --workdir=/tmp/quick --data=npz:digits.npz
-    python eval.py --workdir=/tmp/quick --data=idx:/path/to/mnist --checkpoint_step=1000
-    python eval.py --workdir=/tmp/quick --data=validation
+    python eval.py --workdir=runs/quick                       # the run's own config.json
+    python eval.py --workdir=runs/quick --data=npz:digits.npz
+    python eval.py --workdir=runs/quick --data=idx:/path/to/mnist --checkpoint_step=1000
+    python eval.py --workdir=runs/quick --data=validation
 
 The run is evaluated as it was trained: with its `config.json`. `--config` (and overrides) may
 be given, but a field that changes the model, the data or the split is refused; only fields

@@ -1,4 +1,4 @@
-"""Trains a config: `python train.py --config=configs/mnist.py:quick --workdir=/tmp/quick`.
+"""Trains a config: `python train.py --config=configs/mnist.py:quick --workdir=runs/quick`.
 
 Any field can be overridden, e.g. `--config.train.steps=1000 --config.data.source=idx:DIR`.
 Rerunning with the same --workdir resumes from its newest good checkpoint.

@@ -1,10 +1,10 @@
 """MNIST addition (paper appendix A.1, Table 4): the sum of two RTS digits, one per channel.
 
-    python train.py --config=configs/mnist_addition.py:2xst_fcn,affine,quick --workdir=/tmp/add
+    python train.py --config=configs/mnist_addition.py:2xst_fcn,affine,quick --workdir=runs/add
 
 trains a 2xST-FCN (two affine transformers in parallel) for a few hundred steps on the embedded
 sample and writes, at each evaluation, the picture of each transformer's box on both input
-channels beside its output channels (/tmp/add/images/); chance is 90% error (the most common
+channels beside its output channels (runs/add/images/); chance is 90% error (the most common
 sum, 9, is 10% of pairs). docs/reports/appendix.md gives measured numbers.
 
     python train.py --config=configs/mnist_addition.py:2xst_fcn,tps --workdir=runs/add_2xst_tps

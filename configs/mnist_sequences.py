@@ -1,6 +1,6 @@
 """The offline SVHN stand-in: sequences of 1-5 real MNIST digits (`stn.experiments.data.mnist_sequences`).
 
-    python train.py --config=configs/mnist_sequences.py:st_cnn_multi --workdir=/tmp/seq_multi
+    python train.py --config=configs/mnist_sequences.py:st_cnn_multi --workdir=runs/seq_multi
 
 trains the SVHN sequence models (`stn.experiments.models.svhn`) on 64x64 canvases of digits from the
 embedded 10k-digit sample, so the whole SVHN path (data on device, sequence loss, sequence
