@@ -9,6 +9,8 @@ test digits, drawn on black with a 2-pixel gap. Rows of smaller canvases are cen
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,9 +97,12 @@ def main(argv: list[str]) -> None:
                              f"test digits")
     except ValueError as e:  # a one-line message, not a traceback
         raise SystemExit(f"error: {e}") from None
+    print(f"drawing {_NUM.value} digits from {source} under {', '.join(names)} (compiling each "
+          f"distortion first)", flush=True)
     rows = distortion_rows(digits.test_images[: _NUM.value], names, _SEED.value)
-    render_grid(rows, names, _ZOOM.value).save(_OUT.value)
-    print(f"wrote {_OUT.value}: {len(names)} rows x {_NUM.value} digits from {source}")
+    out = os.path.abspath(_OUT.value)
+    render_grid(rows, names, _ZOOM.value).save(out)
+    print(f"wrote {out}: {len(names)} rows x {_NUM.value} digits", flush=True)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,17 @@ def test_cli_refuses_bad_num_in_one_line_and_writes_nothing(tmp_path, flag):
     assert done.returncode != 0 and not out.exists()
     assert done.stderr.strip().startswith(f"error: {flag}") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_says_what_it_draws_at_once_and_the_file_it_wrote(tmp_path):
+    """A first line before the distortions compile (so a user can tell work from a hang), and
+    the absolute path of the PNG at the end."""
+    out = tmp_path / "p.png"
+    done = subprocess.run([sys.executable, "-m", "stn.experiments.data.preview", "--num=2",
+                           "--distortions=none,rts", "--out=p.png"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("drawing 2 digits from sample under none, rts")
+    assert lines[-1].startswith(f"wrote {out}: 2 rows x 2 digits") and out.exists()
