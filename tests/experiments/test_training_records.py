@@ -121,7 +121,8 @@ def test_what_the_run_is_printed_before_anything_compiles(data_dir, tmp_path, ca
     num_params = models.num_params(helpers.fresh_model(config)[0])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"run {config.name} (task classification) in {tmp_path / 'run'}"
-    assert lines[1].startswith(f"devices: {jax.device_count()} cpu in 1 process(es); "
+    kinds = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    assert lines[1].startswith(f"devices: {jax.device_count()} {kinds} in 1 process(es); "
                                f"sampler: {sampler}")
     assert lines[2:] == [f"model st_fcn: {num_params:,} parameters; compiling the first step"]
 
