@@ -111,16 +111,19 @@ class LocalisationNet(nnx.Module):
     """
 
 
-def _paths_of_type(model: nnx.Module, kind: type) -> list[tuple]:
-    return [tuple(path) for path, node in nnx.iter_graph(model) if isinstance(node, kind)]
+def _paths_of_type(model: nnx.Module, kind: type) -> list[str]:
+    """The dotted graph path of every `kind` module in `model`, e.g. `transformer.loc_net`
+    (`jax.tree_util.keystr`'s simple form, as the harness names state paths)."""
+    return [jax.tree_util.keystr(tuple(path), simple=True, separator=".")
+            for path, node in nnx.iter_graph(model) if isinstance(node, kind)]
 
 
-def localisation_paths(model: nnx.Module) -> list[tuple]:
-    """Graph paths (tuples of attribute names and indices) of every `LocalisationNet` in model."""
+def localisation_paths(model: nnx.Module) -> list[str]:
+    """Dotted graph paths (attribute names and indices) of every `LocalisationNet` in model."""
     return _paths_of_type(model, LocalisationNet)
 
 
-def regression_paths(model: nnx.Module) -> list[tuple]:
+def regression_paths(model: nnx.Module) -> list[str]:
     """Graph paths of every `RegressionLayer` in `model`."""
     return _paths_of_type(model, RegressionLayer)
 

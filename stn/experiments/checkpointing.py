@@ -1,14 +1,16 @@
 """Orbax checkpoints of a training run: `workdir/checkpoints/<step>/{params,opt_state,meta}`.
 
-Parameters and optimizer state are saved as flat lists of arrays; `meta` (JSON) records the step,
-every parameter's path (`param_names`) and a SHA-256 digest of all saved bytes. Every restore
-(training's resume, `eval.py`) goes through `restore`, which verifies what it reads:
+The model state and the optimizer state are saved as pytrees (orbax's `StandardSave`) and
+restored by key into the abstract target (`jax.ShapeDtypeStruct`s with the caller's shardings).
+`meta` (JSON) records the step and a SHA-256 digest of every array's path, dtype, shape and
+bytes. Every restore (training's resume, `eval.py`) goes through `restore`, which checks what
+orbax does not:
 
-- structure: the parameters are matched to the model by path, and each one's shape and dtype
-  must be the model's (another model's checkpoint is `OtherModelError`, one line naming the
-  first differing path or shape, never a silent load into the wrong layer);
-- integrity: the metadata must name its step and hold a digest, the arrays must read, their
-  digest must match and every value must be finite (else `CorruptCheckpoint`; a checkpoint
+- structure: the saved trees' paths, shapes and dtypes (orbax's metadata, read before any
+  array) must be the target's; another model's checkpoint is `OtherModelError`, one line naming
+  the first differing paths or shapes, never a load into the wrong layer;
+- integrity: the metadata must name its step and hold a digest, the arrays must read, match the
+  digest and be finite, the optimizer state's included (else `CorruptCheckpoint`; a checkpoint
   without a digest is unverified and counts as corrupt).
 
 `restore_newest_good` (training's resume) moves each corrupt checkpoint aside, to
@@ -37,6 +39,7 @@ from stn.experiments import workdir as workdir_lib
 
 T = TypeVar("T")
 CORRUPT_SUFFIX = ".corrupt-"  # checkpoints/<step>.corrupt-<reason>: set aside, not a step
+ITEMS = ("params", "opt_state")  # the two pytrees of a checkpoint, beside its `meta`
 
 
 class CheckpointError(ValueError):
@@ -60,10 +63,10 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
-    """Array lists for params and opt_state, JSON for meta (also lets `item_metadata` read
-    each array's shape and dtype without reading the array)."""
+    """Pytrees for params and opt_state, JSON for meta (also lets `item_metadata` read each
+    array's shape and dtype without reading the array)."""
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    for item in ("params", "opt_state"):
+    for item in ITEMS:
         registry.add(item, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
         registry.add(item, ocp.args.StandardRestore, ocp.StandardCheckpointHandler)
     registry.add("meta", ocp.args.JsonSave, ocp.JsonCheckpointHandler)
@@ -81,34 +84,40 @@ def manager(workdir: str, *, max_to_keep: int | None = 3, read_only: bool = Fals
                                  handler_registry=_handler_registry())
 
 
-def _key_name(key) -> str:
-    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+def path_name(path) -> str:
+    """The dotted name of a tree path, e.g. `classifier.kernel` (`jax.tree_util.keystr`'s
+    simple form; the `value` inside an `nnx.Variable` is left out). A namedtuple's field and the
+    dict key orbax saves it under, or a list index and its string, get the same name."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator=".").removesuffix(".value")
 
 
-def param_names(params: Any) -> list[str]:
-    """The dotted path of every leaf of a parameter tree, e.g. `classifier.kernel`."""
-    return [".".join(_key_name(k) for k in path if _key_name(k) != "value")
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+def named_leaves(tree: Any) -> dict[str, Any]:
+    """`{path_name: leaf}` of every leaf of `tree`, in its flattening order."""
+    return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _host(x) -> np.ndarray:
     return np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
 
 
-def digest(leaves: list) -> str:
-    """SHA-256 over the dtype, shape and bytes of every array (the replicated host copy)."""
+def digest(tree: Any) -> str:
+    """SHA-256 over the path, dtype, shape and bytes of every array of `tree` (the replicated
+    host copy), in the order of their paths (so any container with the same paths agrees)."""
     h = hashlib.sha256()
-    for leaf in leaves:
+    for name, leaf in sorted(named_leaves(tree).items()):
         x = _host(leaf)
-        h.update(f"{x.dtype}{x.shape}".encode())
+        h.update(f"{name}|{x.dtype}|{x.shape}|".encode())
         h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()
 
 
-def all_finite(leaves: list) -> bool:
-    """Whether every floating array holds only finite values."""
-    return all(bool(np.isfinite(_host(x)).all())
-               for x in leaves if jax.numpy.issubdtype(x.dtype, jax.numpy.floating))
+def first_non_finite(tree: Any) -> str | None:
+    """The path of the first floating array of `tree` holding a NaN or infinity, else None."""
+    for name, leaf in named_leaves(tree).items():
+        x = _host(leaf)
+        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+            return name
+    return None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -219,7 +228,7 @@ def _remove_partial_save(directory: str, step: int) -> None:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any) -> None:
-    """Saves params, optimizer state, their paths and digest as checkpoint `step`.
+    """Saves the model and optimizer states (pytrees) and their digest as checkpoint `step`.
 
     A step that already exists is an error, never skipped: training resumes from its newest
     verified checkpoint and sets newer corrupt ones aside, so no step it saves exists yet.
@@ -230,15 +239,15 @@ def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any) ->
     if step in mngr.all_steps():
         raise CheckpointError(f"checkpoint {step} already exists in {directory}; it was not "
                               f"overwritten")
-    p_leaves, o_leaves = jax.tree.leaves(params), jax.tree.leaves(opt_state)
-    meta = {"step": int(step), "param_names": param_names(params),
-            "digest": digest(p_leaves + o_leaves)}
+    meta = {"step": int(step), "digest": digest({"params": params, "opt_state": opt_state})}
 
     def write() -> None:
-        mngr.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(p_leaves), opt_state=ocp.args.StandardSave(o_leaves),
+        saved = mngr.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
+        if not saved:  # orbax skips a step below its newest one: never silently
+            raise RuntimeError(f"orbax did not save it (the newest step is {mngr.latest_step()})")
 
     _, failure = _held(write)
     if failure is not None:
@@ -250,12 +259,8 @@ def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any) ->
 # ----------------------------------------------------------------------------- restoring
 
 
-def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-
-
 def _read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-    """The checkpoint's `meta` JSON, checked to name this step, its parameters and a digest."""
+    """The checkpoint's `meta` JSON, checked to name this step and hold a digest."""
     meta, failure = _held(lambda: mngr.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"])
     if failure is not None:
@@ -264,71 +269,61 @@ def _read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     if not isinstance(meta, dict) or "digest" not in meta:
         raise CorruptCheckpoint(f"checkpoint {step} has no digest in its metadata, so what it "
                                 f"holds cannot be verified", "no-digest")
-    names = meta.get("param_names")
-    if (meta.get("step") != step or not isinstance(meta["digest"], str)
-            or not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise CorruptCheckpoint(f"checkpoint {step} has malformed metadata (its step, digest "
-                                f"or parameter names)", "bad-metadata")
+    if meta.get("step") != step or not isinstance(meta["digest"], str):
+        raise CorruptCheckpoint(f"checkpoint {step} has malformed metadata (its step or "
+                                f"digest)", "bad-metadata")
     return meta
 
 
-def _order_by_name(saved: list[str], wanted: list[str], step: int) -> list[int]:
-    """For each wanted path, its index among the saved ones; a one-line error on a mismatch
-    (a path renamed, missing or extra, whatever the counts)."""
-    if sorted(saved) != sorted(wanted):
-        missing = [n for n in wanted if n not in set(saved)][:3]
-        extra = [n for n in saved if n not in set(wanted)][:3]
-        raise OtherModelError(
-            f"checkpoint {step} was saved from another model: the config's model has "
-            f"{', '.join(missing) or 'nothing'} that the checkpoint lacks, and the checkpoint "
-            f"has {', '.join(extra) or 'nothing'} that the model lacks (first differing paths); "
-            f"evaluate or resume with the run's own config")
-    position = {name: i for i, name in enumerate(saved)}
-    return [position[name] for name in wanted]
-
-
-def _saved_arrays(mngr: ocp.CheckpointManager, step: int) -> dict[str, list]:
-    """Shape and dtype of every saved array (`item_metadata`, without reading the data)."""
-    def read() -> dict[str, list]:
+def _saved_trees(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """Orbax's metadata of each saved pytree (each array's shape and dtype, by path), read
+    without reading the arrays."""
+    def read() -> dict[str, Any]:
         found = mngr.item_metadata(step)
-        return {item: [(tuple(m.shape), np.dtype(m.dtype)) for m in found[item]]
-                for item in ("params", "opt_state")}
+        if any(found[item] is None for item in ITEMS):
+            raise ValueError("an item has no metadata")
+        return {item: found[item] for item in ITEMS}
 
-    arrays, failure = _held(read)
+    trees, failure = _held(read)
     if failure is not None:
         raise CorruptCheckpoint(f"checkpoint {step} has unreadable array metadata "
                                 f"({failure.line})", "unreadable")
-    return arrays
+    return trees
+
+
+def _signature(tree: Any) -> dict[str, tuple]:
+    """`{path: (shape, dtype)}` of a tree of arrays, abstract arrays or orbax metadata."""
+    return {name: (tuple(x.shape), np.dtype(x.dtype)) for name, x in named_leaves(tree).items()}
 
 
 def _describe(shape: tuple, dtype) -> str:
     return f"{tuple(shape)} {np.dtype(dtype).name}"
 
 
-def _check_params_fit(saved: list, p_leaves: list, order: list[int], names: list[str],
-                      step: int) -> None:
-    """Each wanted parameter's shape and dtype equal the saved one of its name."""
-    if len(saved) != len(p_leaves):
-        raise CorruptCheckpoint(f"checkpoint {step} holds {len(saved)} parameter arrays but "
-                                f"its metadata names {len(p_leaves)}", "bad-metadata")
-    for i, j in enumerate(order):
-        want = (tuple(p_leaves[i].shape), np.dtype(p_leaves[i].dtype))
-        if saved[j] != want:
-            raise OtherModelError(
-                f"checkpoint {step} was saved from another model: the checkpoint's parameter "
-                f"{names[i]} has shape {_describe(*saved[j])}, the config's model wants "
-                f"{_describe(*want)}; evaluate or resume with the run's own config")
-
-
-def _check_opt_fits(saved: list, o_leaves: list, step: int) -> None:
-    """The caller's optimizer state has the saved one's arrays (e.g. momentum on in both)."""
-    want = [(tuple(x.shape), np.dtype(x.dtype)) for x in o_leaves]
-    if saved != want:
+def _check_fits(saved: Any, target: Any, step: int, *, owner: str, what: str) -> None:
+    """`target` has the saved tree's paths, and each path the saved shape and dtype; else a
+    one-line `OtherModelError` (`owner`: "model" or "optimizer"; `what`: its arrays' noun)."""
+    have, want = _signature(saved), _signature(target)
+    origin = f"checkpoint {step} was saved {'from' if owner == 'model' else 'with'} another {owner}"
+    missing, extra = [n for n in want if n not in have], [n for n in have if n not in want]
+    if missing or extra:
         raise OtherModelError(
-            f"checkpoint {step} was saved with another optimizer: its state holds "
-            f"{len(saved)} arrays, the config's optimizer wants {len(want)}"
-            f"{'' if len(saved) != len(want) else ' of other shapes'}; resume with the run's "
-            f"own config")
+            f"{origin}: the config's {owner} has {', '.join(missing[:3]) or 'nothing'} that the "
+            f"checkpoint lacks, and the checkpoint has {', '.join(extra[:3]) or 'nothing'} that "
+            f"the {owner} lacks (first differing paths); evaluate or resume with the run's own "
+            f"config")
+    for name, shape_dtype in want.items():
+        if have[name] != shape_dtype:
+            raise OtherModelError(
+                f"{origin}: the checkpoint's {what} {name} has shape {_describe(*have[name])}, "
+                f"the config's {owner} wants {_describe(*shape_dtype)}; evaluate or resume with "
+                f"the run's own config")
+
+
+def _abstract(tree: Any, sharding=None) -> Any:
+    """The restore target: each leaf's shape and dtype, with `sharding` or the leaf's own."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=x.sharding if sharding is None else sharding), tree)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any | None = None):
@@ -336,47 +331,37 @@ def restore(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any 
     and `opt_state`: the one function every restore goes through.
 
     The optimizer state is always read (the digest covers it); with `opt_state=None`
-    (evaluation) it is read in the saved shapes, verified, and dropped. Returns
+    (evaluation) it is read in its saved structure, verified, and dropped. Returns
     `(params, opt_state or None)`.
 
     Raises:
-      OtherModelError: parameter paths, shapes or dtypes (or the optimizer state) differ from
+      OtherModelError: parameter paths, shapes or dtypes (or the optimizer state's) differ from
         the given ones.
       CorruptCheckpoint: unreadable, without a digest, not matching its digest, or holding
         non-finite values.
     """
     meta = _read_meta(mngr, step)
-    p_leaves, p_def = jax.tree.flatten(params)
-    names = param_names(params)
-    order = _order_by_name(meta["param_names"], names, step)
-    saved = _saved_arrays(mngr, step)
-    _check_params_fit(saved["params"], p_leaves, order, names, step)
-    params_target = [None] * len(p_leaves)
-    for i, j in enumerate(order):
-        params_target[j] = _abstract(p_leaves[i])
+    saved = _saved_trees(mngr, step)
+    _check_fits(saved["params"], params, step, owner="model", what="parameter")
     if opt_state is not None:
-        o_leaves, o_def = jax.tree.flatten(opt_state)
-        _check_opt_fits(saved["opt_state"], o_leaves, step)
-        opt_target = [_abstract(x) for x in o_leaves]
+        _check_fits(saved["opt_state"], opt_state, step, owner="optimizer", what="array")
+        opt_target = _abstract(opt_state)
     else:
-        sharding = p_leaves[0].sharding
-        opt_target = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-                      for shape, dtype in saved["opt_state"]]
+        opt_target = _abstract(saved["opt_state"], jax.tree.leaves(params)[0].sharding)
     restored, failure = _held(lambda: mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(params_target),
+        params=ocp.args.StandardRestore(_abstract(params)),
         opt_state=ocp.args.StandardRestore(opt_target))))
     if failure is not None:
         raise CorruptCheckpoint(f"checkpoint {step} is unreadable ({failure.line})", "unreadable")
-    saved_params, saved_opt = list(restored["params"]), list(restored["opt_state"])
-    if digest(saved_params + saved_opt) != meta["digest"]:
+    trees = {item: restored[item] for item in ITEMS}
+    if digest(trees) != meta["digest"]:
         raise CorruptCheckpoint(f"checkpoint {step} does not match its digest (its data changed "
                                 f"after it was saved)", "digest")
-    if not all_finite(saved_params + saved_opt):
-        raise CorruptCheckpoint(f"checkpoint {step} holds non-finite values", "non-finite")
-    new_params = jax.tree.unflatten(p_def, [saved_params[j] for j in order])
-    if opt_state is None:
-        return new_params, None
-    return new_params, jax.tree.unflatten(o_def, saved_opt)
+    bad = first_non_finite(trees)
+    if bad is not None:
+        raise CorruptCheckpoint(f"checkpoint {step} holds non-finite values (first in {bad})",
+                                "non-finite")
+    return trees["params"], trees["opt_state"] if opt_state is not None else None
 
 
 def _sync(name: str) -> None:

@@ -3,14 +3,13 @@
 `evaluate(task, graphdef, state, dataset, ...)` averages the task's per-example loss and metrics
 over in-memory arrays, sharded over every device (the last batch padded and the padding masked
 out). `evaluate_checkpoint(config, workdir)` restores a run's checkpoint, verified as every
-restore is (`stn.experiments.checkpointing.restore`), and evaluates it with the run's own config on the
-task's test or validation set, or on external data the task can read (eval.py's `--data`).
+restore is (`stn.experiments.checkpointing.restore`), and evaluates it with the run's own config
+on the task's test or validation set, or on external data the task can read (eval.py's `--data`).
 This module names no task and does not import the trainer.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -66,32 +65,39 @@ def evaluate(task: tasks.Task, graphdef, state, dataset: dict[str, np.ndarray], 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run recorded in `workdir/config.json` (what `train.py` resolved)."""
-    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist: point --workdir at a run's folder (train.py "
-                         f"writes it there)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(workdir_lib.read_config(workdir))
+
+
+IDENTITY_FIELDS = ("task", "model.name")  # what a run is: named first when two configs differ
+
+
+def config_differences(old: dict, new: dict, **options) -> str:
+    """The fields in which config `new` changes the numbers of `old`
+    (`config_compare.differing_fields` with `options`), described with `task` and `model.name`
+    first (another task's config differs in dozens of fields), or "" when none do."""
+    fields = config_compare.differing_fields(old, new, **options)
+    fields.sort(key=lambda f: IDENTITY_FIELDS.index(f) if f in IDENTITY_FIELDS
+                else len(IDENTITY_FIELDS))
+    return config_compare.describe(old, new, fields) if fields else ""
 
 
 def config_of_run(workdir: str, config=None) -> ml_collections.ConfigDict:
     """The config to evaluate the run in `workdir` with: its own `config.json`, or `config`
     when it differs from that only in fields that cannot change the numbers.
 
-    The comparison is a rerun's (`stn.experiments.config_compare.differing_fields`): a field that changes
-    the model, the data or the split (`data.validation_size`, `model.kernel`, ...) is refused
-    in one line naming it; `eval.batch_size`, logging intervals and paths may differ.
+    The comparison is a rerun's (`config_differences`): a field that changes the model, the
+    data or the split (`data.validation_size`, `model.kernel`, ...) is refused in one line
+    naming it; `eval.batch_size`, logging intervals and paths may differ.
     """
     recorded = run_config(workdir)
     if config is None:
         return recorded
-    old, new = recorded.to_dict(), config.to_dict()
-    fields = config_compare.differing_fields(old, new)
-    if fields:
+    differences = config_differences(recorded.to_dict(), config.to_dict())
+    if differences:
         raise ValueError(f"the config is not the one the run in {workdir} was trained with "
-                         f"({config_compare.describe(old, new, fields)}); these fields change "
-                         f"the model, data or split, so the run is evaluated only with its own "
-                         f"config: omit --config (eval.py then reads its config.json)")
+                         f"({differences}); these fields change the model, data or split, so "
+                         f"the run is evaluated only with its own config: omit --config "
+                         f"(eval.py then reads its config.json)")
     return config
 
 

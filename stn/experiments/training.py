@@ -1,9 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the data-parallel training loop, for any task.
 
-The task (`stn.experiments.tasks`, picked by `config.task`) supplies the data, model, loss and metrics; this
-module names none. Each step makes its batch on the devices from `(seed, step)` (sharded over
-the mesh of every device of every process, `stn.experiments.parallel`) and runs one jitted SGD step. See
-docs/guides/training.md for what a run writes, and how it resumes, stops and refuses.
+The task (`stn.experiments.tasks`, picked by `config.task`) supplies the data, model, loss and
+metrics; this module names none. Each step makes its batch on the devices from `(seed, step)`
+(sharded over the mesh of every device of every process, `stn.experiments.parallel`) and runs one
+jitted SGD step. See docs/guides/training.md for what a run writes, and how it resumes, stops and
+refuses; `StopOnSignal` is the codebase's one signal handler.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from stn import layers, sampling
+from stn import layers, native, sampling
 from stn.experiments import (checkpointing, config_compare, evaluation, metrics_io, models,
                              parallel, pictures, tasks)
 from stn.experiments import workdir as workdir_lib
@@ -87,17 +88,19 @@ def validate_train_config(config) -> None:
 # ----------------------------------------------------------------------------- optimizer
 
 
-def _path_names(path) -> tuple:
-    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+def _is_under(name: str, prefix: str) -> bool:
+    """Whether the dotted path `name` is `prefix` or lies below it ("" is the root)."""
+    return not prefix or name == prefix or name.startswith(prefix + ".")
 
 
-def parameter_mask(state, model: nnx.Module, prefixes: list[tuple], leaf: str | None = None):
+def parameter_mask(state, model: nnx.Module, prefixes: list[str], leaf: str | None = None):
     """A tree of bools like `state`: True for leaves under one of the module paths `prefixes`
-    (and, with `leaf`, only those named `leaf`, e.g. "bias")."""
+    (dotted, as `stn.layers.localisation_paths` gives them; and, with `leaf`, only those named
+    `leaf`, e.g. "bias")."""
     def chosen(path, _):
-        names = _path_names(path)
-        under = any(names[:len(p)] == p for p in prefixes)
-        return under and (leaf is None or leaf in names[len(names) - 2:])
+        name = checkpointing.path_name(path)
+        under = any(_is_under(name, p) for p in prefixes)
+        return under and (leaf is None or name.rpartition(".")[2] == leaf)
     return jax.tree_util.tree_map_with_path(chosen, state)
 
 
@@ -183,7 +186,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: tasks.Task
         updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]))
-        return state, opt_state, {"loss": loss, "error": task.metrics(outputs, batch)["error"].mean(),
+        error = task.metrics(outputs, batch)["error"].mean()
+        return state, opt_state, {"loss": loss, "error": error,
                                   "grad_norm": optax.global_norm(grads), "finite": finite}
 
     return step
@@ -208,11 +212,13 @@ class MetricWindow:
         return {f"train_{k}": v / max(self.count, 1) for k, v in self.sums.items()}
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it after each step.
+class StopOnSignal:
+    """The codebase's one SIGTERM/SIGINT handler: a signal sets `signum`, which the loop checks
+    after each step (it then saves a checkpoint and stops; a sweep's launcher sends SIGTERM).
 
     With `interrupt` (a message with `{signum}`), a signal raises `TrainingInterrupted` at
     once instead: for work after the last save (an evaluation), which is redone on a rerun.
+    Handlers are installed only from the main thread, as Python requires.
     """
 
     def __init__(self, interrupt: str | None = None):
@@ -254,20 +260,17 @@ def divergence_message(step: int, loss: float, params_finite: bool, config, mngr
 def check_same_run(workdir: str, config) -> None:
     """Refuses (one line) to continue a run in `workdir` made with another config: resuming
     needs the same computation (`stn.experiments.config_compare`; `train.steps` may grow)."""
-    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     started = any(os.path.exists(os.path.join(workdir, name))
                   for name in (workdir_lib.CHECKPOINTS_DIR, workdir_lib.METRICS_FILE,
                                workdir_lib.RESULTS_FILE))
-    if not (started and os.path.exists(path)):
+    if not (started and os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))):
         return
-    with open(path) as f:
-        old = json.load(f)
-    new = config.to_dict()
-    fields = config_compare.differing_fields(old, new, steps_may_grow=True)
-    if fields:
-        raise ValueError(f"{workdir} holds a run of another config "
-                         f"({config_compare.describe(old, new, fields)}); rerun with that run's "
-                         f"config to resume it, or start fresh in another --workdir")
+    differences = evaluation.config_differences(workdir_lib.read_config(workdir),
+                                                config.to_dict(), steps_may_grow=True)
+    if differences:
+        raise ValueError(f"{workdir} holds a run of another config ({differences}); rerun "
+                         f"with that run's config to resume it, or start fresh in another "
+                         f"--workdir")
 
 
 @functools.lru_cache(maxsize=None)
@@ -296,6 +299,18 @@ def draw_transformers(task: tasks.Task, graphdef, state, test: dict, count: int,
     writer.write_png(step, "transformer/inputs_outputs", png, picture.height, picture.width)
 
 
+def print_start(config, workdir: str) -> None:
+    """What the run is, printed at once, before anything compiles (the first step compiles for
+    a minute or more, which must not look like a hang): the config and its task, the workdir,
+    then the devices and the sampler path (the native one may be built here)."""
+    print(f"run {config.name} (task {config.task}) in {workdir}", flush=True)
+    kinds = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    sampler = ("native (stn.native)" if native.available()
+               else f"jnp ({native.unavailable_reason()})")
+    print(f"devices: {jax.device_count()} {kinds} in {jax.process_count()} process(es); "
+          f"sampler: {sampler}", flush=True)
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -309,10 +324,12 @@ def _json_number(value: float | None) -> float | None:
 
 
 def results_record(config, *, steps: int, start_step: int, evaluations: dict[str, dict],
-                   wall: float, images_per_second: float, num_params: int) -> dict[str, Any]:
-    """The `results.json` record (docs/guides/contracts.md): `<split>_<metric>` for every evaluated
-    split (test, validation), plus the run's size and time; non-finite numbers become null with
-    a `non_finite` list naming them."""
+                   wall: float | None, images_per_second: float | None, evaluation_time: float,
+                   num_params: int) -> dict[str, Any]:
+    """The `results.json` record (docs/guides/contracts.md): `<split>_<metric>` for every
+    evaluated split (test, validation), plus the run's size and time: `wall_time_s` and
+    `images_per_second` of the training, `evaluation_wall_time_s` of the final evaluation.
+    Non-finite numbers become null with a `non_finite` list naming them."""
     record = {"name": config.name, "task": config.task, "config": config.to_dict(),
               "steps": steps}
     non_finite = []
@@ -322,12 +339,27 @@ def results_record(config, *, steps: int, start_step: int, evaluations: dict[str
             record[name] = _json_number(value) if key != "num_examples" else int(value)
             if key != "num_examples" and record[name] is None:
                 non_finite.append(name)
-    record.update(wall_time_s=wall, images_per_second=images_per_second, num_params=num_params,
+    record.update(wall_time_s=wall, images_per_second=images_per_second,
+                  evaluation_wall_time_s=evaluation_time, num_params=num_params,
                   resumed_from_step=start_step, num_devices=jax.device_count(),
                   num_processes=jax.process_count())
     if non_finite:
         record["non_finite"] = non_finite
     return record
+
+
+def training_figures(workdir: str, steps: int) -> dict[str, float | None]:
+    """`wall_time_s` and `images_per_second` of the record of `steps` steps in `workdir`, which
+    an evaluating-only rerun keeps (it trains nothing); None where no such record holds them
+    (the training's process was stopped before writing it)."""
+    try:
+        with open(os.path.join(workdir, workdir_lib.RESULTS_FILE)) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("steps") != steps:
+        old = {}
+    return {key: old.get(key) for key in ("wall_time_s", "images_per_second")}
 
 
 class PendingMetrics:
@@ -417,7 +449,8 @@ def evaluation_missing(config, data: tasks.Data, workdir: str, step: int) -> boo
         wanted.add("validation_error")
     if config.eval.get("test_during_training", False):
         wanted.add("test_error")
-    return not wanted <= metrics_io.recorded_keys(os.path.join(workdir, workdir_lib.METRICS_FILE), step)
+    metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
+    return not wanted <= metrics_io.recorded_keys(metrics, step)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -446,6 +479,8 @@ def train_and_evaluate(config, workdir: str, *,
     is_main = jax.process_index() == 0
     with workdir_lock(workdir, enabled=is_main):
         check_same_run(workdir, config)
+        if is_main:
+            print_start(config, workdir)
 
         # -- data (read before anything is written: its checks may still refuse the run, and a
         # refused run leaves neither config.json nor the lock, stn.experiments.workdir)
@@ -459,6 +494,9 @@ def train_and_evaluate(config, workdir: str, *,
         model = task.make_model(config, data.input_shape, nnx.Rngs(params=config.seed))
         graphdef, state = nnx.split(model)
         num_params = models.num_params(model)
+        if is_main:
+            print(f"model {config.model.name}: {num_params:,} parameters; compiling the first "
+                  f"step", flush=True)
         tx, schedule = make_optimizer(config, state, model)
         state = jax.device_put(state, replicated)
         opt_state = jax.jit(tx.init, out_shardings=replicated)(state)
@@ -480,8 +518,9 @@ def train_and_evaluate(config, workdir: str, *,
         writer = metrics_io.MetricWriter(workdir)
         writer.truncate_after(start_step)
         if evaluation_missing(config, data, workdir, start_step):  # killed between save and eval
-            with _StopFlag(interrupt=f"stopped by signal {{signum}} while redoing the evaluation "
-                                     f"of step {start_step}; rerun the same command to resume"):
+            with StopOnSignal(interrupt=f"stopped by signal {{signum}} while redoing the "
+                                        f"evaluation of step {start_step}; rerun the same "
+                                        f"command to resume"):
                 evaluate_run(task, config, graphdef, state, data, mesh, writer, workdir,
                              start_step, final=False)
 
@@ -492,7 +531,7 @@ def train_and_evaluate(config, workdir: str, *,
         in_flight = max_steps_in_flight(config)
         t_loop, t_first, steps_done = time.time(), None, 0
 
-        with _StopFlag() as stop:
+        with StopOnSignal() as stop:
             for step in range(start_step, total_steps):
                 batch = make_batch(train_arrays, config.seed, step)
                 state, opt_state, metrics = train_step(state, opt_state, batch)
@@ -527,23 +566,30 @@ def train_and_evaluate(config, workdir: str, *,
         if start_step >= total_steps:
             print(f"Checkpoint of step {start_step} already reaches train.steps={total_steps}; "
                   f"evaluating only", flush=True)
-        with _StopFlag(interrupt=f"stopped by signal {{signum}} during the final evaluation; "
-                                 f"the checkpoint of step {final_step} is saved in "
-                                 f"{mngr.directory}; rerun the same command to evaluate it"):
+        t_evaluation = time.time()
+        with StopOnSignal(interrupt=f"stopped by signal {{signum}} during the final evaluation; "
+                                    f"the checkpoint of step {final_step} is saved in "
+                                    f"{mngr.directory}; rerun the same command to evaluate it"):
             evaluations = evaluate_run(task, config, graphdef, state, data, mesh, writer,
                                        workdir, final_step, final=True)
             writer.close()
             steps_picture = pictures.stitch_steps(os.path.join(workdir, workdir_lib.IMAGES_DIR))
             if is_main and steps_picture is not None:  # the same examples at several steps
-                steps_picture.save(os.path.join(workdir, workdir_lib.IMAGES_DIR, "transformer_steps.png"))
+                steps_picture.save(os.path.join(workdir, workdir_lib.IMAGES_DIR,
+                                                "transformer_steps.png"))
+            if steps_done:
+                figures = {"wall_time_s": time.time() - t_start,
+                           "images_per_second": steps_done * batch_size / train_time}
+            else:  # evaluating only: the record keeps the training's figures
+                figures = training_figures(workdir, final_step)
             results = results_record(
                 config, steps=final_step, start_step=start_step, evaluations=evaluations,
-                wall=time.time() - t_start, num_params=num_params,
-                images_per_second=steps_done * batch_size / train_time if steps_done else 0.0)
+                wall=figures["wall_time_s"], images_per_second=figures["images_per_second"],
+                evaluation_time=time.time() - t_evaluation, num_params=num_params)
             if is_main:
                 metrics_io.write_json(os.path.join(workdir, workdir_lib.RESULTS_FILE), results)
     test = evaluations["test"]
     print(f"Final test error: {test['error']:.4f} ({100 * test['error']:.2f}%) after "
-          f"{final_step} steps; wall time {results['wall_time_s']:.1f}s; results in "
+          f"{final_step} steps; wall time {time.time() - t_start:.1f}s; results in "
           f"{os.path.join(workdir, 'results.json')}", flush=True)
     return results

@@ -1,6 +1,7 @@
 """A run's workdir: the names of the files a run writes there, and the lock of a live run.
 
-The names below are the only spelling of a run's files in the codebase. The lock
+The names below are the only spelling of a run's files in the codebase (`read_config` reads
+the config a run recorded, naming the file when it is missing or damaged). The lock
 (`workdir/.lock`, the kernel's `flock`) marks a workdir as used by a live run.
 
 `train.py` holds it for the whole run (`workdir_lock`) and writes its process id into the file,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 
@@ -26,6 +28,25 @@ IMAGES_DIR = "images"  # pictures of the transformers at each evaluation
 #: What a run leaves in its workdir once it has started (config.json is written after every
 #: check that can refuse it); a workdir without any of them holds no run.
 RUN_FILES = (CONFIG_FILE, CHECKPOINTS_DIR, METRICS_FILE, RESULTS_FILE)
+
+
+def read_config(workdir: str) -> dict:
+    """The resolved config a run recorded in `workdir/config.json`, as a dict; a missing or
+    damaged file is a one-line ValueError naming it."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: point --workdir at a run's folder (train.py "
+                         f"writes it there)")
+    repair = ("so the run's config is unknown; restore the file (a finished run's "
+              "results.json holds a copy under \"config\") or use another --workdir")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({e}), {repair}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a config, {repair}")
+    return config
 
 
 def holds_a_run(workdir: str) -> bool:

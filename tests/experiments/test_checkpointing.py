@@ -9,6 +9,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from stn.experiments import checkpointing, evaluation, tasks, training
 
@@ -88,8 +90,37 @@ def edit_meta(checkpoints, step, edit):
     path.write_text(json.dumps(meta))
 
 
+def good_checkpoint(workdir, config, step):
+    """`(params, opt_state, meta)` of a checkpoint that verifies, restored."""
+    params, opt_state = states(config)
+    mngr = checkpointing.manager(str(workdir), read_only=True)
+    good_params, good_opt = checkpointing.restore(mngr, step, params, opt_state)
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return good_params, good_opt, meta
+
+
+def rewrite(workdir, step, params, opt_state, meta):
+    """Checkpoint `step` replaced by a well-formed one holding these trees and this metadata,
+    as another program (or a hostile machine) would write it; the manager that wrote it."""
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+    mngr = checkpointing.manager(str(workdir), max_to_keep=None)
+    mngr.save(step, force=True, args=ocp.args.Composite(  # force: also below the newest step
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)))
+    mngr.wait_until_finished()
+    assert step in mngr.all_steps()
+    return mngr
+
+
+def replace_leaf(tree, name, value):
+    """`tree` with its leaf at path `name` (`checkpointing.path_name`) replaced by `value`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: value if checkpointing.path_name(path) == name else x, tree)
+
+
 def assert_same_params(workdir_a, workdir_b, config):
-    for a, b in zip(helpers.final_params(workdir_a, config), helpers.final_params(workdir_b, config)):
+    for a, b in zip(helpers.final_params(workdir_a, config),
+                    helpers.final_params(workdir_b, config)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -147,6 +178,22 @@ def test_a_step_set_aside_twice_keeps_both_copies(run, capsys):
         rerun(data_dir, workdir, capsys)
     assert {"6.corrupt-unreadable", "6.corrupt-unreadable.2"} <= set(os.listdir(checkpoints))
     assert verified_steps(workdir, run_config(data_dir))[0] == [2, 4, 6]
+
+
+def test_a_third_corrupt_copy_of_one_step_is_set_aside_beside_the_other_two(run):
+    """Each copy keeps its own folder (`.2`, `.3`, ...), whatever the number already there."""
+    _, workdir, _ = run
+    checkpoints = workdir / "checkpoints"
+    mngr = checkpointing.manager(str(workdir), max_to_keep=None)
+    for copy in range(3):
+        if copy:  # another corrupt step 6, as a third rerun on a failing disk would meet it
+            shutil.copytree(checkpoints / "4", checkpoints / "6")
+        (checkpoints / "6" / f"copy_{copy}").write_text("")
+        checkpointing.set_aside(mngr, 6, "digest")
+    for copy, name in enumerate(["6.corrupt-digest", "6.corrupt-digest.2",
+                                 "6.corrupt-digest.3"]):
+        assert (checkpoints / name / f"copy_{copy}").exists(), sorted(os.listdir(checkpoints))
+    assert mngr.all_steps() == [2, 4]
 
 
 # ----------------------------------------------------------------------------- items 3 and 4
@@ -209,28 +256,67 @@ def test_a_finite_change_fails_the_digest(run):
     well-formed checkpoint with the old metadata: only the digest can tell."""
     data_dir, workdir, _ = run
     config = run_config(data_dir)
+    good_params, good_opt, meta = good_checkpoint(workdir, config, 6)
+    name, value = list(checkpointing.named_leaves(good_params).items())[1]
+    changed = np.array(value)
+    changed.reshape(-1).view(np.uint8)[0] ^= 0x01  # the lowest mantissa byte (little-endian)
+    assert np.isfinite(changed).all() and (changed != np.asarray(value)).sum() == 1
+    mngr = rewrite(workdir, 6, replace_leaf(good_params, name, changed), good_opt, meta)
     params, opt_state = states(config)
-    mngr = checkpointing.manager(str(workdir), max_to_keep=None)
-    good_params, good_opt = checkpointing.restore(mngr, 6, params, opt_state)
-    meta = mngr.restore(6, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    p_leaves = [np.array(x) for x in jax.tree.leaves(good_params)]
-    changed = p_leaves[1].reshape(-1).view(np.uint8)
-    changed[0] ^= 0x01  # the lowest mantissa byte of the first float32 (little-endian)
-    assert np.isfinite(p_leaves[1]).all()
-    assert (p_leaves[1] != np.asarray(jax.tree.leaves(good_params)[1])).sum() == 1
-    shutil.rmtree(workdir / "checkpoints" / "6")
-    mngr.reload()
-    mngr.save(6, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(p_leaves),
-        opt_state=ocp.args.StandardSave(jax.tree.leaves(good_opt)),
-        meta=ocp.args.JsonSave(meta)))
-    mngr.wait_until_finished()
     with pytest.raises(checkpointing.CorruptCheckpoint, match="checkpoint 6 does not match its "
                                                               "digest") as e:
         checkpointing.restore(mngr, 6, params, opt_state)
     assert e.value.reason == "digest"
     with pytest.raises(checkpointing.CorruptCheckpoint, match="does not match its digest"):
         checkpointing.restore(mngr, 6, params)  # evaluation's restore verifies it too
+
+
+def test_the_digest_covers_each_arrays_path_dtype_and_shape():
+    x = np.arange(12, dtype=np.float32)
+    same_bytes = [{"a": x.reshape(3, 4)}, {"a": x.view(np.int32)}, {"b": x}]
+    digests = {checkpointing.digest(tree) for tree in [{"a": x}, {"a": x + 1}, *same_bytes]}
+    assert len(digests) == 5
+    assert checkpointing.digest({"a": x.copy()}) == checkpointing.digest({"a": x})
+
+
+def test_an_optimizer_array_saved_in_another_shape_fails_the_digest(run):
+    """The same bytes of one momentum array saved in another shape, the old metadata kept:
+    evaluation reads the optimizer state in its saved shapes, so only the digest can tell."""
+    data_dir, workdir, _ = run
+    config = run_config(data_dir)
+    good_params, good_opt, meta = good_checkpoint(workdir, config, 6)
+    name, value = next((n, v) for n, v in checkpointing.named_leaves(good_opt).items()
+                       if np.ndim(v) == 2)
+    reshaped = np.asarray(value).reshape(value.shape[::-1])
+    mngr = rewrite(workdir, 6, good_params, replace_leaf(good_opt, name, reshaped), meta)
+    params, _ = states(config)
+    with pytest.raises(checkpointing.CorruptCheckpoint, match="does not match its digest"):
+        checkpointing.restore(mngr, 6, params)
+
+
+def test_a_nan_in_the_momentum_with_a_valid_digest_is_not_restored(run, capsys):
+    """Finiteness covers the optimizer state too: a NaN in the momentum, its digest
+    recomputed, is refused by evaluation and set aside by the rerun."""
+    data_dir, workdir, results = run
+    config = run_config(data_dir)
+    good_params, good_opt, _ = good_checkpoint(workdir, config, 6)
+    name = next(n for n in checkpointing.named_leaves(good_opt) if ".trace." in n)
+    poisoned = np.array(checkpointing.named_leaves(good_opt)[name])
+    poisoned.reshape(-1)[0] = np.nan
+    bad_opt = replace_leaf(good_opt, name, poisoned)
+    meta = {"step": 6, "digest": checkpointing.digest({"params": good_params,
+                                                       "opt_state": bad_opt})}
+    mngr = rewrite(workdir, 6, good_params, bad_opt, meta)
+    params, opt_state = states(config)
+    for target in (opt_state, None):
+        with pytest.raises(checkpointing.CorruptCheckpoint,
+                           match=rf"checkpoint 6 holds non-finite values \(first in "
+                                 rf"opt_state\.{name}\)"):
+            checkpointing.restore(mngr, 6, params, target)
+    again, out = rerun(data_dir, workdir, capsys)
+    assert again["resumed_from_step"] == 4
+    assert (workdir / "checkpoints" / "6.corrupt-non-finite").is_dir()
+    assert again["test_error"] == results["test_error"]
 
 
 # ----------------------------------------------------------------------------- structure
@@ -241,17 +327,14 @@ def test_same_number_of_parameters_with_one_renamed_path_is_refused(run, digest)
     """A checkpoint whose parameters have the model's count but one other path: never loaded
     by position. With its digest it is another model's (named); without, it is unverified."""
     data_dir, workdir, _ = run
-    checkpoints = workdir / "checkpoints"
-
-    def rename(meta):
-        meta["param_names"] = [n.replace("classifier.classifier.bias", "classifier.output.bias")
-                               for n in meta["param_names"]]
-        if not digest:
-            meta.pop("digest")
-
-    edit_meta(checkpoints, 4, rename)
-    params, _ = states(run_config(data_dir))
-    mngr = checkpointing.manager(str(workdir), read_only=True)
+    config = run_config(data_dir)
+    good_params, good_opt, meta = good_checkpoint(workdir, config, 4)
+    renamed = nnx.to_pure_dict(good_params)
+    renamed["classifier"]["output"] = {"bias": renamed["classifier"]["classifier"].pop("bias")}
+    if not digest:
+        meta.pop("digest")
+    mngr = rewrite(workdir, 4, renamed, good_opt, meta)
+    params, _ = states(config)
     error = checkpointing.OtherModelError if digest else checkpointing.CorruptCheckpoint
     message = ("the config's model has classifier.classifier.bias that the checkpoint lacks, "
                "and the checkpoint has classifier.output.bias" if digest else "has no digest")
@@ -346,7 +429,8 @@ def test_addition_evaluates_an_npz_file(tmp_path):
     np.testing.assert_allclose(batch["image"], images / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(batch["label"], labels)
     np.savez(tmp_path / "small.npz", image=images[:, :28, :28], label=labels)
-    with pytest.raises(ValueError, match=r"'image' must be \[N, 42, 42, 2\] .* got \[5, 28, 28, 2\]"):
+    with pytest.raises(ValueError,
+                       match=r"'image' must be \[N, 42, 42, 2\] .* got \[5, 28, 28, 2\]"):
         tasks.get("addition").load_eval_set(config, f"npz:{tmp_path}/small.npz")
     np.savez(tmp_path / "sums.npz", image=images, label=labels + 19)
     with pytest.raises(ValueError, match="label"):
@@ -438,9 +522,47 @@ def test_a_full_disk_reaches_the_terminal_as_one_line_from_train_py(data_dir_fre
     assert "free space on that disk and rerun the same command" in lines[0]
 
 
+def test_a_save_below_the_newest_step_is_an_error_not_a_silent_skip(run):
+    """Orbax skips a step older than its newest; a save that wrote nothing must say so."""
+    data_dir, workdir, _ = run
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    params, opt_state = states(run_config(data_dir))
+    mngr = checkpointing.manager(str(workdir))
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r"^could not save checkpoint 4 in .*orbax did not save it \(the "
+                             r"newest step is 6\)"):
+        checkpointing.save(mngr, 4, params, opt_state)
+
+
 @pytest.fixture(scope="module")
 def data_dir_fresh(base):
     return base[0]
+
+
+@pytest.mark.parametrize("content,what", [(b"{\n", "is not valid JSON"),
+                                          (b"\xff\xfe", "is not valid JSON"),
+                                          (b"[1, 2]", "holds a JSON list")])
+def test_a_damaged_config_json_is_named_in_one_line(run, content, what):
+    data_dir, workdir, _ = run
+    path = workdir / "config.json"
+    path.write_bytes(content)
+    for attempt in (lambda: evaluation.evaluate_checkpoint(None, str(workdir)),
+                    lambda: training.train_and_evaluate(run_config(data_dir), str(workdir))):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(path))} {what}") as e:
+            attempt()
+        assert "\n" not in str(e.value) and "another --workdir" in str(e.value)
+
+
+def test_another_tasks_config_names_task_and_model_first(run):
+    """An addition config on a classification run differs in dozens of fields: the message
+    starts with the two that say what the run is."""
+    _, workdir, _ = run
+    other = addition_config("2xst_fcn,affine")
+    first = r"\(task 'classification' -> 'addition', model.name 'st_fcn' -> '2xst_fcn', "
+    with pytest.raises(ValueError, match=r"holds a run of another config " + first):
+        training.train_and_evaluate(other, str(workdir))
+    with pytest.raises(ValueError, match=r"was trained with " + first):
+        evaluation.evaluate_checkpoint(other, str(workdir))
 
 
 def test_eval_without_the_runs_config_json_is_refused(run):

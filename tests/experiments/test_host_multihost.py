@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     sys.path.insert(0, {tests!r})
-    import helpers as tt
+    import helpers
     from stn.experiments import training
     config = helpers.small_config({data!r}, steps=6, batch_size=32, checkpoint_every=3, eval_every=3,
                              num_images=4)

@@ -3,7 +3,6 @@
 All data is made here: class-dependent drawn 28x28 patterns written as IDX files, read back
 through `data.source=idx:DIR`, so nothing touches the network or shared folders.
 """
-import importlib.util
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import pytest
 
 from flax import nnx
 
-from stn.experiments import checkpointing, evaluation, metrics_io, parallel, tasks, training
+from stn.experiments import checkpointing, evaluation, metrics_io, tasks, training
 from stn import layers
 from stn.experiments.data import idx
 
@@ -201,7 +200,7 @@ def test_loc_lr_multiplier_gives_that_fraction_of_the_whole_update(data_dir, wei
     zero = jax.tree.map(jnp.zeros_like, state)
     tx, _ = training.make_optimizer(config, state, model)
     update, _ = tx.update(zero, tx.init(state), state)
-    names = checkpointing.param_names(state)
+    names = list(checkpointing.named_leaves(state))
     for name, u, x in zip(names, jax.tree.leaves(update), jax.tree.leaves(state)):
         if "regression" in name and "bias" in name:
             assert not np.any(np.asarray(u)), name

@@ -175,7 +175,8 @@ def test_another_models_checkpoint_is_a_one_line_error_naming_paths(data_dir, tm
 def test_results_json_is_strict_json_with_null_for_non_finite(tmp_path):
     config = helpers.small_config(str(tmp_path))
     record = training.results_record(
-        config, steps=3, start_step=0, wall=1.0, images_per_second=2.0, num_params=5,
+        config, steps=3, start_step=0, wall=1.0, images_per_second=2.0, evaluation_time=0.5,
+        num_params=5,
         evaluations={"test": {"error": 0.5, "loss": float("nan"), "num_examples": 2}})
     assert record["test_loss"] is None and record["non_finite"] == ["test_loss"]
     path = tmp_path / "results.json"

@@ -12,9 +12,11 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
-from stn.experiments import config_compare, metrics_io, training
+from stn import native
+from stn.experiments import config_compare, evaluation, metrics_io, models, training
 
 import helpers
 
@@ -86,6 +88,45 @@ def test_an_evaluating_only_rerun_holds_each_evaluation_once(data_dir, tmp_path,
     assert _identities(workdir) == first  # the final evaluation replaced, in its place
 
 
+def test_an_evaluating_only_rerun_keeps_the_trainings_figures(data_dir, tmp_path):
+    """The rerun trains nothing: results.json keeps the training's wall time and images/s,
+    and the evaluation's own time is beside them under its own name."""
+    config = helpers.small_config(data_dir, steps=2, eval_every=100, num_images=0)
+    workdir = tmp_path / "run"
+    first = training.train_and_evaluate(config, str(workdir))
+    again = training.train_and_evaluate(config, str(workdir))
+    written = json.loads((workdir / "results.json").read_text())
+    for key in ("wall_time_s", "images_per_second"):
+        assert again[key] == written[key] == first[key] > 0, key
+    assert 0 < again["evaluation_wall_time_s"] == written["evaluation_wall_time_s"]
+    assert again["evaluation_wall_time_s"] != first["evaluation_wall_time_s"]
+
+
+def test_what_the_run_is_printed_before_anything_compiles(data_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    """The config and task, the workdir, the devices, the sampler path and the parameter
+    count, all printed before the first step is even built (its compilation takes minutes)."""
+    class Compiling(Exception):
+        pass
+
+    def make_train_step(*args, **kwargs):
+        raise Compiling
+
+    monkeypatch.setattr(training, "make_train_step", make_train_step)
+    config = helpers.small_config(data_dir)
+    capsys.readouterr()
+    with pytest.raises(Compiling):
+        training.train_and_evaluate(config, str(tmp_path / "run"))
+    sampler = "native (stn.native)" if native.available() else "jnp ("
+    num_params = models.num_params(helpers.fresh_model(config)[0])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"run {config.name} (task classification) in {tmp_path / 'run'}"
+    kinds = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    assert lines[1].startswith(f"devices: {jax.device_count()} {kinds} in 1 process(es); "
+                               f"sampler: {sampler}")
+    assert lines[2:] == [f"model st_fcn: {num_params:,} parameters; compiling the first step"]
+
+
 def test_a_replaced_record_keeps_the_newest_values(tmp_path):
     writer = metrics_io.MetricWriter(str(tmp_path), enabled=True)
     writer.write_scalars(1, {"train_loss": 1.0})
@@ -154,6 +195,10 @@ def test_sigterm_during_the_final_evaluation_exits_130_with_one_line(data_dir, t
         f"train.py: stopped by signal 15 during the final evaluation; the checkpoint of step 2 "
         f"is saved in {workdir / 'checkpoints'}; rerun the same command to evaluate it")
     assert not (workdir / "results.json").exists()
+    # The rerun evaluates only; the training's figures died with its process: null, not 0.
+    results = training.train_and_evaluate(evaluation.run_config(str(workdir)), str(workdir))
+    assert results["wall_time_s"] is None and results["images_per_second"] is None
+    assert results["evaluation_wall_time_s"] > 0
 
 
 class _Killed(BaseException):

@@ -32,7 +32,7 @@ def test_volume_transformer_gradients_reach_the_regression_layer():
     grads = nnx.grad(lambda m: jnp.mean((m(x) - target) ** 2))(st)
     kernel_grad = grads["loc_net"]["regression"]["kernel"][...]
     assert np.all(np.isfinite(kernel_grad)) and np.any(kernel_grad != 0)
-    assert layers.regression_paths(st) == [("loc_net", "regression")]
+    assert layers.regression_paths(st) == ["loc_net.regression"]
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -69,7 +69,7 @@ def test_fresh_flow_transformer_is_identity_and_learns(shape, steps):
     grads = nnx.grad(lambda m: jnp.mean((m(x) - target) ** 2))(flow)
     kernel_grad = grads["flow_net"]["regression"]["kernel"][...]
     assert np.all(np.isfinite(kernel_grad)) and np.any(kernel_grad != 0)
-    assert layers.localisation_paths(flow) == [("flow_net",)]
+    assert layers.localisation_paths(flow) == ["flow_net"]
 
 
 def test_flow_transformer_warps_the_source_by_the_field_of_x():
