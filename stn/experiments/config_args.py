@@ -206,7 +206,7 @@ def _check_override(arg: str, spec: str, config: ml_collections.ConfigDict,
         return
     key = name[len(flag) + 1:]
     if key not in flat and not any(k.startswith(key + ".") for k in flat):
-        raise ValueError(f"{arg}: {spec} has no field {key}{did_you_mean(key, flat)}")
+        raise ValueError(f"{arg}: {spec} has no field {key}{_nearest_field(key, flat)}")
     try:
         _parse_flags(["check", f"--{flag}={spec}", arg], flag)
     except Exception as e:  # absl wraps the parser's error; its cause names the value
@@ -216,6 +216,17 @@ def _check_override(arg: str, spec: str, config: ml_collections.ConfigDict,
         kind = type(value).__name__
         raise ValueError(f"{arg}: {flag}.{key} takes a{'n' if kind[0] in 'aeiou' else ''} "
                          f"{kind} ({spec} sets {value!r}), got {given!r}") from None
+
+
+def _nearest_field(key: str, flat: Mapping[str, Any]) -> str:
+    """The nearest field to a misspelt dotted `key`: among its siblings when its section exists
+    (`train.nope` is no near miss of `train.optimizer`), else among every dotted name."""
+    section, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in flat if k.rpartition(".")[0] == section}
+    if section and siblings:
+        close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+        return f"; did you mean {siblings[close[0]]!r}?" if close else ""
+    return did_you_mean(key, flat)
 
 
 def _parse_flags(argv: Sequence[str], flag: str) -> ml_collections.ConfigDict:
