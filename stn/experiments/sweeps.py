@@ -565,7 +565,7 @@ class SlurmSettings:
     time_min: int = 24 * 60
     gpus_per_task: int = 1
     cpus_per_task: int | None = None
-    mem_gb: float | None = None
+    mem_gb: int | None = None
     array_parallelism: int = 64
     params: Mapping[str, str] = dataclasses.field(default_factory=dict)
     setup: Sequence[str] = ()
@@ -586,8 +586,9 @@ def slurm_executor(folder: Path, settings: SlurmSettings) -> Any:
         "job_name": settings.job_name, "time": settings.time_min,
         "array_parallelism": settings.array_parallelism, "ntasks_per_node": 1,
         "additional_parameters": {"signal": SLURM_SIGNAL, **settings.params}}
-    for key, value in (("partition", settings.partition), ("cpus_per_task",
-                       settings.cpus_per_task), ("mem", settings.mem_gb)):
+    for key, value in (("partition", settings.partition),
+                       ("cpus_per_task", settings.cpus_per_task),
+                       ("mem", None if settings.mem_gb is None else f"{settings.mem_gb}GB")):
         if value is not None:
             parameters[key] = value
     if settings.gpus_per_task:
@@ -750,7 +751,7 @@ def _define_flags() -> None:
                          "train.py gets SIGTERM 2 minutes before it and saves a checkpoint.")
     flags.DEFINE_integer("slurm_gpus_per_task", 1, "slurm: GPUs per point (--gres=gpu:N; 0: none).")
     flags.DEFINE_integer("slurm_cpus_per_task", None, "slurm: CPUs per point.")
-    flags.DEFINE_float("slurm_mem_gb", None, "slurm: memory per point in GB.")
+    flags.DEFINE_integer("slurm_mem_gb", None, "slurm: memory per point in GB.")
     flags.DEFINE_integer("slurm_array_parallelism", 64, "slurm: at most this many points run at "
                          "once (--array=0-N%P).")
     flags.DEFINE_multi_string("slurm_param", None, "slurm: any other sbatch parameter as "

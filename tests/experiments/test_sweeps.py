@@ -183,6 +183,8 @@ def test_dry_run_and_emit_list_only_unfinished_points(tmp_path):
                 f"--workdir={workdir / 'p1'}", "--config.seed=1", "--config.train.steps=5"]
     assert [shlex.split(c) for c in commands] == [expected]
     assert "1 of 2 point(s) to run (1 finished)" in out.stdout
+    # What the sweep changes in each preset is printed before anything runs.
+    assert f"sweep changes {tmp_path / 'tiny_config.py'}:b (1 point(s)): seed 0 -> 1" in out.stdout
     assert [shlex.split(line) for line in emit.read_text().splitlines()] == [expected]
     assert not (workdir / "p1").exists()  # nothing ran
 
@@ -227,6 +229,51 @@ def test_bad_sweep_is_a_one_line_error(tmp_path):
     out = run_cli(f"--sweep={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
     assert out.returncode != 0
     assert "error: sweep file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_sweep_file_that_raises_or_does_not_parse_is_one_line_with_its_line(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_sweep(arg=None):\n    return [{'name': 'a',\n")
+    out = run_cli(f"--sweep={broken}", f"--workdir={tmp_path / 'runs'}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: sweep file {broken}, line 2: SyntaxError: ")
+    raising = tmp_path / "raising.py"
+    raising.write_text("def get_sweep(arg=None):\n    steps = {}\n    return steps['n']\n")
+    out = run_cli(f"--sweep={raising}:x", f"--workdir={tmp_path / 'runs'}")
+    assert out.stderr.strip().splitlines() == [
+        f"error: sweep file {raising}, line 3: KeyError: 'n'"], out.stderr
+
+
+def test_every_point_is_resolved_before_any_runs_and_a_bad_one_is_named(tmp_path):
+    """A misspelt override in one point stops the sweep before any point starts, in one line
+    naming the point, the field and the nearest valid one."""
+    sweep = sweep_file(tmp_path, ["a", "b"], p1={"train.learning_rat": 0.2})
+    workdir = tmp_path / "runs"
+    out = run_cli(f"--sweep={sweep}", f"--workdir={workdir}",
+                  f"--train_script={fake_trainer(tmp_path)}")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"error: sweep point 'p1': --config.train.learning_rat=0.2: {tmp_path / 'tiny_config.py'}"
+        f":b has no field train.learning_rat; did you mean 'train.learning_rate'?"]
+    assert calls(workdir) == [] and not (workdir / "p0").exists()
+
+
+def test_lr_seed_overrides_only_its_axes_and_what_it_changes_in_a_preset_is_shown():
+    """On `quick` (loc multiplier 0.1, tuned) the sweep keeps the preset's multiplier unless it
+    is an axis; every field a sweep changes in its preset is listed when it starts."""
+    spec = str(REPO / "configs/sweeps/lr_seed.py") + ":config=configs/mnist.py:quick,lrs=0.01,seeds=2"
+    points = sweeps.load_sweep(spec)
+    configs = sweeps.resolve_points(points)
+    assert [p["name"] for p in points] == ["lr0.01-s0", "lr0.01-s1"]
+    assert all("model.loc_lr_multiplier" not in p["overrides"] for p in points)
+    assert {c["model"]["loc_lr_multiplier"] for c in configs.values()} == {0.1}
+    assert sweeps.preset_changes(points, configs) == [
+        "configs/mnist.py:quick (2 point(s)): seed 0 -> 0, 1; train.learning_rate 0.03 -> 0.01"]
+    swept = sweeps.load_sweep(spec + ",loc_multipliers=1")
+    assert sweeps.preset_changes(swept, sweeps.resolve_points(swept)) == [
+        "configs/mnist.py:quick (2 point(s)): model.loc_lr_multiplier 0.1 -> 1.0; seed 0 -> 0, 1; "
+        "train.learning_rate 0.03 -> 0.01"]
 
 
 # --- a changed sweep file: skip only the same config -------------------------------------------
