@@ -265,7 +265,7 @@ def preset_changes(points: Sequence[Mapping[str, Any]],
                    configs: Mapping[str, Mapping[str, Any]], limit: int = 6) -> list[str]:
     """One line per config file[:arg] of the sweep naming every field whose value some point
     changes from that preset's, with the preset's value and the sweep's values, e.g.
-    `configs/mnist.py:quick (6 points): model.loc_lr_multiplier 0.1 -> 1.0; seed 0 -> 0, 1`.
+    `configs/mnist.py:quick (6 point(s)): model.loc_lr_multiplier 0.1 -> 1.0; seed 0 -> 0, 1`.
 
     Printed when a sweep starts, so that a value the sweep sets beside its axes (a default of
     the sweep file over a preset's tuned one) is seen before anything runs.
@@ -274,34 +274,20 @@ def preset_changes(points: Sequence[Mapping[str, Any]],
     for spec in dict.fromkeys(p["config"] for p in points):
         group = [p for p in points if p["config"] == spec]
         preset = config_compare.flatten(config_compare.resolve(locate_config(spec), {}))
-        values: dict[str, list[Any]] = {}
+        values: dict[str, list[Any]] = {}  # a locked config: every point has the preset's keys
         for p in group:
             for key, value in config_compare.flatten(configs[p["name"]]).items():
-                values.setdefault(key, [])
-                if value not in values[key]:
+                if value not in values.setdefault(key, []):
                     values[key].append(value)
-        changed = [key for key, seen in values.items()
-                   if any(v != preset.get(key, _ABSENT) for v in seen)]
-        parts = []
-        for key in sorted(changed):
-            shown = ", ".join(repr(v) if isinstance(v, str) else str(v)
-                              for v in values[key][:limit])
-            more = f" (+{len(values[key]) - limit} more)" if len(values[key]) > limit else ""
-            old = preset.get(key, _ABSENT)
-            parts.append(f"{key} {repr(old) if isinstance(old, str) else old} -> {shown}{more}")
-        lines.append(f"{spec} ({len(group)} point(s)): "
-                     + ("; ".join(parts) if parts else "no field changed"))
+        parts = [f"{key} {_shown(preset[key])} -> {', '.join(_shown(v) for v in seen[:limit])}"
+                 + (f" (+{len(seen) - limit} more)" if len(seen) > limit else "")
+                 for key, seen in sorted(values.items()) if seen != [preset[key]]]
+        lines.append(f"{spec} ({len(group)} point(s)): {'; '.join(parts) or 'no field changed'}")
     return lines
 
 
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-    __str__ = __repr__
-
-
-_ABSENT = _Absent()
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,8 +455,8 @@ def point_outcome(p: Mapping[str, Any], workdir: Path, job: Any) -> dict[str, An
     try:
         outcome["returncode"] = job.result()
     except Exception as e:  # the job itself failed (not train.py): submitit's own log says why
-        outcome.update(returncode=None, error=f"the job failed: {config_args.located(e, '')}"
-                       f"; submitit's log: {job.paths.stderr}")
+        outcome.update(returncode=None, error=f"its submitit job failed ({type(e).__name__}; "
+                       f"submitit's log: {job.paths.stderr})")
         return outcome
     outcome["ok"] = outcome["returncode"] == 0 and is_finished(run_dir)
     if outcome["ok"]:
