@@ -94,25 +94,29 @@ REPO = Path(ROOT)
 
 
 # A stand-in for train.py with the same flags (ml_collections' config flag, so its config is
-# what `config_compare.resolve` gives): counts its calls in WORKDIR/calls.txt, fails when its
-# config says so, and with `wait_for_signal` waits for SIGTERM/SIGINT, then "saves a checkpoint"
-# and exits 130, as train.py does; a rerun then resumes from that checkpoint.
+# what `config_compare.resolve` gives) and train.py's workdir lock: counts its calls in
+# WORKDIR/calls.txt, fails when its config says so, and with `wait_for_signal` waits for
+# SIGTERM/SIGINT, then "saves a checkpoint" and exits 130, as train.py does; a rerun then
+# resumes from that checkpoint.
 FAKE_TRAIN = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
     from absl import app, flags
     from ml_collections import config_flags
+    from stn.experiments import workdir as workdir_lib
     config_flags.DEFINE_config_file("config", None, "config", lock_config=True)
     flags.DEFINE_string("workdir", None, "workdir")
 
     def main(argv):
-        config, workdir = flags.FLAGS.config, Path(flags.FLAGS.workdir)
+        with workdir_lib.workdir_lock(flags.FLAGS.workdir):
+            train(flags.FLAGS.config, Path(flags.FLAGS.workdir))
+
+    def train(config, workdir):
         with open(workdir.parent / "calls.txt", "a") as f:
             f.write(workdir.name + "\\n")
         print("training", workdir.name, flush=True)
         if config.fail:
             sys.exit("boom: this point fails on purpose")
-        workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(config.to_dict()))
         checkpoints = workdir / "checkpoints"
         start = max([int(c.name) for c in checkpoints.glob("*")] or [0])

@@ -44,7 +44,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     """Every (distortion, model, seed) cell with the CPU recipe."""
     opts = config_args.parse(arg, where="configs/sweeps/table1_cpu.py", seeds=1, first_seed=0,
                              columns=["r", "rts", "p", "e"], data="sample")
-    table1 = sweeps.load_module(Path(__file__).with_name("table1.py"))
+    table1 = config_args.load_file(Path(__file__).with_name("table1.py"), "sweep file")
     points = []
     for distortion in opts["columns"]:
         for model, transform in table1.MODELS:

@@ -26,7 +26,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
                              lrs=[0.01, 0.03, 0.1], loc_multipliers=[0.1, 1.0], seeds=1)
     if opts["family"] is None:
         raise ValueError(f"table1_cpu_tune.py needs a family: one of {', '.join(FAMILIES)}")
-    cpu = sweeps.load_module(Path(__file__).with_name("table1_cpu.py"))
+    cpu = config_args.load_file(Path(__file__).with_name("table1_cpu.py"), "sweep file")
     points = []
     for family, model_arg in [(opts["family"], FAMILIES[opts["family"]])]:
         st = family.startswith("st_")

@@ -20,8 +20,8 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     opts = config_args.parse(arg, where="configs/sweeps/table1_long.py", steps=20_000,
                              batch=128, data="sample")
     here = Path(__file__).parent
-    cpu = sweeps.load_module(here / "table1_cpu.py")
-    table1 = sweeps.load_module(here / "table1.py")
+    cpu = config_args.load_file(here / "table1_cpu.py", "sweep file")
+    table1 = config_args.load_file(here / "table1.py", "sweep file")
     points = []
     for model, transform in CELLS:
         steps = opts["steps"]

@@ -86,29 +86,21 @@ def exit_with_message(program: str, error, code: int) -> None:
     sys.exit(code)
 
 
-def _bad_override(argv: list[str], error: Exception) -> str:
-    """One line naming the `--config.*` argument that failed to apply, and why."""
-    missing = str(error).strip("\"' ")
-    named = [a for a in argv if a.startswith("--config.") and missing
-             and missing in a.split("=", 1)[0].split(".")]
-    where = named[0] if named else "a --config.* override"
-    return (f"{where}: the config has no field {missing!r}; overrides must name fields of the "
-            f"config file (see its get_config)" if isinstance(error, (AttributeError, KeyError))
-            else f"{where}: {error}")
-
-
 def run_app(main, program: str) -> None:
     """`absl.app.run(main)` whose flag errors, bad config files and bad `--config.*` overrides
     end in one line naming the argument, instead of a traceback."""
     from absl import app, flags
 
+    from stn.experiments import config_args
+
     def parse(argv):
         try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            cause = e.__cause__ or e.__context__
-            exit_with_message(program, cause if isinstance(cause, ValueError) else e, 2)
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
-            exit_with_message(program, _bad_override(argv, e), 2)
+            rest = flags.FLAGS(argv)
+            config = getattr(flags.FLAGS, "config", None)
+            if config is not None:
+                config.keys()  # a config file that failed to load raises only when first used
+            return rest
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+            exit_with_message(program, config_args.explain(argv, e), 2)
 
     app.run(main, flags_parser=parse)

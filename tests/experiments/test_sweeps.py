@@ -1,4 +1,5 @@
-"""Sweep expansion, the command lines, resuming, and the runner end to end with a fake trainer."""
+"""Sweep expansion, the command lines, resuming, and the local launcher (submitit's
+LocalExecutor) end to end with a fake trainer."""
 import json
 import os
 import shlex
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stn.experiments import config_compare, sweeps
+from stn.experiments import workdir as workdir_lib
 from stn.experiments.config_args import parse as _parse
 
 from helpers import REPO, calls, run_cli, sweep_file
@@ -181,6 +183,8 @@ def test_dry_run_and_emit_list_only_unfinished_points(tmp_path):
                 f"--workdir={workdir / 'p1'}", "--config.seed=1", "--config.train.steps=5"]
     assert [shlex.split(c) for c in commands] == [expected]
     assert "1 of 2 point(s) to run (1 finished)" in out.stdout
+    # What the sweep changes in each preset is printed before anything runs.
+    assert f"sweep changes {tmp_path / 'tiny_config.py'}:b (1 point(s)): seed 0 -> 1" in out.stdout
     assert [shlex.split(line) for line in emit.read_text().splitlines()] == [expected]
     assert not (workdir / "p1").exists()  # nothing ran
 
@@ -198,6 +202,7 @@ def test_runner_end_to_end_and_resume(tmp_path):
         assert f"training p{i}" in (workdir / f"p{i}" / "log.txt").read_text()
     assert sorted(calls(workdir)) == ["p0", "p1"]
     assert "2 done, 0 skipped" in out.stdout
+    assert list((workdir / sweeps.SUBMITIT_DIR).glob("*/*_result.pkl"))  # run as submitit jobs
     manifest = json.loads((workdir / "sweep.json").read_text())
     assert [p["name"] for p in manifest["points"]] == ["p0", "p1"]
     # Resume: both finished with the points' configs, so nothing runs again.
@@ -224,6 +229,51 @@ def test_bad_sweep_is_a_one_line_error(tmp_path):
     out = run_cli(f"--sweep={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
     assert out.returncode != 0
     assert "error: sweep file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_sweep_file_that_raises_or_does_not_parse_is_one_line_with_its_line(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_sweep(arg=None):\n    return [{'name': 'a',\n")
+    out = run_cli(f"--sweep={broken}", f"--workdir={tmp_path / 'runs'}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: sweep file {broken}, line 2: SyntaxError: ")
+    raising = tmp_path / "raising.py"
+    raising.write_text("def get_sweep(arg=None):\n    steps = {}\n    return steps['n']\n")
+    out = run_cli(f"--sweep={raising}:x", f"--workdir={tmp_path / 'runs'}")
+    assert out.stderr.strip().splitlines() == [
+        f"error: sweep file {raising}, line 3: KeyError: 'n'"], out.stderr
+
+
+def test_every_point_is_resolved_before_any_runs_and_a_bad_one_is_named(tmp_path):
+    """A misspelt override in one point stops the sweep before any point starts, in one line
+    naming the point, the field and the nearest valid one."""
+    sweep = sweep_file(tmp_path, ["a", "b"], p1={"train.learning_rat": 0.2})
+    workdir = tmp_path / "runs"
+    out = run_cli(f"--sweep={sweep}", f"--workdir={workdir}",
+                  f"--train_script={fake_trainer(tmp_path)}")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"error: sweep point 'p1': --config.train.learning_rat=0.2: {tmp_path / 'tiny_config.py'}"
+        f":b has no field train.learning_rat; did you mean 'train.learning_rate'?"]
+    assert calls(workdir) == [] and not (workdir / "p0").exists()
+
+
+def test_lr_seed_overrides_only_its_axes_and_what_it_changes_in_a_preset_is_shown():
+    """On `quick` (loc multiplier 0.1, tuned) the sweep keeps the preset's multiplier unless it
+    is an axis; every field a sweep changes in its preset is listed when it starts."""
+    spec = str(REPO / "configs/sweeps/lr_seed.py") + ":config=configs/mnist.py:quick,lrs=0.01,seeds=2"
+    points = sweeps.load_sweep(spec)
+    configs = sweeps.resolve_points(points)
+    assert [p["name"] for p in points] == ["lr0.01-s0", "lr0.01-s1"]
+    assert all("model.loc_lr_multiplier" not in p["overrides"] for p in points)
+    assert {c["model"]["loc_lr_multiplier"] for c in configs.values()} == {0.1}
+    assert sweeps.preset_changes(points, configs) == [
+        "configs/mnist.py:quick (2 point(s)): seed 0 -> 0, 1; train.learning_rate 0.03 -> 0.01"]
+    swept = sweeps.load_sweep(spec + ",loc_multipliers=1")
+    assert sweeps.preset_changes(swept, sweeps.resolve_points(swept)) == [
+        "configs/mnist.py:quick (2 point(s)): model.loc_lr_multiplier 0.1 -> 1.0; seed 0 -> 0, 1; "
+        "train.learning_rate 0.03 -> 0.01"]
 
 
 # --- a changed sweep file: skip only the same config -------------------------------------------
@@ -284,7 +334,7 @@ def test_unfinished_run_of_another_config_is_refused_and_a_record_without_config
     assert "p1 (its results.json records no config to compare)" in out.stderr
 
 
-# --- stopping the runner -----------------------------------------------------------------------
+# --- stopping a local sweep -----------------------------------------------------------------------
 
 def _start_runner(*args: str, new_session: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -309,37 +359,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_stopping_the_runner_stops_its_children_starts_nothing_and_a_rerun_resumes(tmp_path,
-                                                                                   how):
-    """SIGTERM to the runner, or Ctrl-C (SIGINT to its whole process group, as a terminal
-    sends it): the running points save their checkpoint and exit, the last point never
-    starts, the runner ends with one line; the same command then resumes and finishes."""
+def test_ctrl_c_stops_the_running_points_starts_nothing_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the sweep's whole process group, as a terminal sends it): the running
+    points save their checkpoint and end, the last point never starts, the runner waits for
+    them and ends with one line; the same command then resumes and finishes."""
     fake = fake_trainer(tmp_path)
     workdir = tmp_path / "runs"
     wait = {"wait_for_signal": True}
     sweep = sweep_file(tmp_path, ["a", "b", "c"], p0=wait, p1=wait)
     args = (f"--sweep={sweep}", f"--workdir={workdir}", f"--train_script={fake}", "--parallel=2")
-    runner = _start_runner(*args, new_session=how == "ctrl-c")
+    runner = _start_runner(*args, new_session=True)
     started = [workdir / "p0" / "started", workdir / "p1" / "started"]
     _wait_for(started, runner)
     children = [int(p.read_text()) for p in started]
     try:
-        if how == "sigterm":
-            runner.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(runner.pid, signal.SIGINT)
+        os.killpg(runner.pid, signal.SIGINT)
         stdout, stderr = runner.communicate(timeout=120)
-        left_running = [pid for pid in children if _alive(pid)]
-    finally:  # a runner that lets its children run on must not leave them behind the test
+        still_holding = [i for i in range(2) if workdir_lib.live_holder(str(workdir / f"p{i}"))]
+    finally:  # a runner that lets its points run on must not leave them behind the test
         for pid in children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    assert not left_running  # the runner waited for them (and reaped them) before exiting
+    assert not still_holding  # the runner waited until each point's run had ended
     assert runner.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr
-    name = "SIGTERM" if how == "sigterm" else "SIGINT"
-    assert stderr.strip().splitlines()[-1].startswith(f"sweep stopped by {name}: 2 running")
+    assert stderr.strip().splitlines()[-1].startswith("sweep stopped by SIGINT: 2 running")
     assert "1 point(s) not started; rerun the same command to resume" in stderr
     assert "0 done, 0 skipped (already finished), 0 failed, 2 stopped, 1 not started" in stdout
     for i in range(2):

@@ -278,5 +278,4 @@ def test_an_unknown_override_field_is_one_line(tmp_path):
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "train.py: --config.train.nope=1: the config has no field 'nope'; overrides must name "
-        "fields of the config file (see its get_config)")
+        "train.py: --config.train.nope=1: configs/mnist.py:quick has no field train.nope")
