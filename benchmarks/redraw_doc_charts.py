@@ -6,7 +6,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 - docs/images/table1_cpu.png: Table 1 of docs/reports/results.md (ours: mean, sample sd and the number of seeds).
 - docs/images/table_addition_cpu.png: the addition table of docs/reports/appendix.md (each
-  seed's test error; mean and sd computed here as stn.experiments.results.tables does).
+  seed's test error; mean and sd computed here as the tables do).
 - docs/images/table_colocalisation_cpu.png: the co-localisation table on the CPU of the same page
   (% of test images localised, one run per class, printed to 0.1).
 - docs/images/tune_st_cnn_rts.png: the ST-CNN row of the tuning table of docs/reports/results.md (validation
@@ -15,7 +15,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 The learning curves (docs/images/rts_followed_curves.png, docs/images/gpu_rts_paper_recipe_curves.png) need
 every evaluation of every run (metrics.jsonl), which the docs do not print: redraw them with
-`python -m stn.experiments.results.tables --table=curves` from the runs.
+`python -m stn.experiments.results --table=curves` from the runs.
 
     python benchmarks/redraw_doc_charts.py [--docs=docs]
 """
@@ -30,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stn.experiments.results import figures  # noqa: E402
-from stn.experiments.results.collect import summarize, table_spec  # noqa: E402
-from stn.experiments.results.summary import summarize_sweep  # noqa: E402
+from stn.experiments.results.collect import table_spec  # noqa: E402
+from stn.experiments.results.summary import summarize, summarize_sweep  # noqa: E402
 
 
 def markdown_table(page: Path, header_start: str) -> list[list[str]]:
@@ -69,7 +69,7 @@ def table1(docs: Path) -> dict[str, Any]:
     """Table 1 on the CPU (docs/reports/results.md): `paper / mean[±sd]` per cell; the header says
     how many seeds a column has (`RTS (3 seeds)`), one otherwise."""
     spec = table_spec(1)
-    header, *rows = markdown_table(docs / "results.md", "| model | R | RTS")
+    header, *rows = markdown_table(docs / "reports" / "results.md", "| model | R | RTS")
     seeds = [int(m.group(1)) if (m := re.search(r"\((\d+) seeds\)", h)) else 1
              for h in header[1:]]
     cells = empty_cells(spec)
@@ -87,7 +87,7 @@ def table1(docs: Path) -> dict[str, Any]:
 def addition(docs: Path) -> dict[str, Any]:
     """Addition on the CPU (docs/reports/appendix.md): each seed's % test error."""
     spec = table_spec("addition")
-    _, *rows = markdown_table(docs / "addition_colocalisation.md",
+    _, *rows = markdown_table(docs / "reports" / "appendix.md",
                               "| model | paper % error | ours % test error")
     cells = empty_cells(spec)
     labels = [r["label"] for r in spec["rows"]]
@@ -100,7 +100,7 @@ def colocalisation(docs: Path) -> dict[str, Any]:
     """Co-localisation on the CPU (docs/reports/appendix.md): % of test images
     localised per class on T and on TC (the TC cell prints `test / optimised`)."""
     spec = table_spec("colocalisation")
-    header, *rows = markdown_table(docs / "addition_colocalisation.md",
+    header, *rows = markdown_table(docs / "reports" / "appendix.md",
                                    "| class | T: % localised, test |")
     t_col = header.index("T: % localised, test")
     tc_col = header.index("TC: % localised, test / optimised")
@@ -116,7 +116,7 @@ def colocalisation(docs: Path) -> dict[str, Any]:
 def tuning(docs: Path) -> dict[str, Any]:
     """The ST-CNN row of the tuning table (docs/reports/results.md) as a sweep summary: validation
     error against the learning rate, one line per localisation-net multiplier."""
-    header, *rows = markdown_table(docs / "results.md", "| family | lr 0.01 |")
+    header, *rows = markdown_table(docs / "reports" / "results.md", "| family | lr 0.01 |")
     (row,) = [r for r in rows if r[0].startswith("ST-CNN Aff, loc 0.1x")]
     lrs = [numbers(h)[0] for h in header[1:4]]
     runs = [(0.1, lr, numbers(cell)[0]) for lr, cell in zip(lrs, row[1:4])]
@@ -137,9 +137,10 @@ def main() -> None:
                                ("table_addition_cpu", "addition", addition),
                                ("table_colocalisation_cpu", "colocalisation", colocalisation)):
         fig = figures.table_figure(build(docs), table_spec(table))
-        print("wrote", *figures.save_figure(fig, docs / f"{name}.png"))
+        print("wrote", *figures.save_figure(fig, docs / "images" / f"{name}.png"))
     fig, caption = figures.sweep_figure(tuning(docs))
-    print("wrote", *figures.save_figure(fig, docs / "tune_st_cnn_rts.png"), f"({caption})")
+    print("wrote", *figures.save_figure(fig, docs / "images" / "tune_st_cnn_rts.png"),
+          f"({caption})")
 
 
 if __name__ == "__main__":

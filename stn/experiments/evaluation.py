@@ -10,7 +10,6 @@ This module names no task and does not import the trainer.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -21,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 from stn.experiments import checkpointing, config_compare, metrics_io, parallel, tasks
-from stn.experiments import workdir as workdir_lib
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,16 +62,6 @@ def evaluate(task: tasks.Task, graphdef, state, dataset: dict[str, np.ndarray], 
     return {**{k: v / n for k, v in sums.items()}, "num_examples": int(n)}
 
 
-def run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run recorded in `workdir/config.json` (what `train.py` resolved)."""
-    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist: point --workdir at a run's folder (train.py "
-                         f"writes it there)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def config_of_run(workdir: str, config=None) -> ml_collections.ConfigDict:
     """The config to evaluate the run in `workdir` with: its own `config.json`, or `config`
     when it differs from that only in fields that cannot change the numbers.
@@ -82,7 +70,7 @@ def config_of_run(workdir: str, config=None) -> ml_collections.ConfigDict:
     the model, the data or the split (`data.validation_size`, `model.kernel`, ...) is refused
     in one line naming it; `eval.batch_size`, logging intervals and paths may differ.
     """
-    recorded = run_config(workdir)
+    recorded = ml_collections.ConfigDict(config_compare.run_config(workdir))
     if config is None:
         return recorded
     old, new = recorded.to_dict(), config.to_dict()

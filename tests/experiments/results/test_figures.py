@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stn.experiments.results import figures, tables
+from stn.experiments.results import collect, figures, summary, tables
 
 import helpers
 
@@ -42,9 +42,9 @@ def table1_runs(tmp_path):
 
 
 def test_table_figure_bars_are_the_tables_numbers(table1_runs):
-    spec = tables.table_spec(1)
-    runs, _ = tables.collect_results(table1_runs)
-    fig = figures.table_figure(tables.build_table(runs, spec), spec)
+    spec = collect.table_spec(1)
+    runs, _ = collect.collect_results(table1_runs)
+    fig = figures.table_figure(summary.build_table(runs, spec), spec)
     r, rts, p, e = fig.axes
     assert [ax.get_title() for ax in fig.axes] == ["R", "RTS", "P", "E"]
     assert [t.get_text() for t in r.get_xticklabels()] == [row["label"] for row in spec["rows"]]
@@ -61,8 +61,8 @@ def test_table_figure_bars_are_the_tables_numbers(table1_runs):
 
 
 def test_table_figure_of_other_papers_models_has_no_cross(tmp_path):
-    spec = tables.table_spec(2)
-    fig = figures.table_figure(tables.build_table([], spec), spec)
+    spec = collect.table_spec(2)
+    fig = figures.table_figure(summary.build_table([], spec), spec)
     col64 = fig.axes[0]
     assert [h for _, h in _bars(col64, "paper")] == [4.0, 4.0, 3.9, 3.7, 3.6]
     crosses = [line for line in col64.get_lines() if line.get_label() == "no run"][0]
@@ -76,9 +76,9 @@ def test_table_figure_with_every_cell_run_keeps_its_layout(tmp_path):
         for model in ("cnn", "st_cnn_single", "st_cnn_multi"):
             _results(tmp_path, f"{variant}-{model}", {"data": {"variant": variant},
                                                       "model": {"name": model}}, test_error=0.05)
-    spec = tables.table_spec(2)
-    runs, _ = tables.collect_results(tmp_path)
-    fig = figures.table_figure(tables.build_table(runs, spec), spec)
+    spec = collect.table_spec(2)
+    runs, _ = collect.collect_results(tmp_path)
+    fig = figures.table_figure(summary.build_table(runs, spec), spec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "constrained_layout not applied" is a warning
         figures.save_figure(fig, tmp_path / "t.png")
@@ -105,7 +105,7 @@ def _curves_folder(root: Path) -> float:
 def _paper_table_folder(table: str):
     """A folder with one run in the first reproducible cell of a paper table."""
     def make(root: Path) -> float:
-        spec = tables.table_spec(table)
+        spec = collect.table_spec(table)
         row = next(r for r in spec["rows"] if r["match"] is not None)
         config: dict = {"seed": 0}
         for dotted, value in {**row["match"], **spec["columns"][0]["match"],
@@ -122,7 +122,7 @@ def _paper_table_folder(table: str):
 
 def _every_table_option() -> dict:
     """`--table=` name -> a function that fills a folder and returns the value it plots (%)."""
-    options = {name: _paper_table_folder(name) for name in tables.paper_results()["tables"]}
+    options = {name: _paper_table_folder(name) for name in collect.paper_results()["tables"]}
     options.update(sweep=_sweep_folder, curves=_curves_folder)
     assert set(options) >= set(tables.BUILDERS)  # a new builder needs its case here
     return options
@@ -131,7 +131,7 @@ def _every_table_option() -> dict:
 @pytest.mark.parametrize("name", sorted(_every_table_option()))
 def test_every_table_option_writes_its_chart_with_matplotlib(name, tmp_path):
     plotted = _every_table_option()[name](tmp_path)
-    written = tables.builder(name)(tables.Request(tmp_path, formats=("pdf", "svg")))
+    written = tables.write(name, tmp_path, formats=("pdf", "svg"))
     charts = {p.suffix: p for p in written.files if p.suffix in (".png", ".pdf", ".svg")}
     assert sorted(charts) == [".pdf", ".png", ".svg"]
     assert charts[".png"].stem == charts[".pdf"].stem == charts[".svg"].stem
@@ -150,27 +150,27 @@ def test_every_table_option_writes_its_chart_with_matplotlib(name, tmp_path):
 def _figure_of(name: str, workdir: Path):
     """The figure object a `--table=name` builder saves, built again from the same folder."""
     if name == "curves":
-        return figures.curves_figure(tables.collect_curves(workdir))
+        return figures.curves_figure(collect.collect_curves(workdir))
     if name == "sweep":
-        runs, _ = tables.collect_results(workdir, required=())
-        return figures.sweep_figure(tables.summarize_sweep(runs))[0]
-    spec = tables.table_spec(name)
-    runs, _ = tables.collect_results(workdir, required=(spec.get("metric", "test_error"),))
-    return figures.table_figure(tables.build_table(runs, spec), spec)
+        runs, _ = collect.collect_results(workdir, required=())
+        return figures.sweep_figure(summary.summarize_sweep(runs))[0]
+    spec = collect.table_spec(name)
+    runs, _ = collect.collect_results(workdir, required=(spec.get("metric", "test_error"),))
+    return figures.table_figure(summary.build_table(runs, spec), spec)
 
 
 def test_png_only_unless_asked_and_bad_formats(table1_runs):
-    written = tables.builder("1")(tables.Request(table1_runs))
+    written = tables.write("1", table1_runs)
     assert [p.name for p in written.files] == ["table1.md", "table1.json", "table1.png"]
     with pytest.raises(ValueError, match="unknown figure format"):
-        tables.make_table(table1_runs, 1, formats=["eps"])
-    with pytest.raises(ValueError, match=r"unknown table 'nope'.*sweep, curves"):
-        tables.builder("nope")
+        tables.write(1, table1_runs, formats=["eps"])
+    with pytest.raises(ValueError, match=r"unknown table 'nope'.*sweep or curves"):
+        tables.write("nope", table1_runs)
 
 
 def test_cli_format(table1_runs):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "stn.experiments.results.tables", f"--workdir={table1_runs}", "--table=1"]
+    cmd = [sys.executable, "-m", "stn.experiments.results", f"--workdir={table1_runs}", "--table=1"]
     out = subprocess.run(cmd + ["--format=pdf,svg"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -182,12 +182,14 @@ def test_cli_format(table1_runs):
 
 
 def test_no_chart_is_drawn_by_hand():
-    # Pillow's drawing is for pictures of images (stn/experiments/pictures.py, stn/experiments/data/preview.py) and for
-    # synthetic images (stn/experiments/data/cub.py's miniature birds); charts, with axes, ticks and
-    # legends, come from matplotlib in stn/experiments/results/figures.py only.
+    # Pillow's drawing is for pictures of images (stn/experiments/pictures.py,
+    # stn/experiments/data/preview.py) and for synthetic images (stn/experiments/data/cub.py's
+    # miniature birds); charts, with axes, ticks and legends, come from matplotlib in
+    # stn/experiments/results/figures.py only.
     drawing = {str(p.relative_to(REPO)) for p in (REPO / "stn").rglob("*.py")
                if "ImageDraw" in p.read_text()}
-    assert drawing <= {"stn/experiments/pictures.py", "stn/experiments/data/preview.py", "stn/experiments/data/cub.py"}
+    assert drawing <= {"stn/experiments/pictures.py", "stn/experiments/data/preview.py",
+                       "stn/experiments/data/cub.py"}
     charting = {str(p.relative_to(REPO)) for p in (REPO / "stn").rglob("*.py")
                 if "matplotlib" in p.read_text() and "import matplotlib" in p.read_text()}
     assert charting == {"stn/experiments/results/figures.py"}
