@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -214,3 +215,62 @@ def test_docs_charts_are_redrawn_from_the_numbers_the_docs_print(tmp_path):
     lines = {c.get_label(): list(c.lines[0].get_ydata())
              for c in figures.sweep_figure(summary)[0].axes[0].containers}
     assert lines["model.loc_lr_multiplier = 1"] == pytest.approx([3.3, 17.2, 88.6])
+
+
+def _outside_limits(fig) -> list[str]:
+    """Every plotted point that lies outside its panel's limits: each line's data (an axhline's
+    x is in axes coordinates, so only its y counts), each bar's top and each marker ring."""
+    outside = []
+    for k, ax in enumerate(fig.axes):
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        points = [(line.get_label(), x if line.get_gid() != "paper" else None, y)
+                  for line in ax.get_lines()
+                  for x, y in zip(line.get_xdata(), line.get_ydata())]
+        points += [("bar", p.get_x() + p.get_width() / 2, p.get_y() + p.get_height())
+                   for p in ax.patches]
+        points += [("ring", x, y) for c in ax.collections if c.get_gid() == "best"
+                   for x, y in c.get_offsets()]
+        outside += [f"panel {k} {label}: ({x}, {y}) outside x {x0:g}..{x1:g}, y {y0:g}..{y1:g}"
+                    for label, x, y in points if np.isfinite(y)
+                    and not (y0 <= y <= y1 and (x is None or x0 <= x <= x1))]
+    return outside
+
+
+def _limits_table(root: Path):
+    """Table 1 with a small error in its first column and large ones in the last."""
+    for j, (distortion, error) in enumerate((("r", 0.01), ("e", 0.35), ("e", 0.45))):
+        _results(root, f"run{j}", {"seed": j, "data": {"distortion": distortion},
+                                   "model": {"name": "cnn"}}, test_error=error)
+    spec = collect.table_spec(1)
+    return figures.table_figure(summary.build_table(collect.collect_results(root)[0], spec),
+                                spec)
+
+
+def _limits_sweep(root: Path):
+    """Validation 70-79% in the first panel, test up to 81% in the second (shared y)."""
+    for lr, loc, val, test in ((0.01, 0.1, 0.70, 0.801), (0.01, 1.0, 0.72, 0.8105),
+                               (0.1, 0.1, 0.79, 0.60), (0.1, 1.0, 0.75, 0.62)):
+        _results(root, f"{lr}-{loc}", {"seed": 0, "model": {"loc_lr_multiplier": loc},
+                                       "train": {"learning_rate": lr}},
+                 validation_error=val, test_error=test)
+    return figures.sweep_figure(summary.summarize_sweep(
+        collect.collect_results(root, required=())[0]))[0]
+
+
+def _limits_curves(root: Path):
+    """Validation error 20-30% in the first panel, test error 50% in the second."""
+    (root / "run").mkdir(parents=True)
+    (root / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 10, "validation_error": 0.3}, {"step": 20, "validation_error": 0.2},
+        {"step": 20, "test_error": 0.5})))
+    return figures.curves_figure(collect.collect_curves(root))
+
+
+@pytest.mark.parametrize("draw", [_limits_table, _limits_sweep, _limits_curves],
+                         ids=["table", "sweep", "curves"])
+def test_every_charts_limits_hold_all_of_its_data(draw, tmp_path):
+    fig = draw(tmp_path)
+    figures.save_figure(fig, tmp_path / "chart.png")  # the limits as drawn
+    assert _outside_limits(fig) == []
+    assert sum(len(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()) \
+        + sum(len(ax.patches) for ax in fig.axes) >= 3  # it did read the data back

@@ -400,3 +400,63 @@ def test_curves_log_steps_when_runs_span_decades(tmp_path):
     fig = figures.curves_figure({"short": {"validation_error": [(10, 0.3), (20, 0.2)]}})
     assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "linear"
     assert fig.axes[0].get_ylim()[0] == 0  # errors from 0 on a linear axis
+
+
+# --------------------------------------------------------------------------------------------
+# What a table refuses, and what the command line says.
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stn.experiments.results", *args], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_an_impossible_error_is_a_problem_and_its_run_is_left_out(table1_runs):
+    _write(table1_runs, "r-cnn-s2", 2.5, seed=2, data__distortion="r", model__name="cnn",
+           model__transform="affine")
+    md = tables.write(1, table1_runs, figure=False).markdown
+    assert "| CNN | 1.2 / 1.50±0.71 (n=2) |" in md and "250.00" not in md
+    (line,) = [line for line in md.splitlines() if "r-cnn-s2" in line]
+    assert line.startswith("Skipped ") and "test_error=2.5 is not a fraction in [0, 1]" in line
+    _sweep_run(table1_runs / "sweep", "a", 0.01, 1.0, 0, -0.1, 0.1)
+    _sweep_run(table1_runs / "sweep", "b", 0.1, 1.0, 0, 0.2, 0.1)
+    md, sweep = _sweep(table1_runs / "sweep", figure=False)
+    assert [s["values"] for s in sweep["settings"]] == [{}]  # only b is left: nothing varies
+    assert "validation_error=-0.1 is not a fraction" in md
+
+
+def test_a_cell_of_several_settings_ends_the_command_with_one_line(table1_runs):
+    _write(table1_runs, "r-cnn-lr", 0.03, seed=2, data__distortion="r", model__name="cnn",
+           model__transform="affine", train__learning_rate=0.5)
+    out = _cli(f"--workdir={table1_runs}", "--table=1")
+    assert out.returncode == 1 and "| CNN | 1.2 / mixed |" in out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "cell CNN, R: its 3 runs differ in train.learning_rate, not only in seed, so they are "
+        "not averaged; put each setting's runs under a folder of its own (or rank them with "
+        "--table=sweep)"]
+    assert (table1_runs / "table1.md").is_file() and (table1_runs / "table1.png").is_file()
+
+
+def test_out_dir_that_is_a_file_is_one_line(table1_runs, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    out = _cli(f"--workdir={table1_runs}", "--table=1", f"--out_dir={tmp_path / 'taken'}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == (f"error: --out_dir={tmp_path / 'taken'} is not a folder and "
+                                  f"cannot be made one (File exists); name a folder, made if "
+                                  f"absent")
+
+
+def test_no_chart_is_left_beside_a_new_table(table1_runs):
+    written = tables.write(1, table1_runs, formats=("pdf",))
+    assert {p.name for p in written.files} >= {"table1.png", "table1.pdf"}
+    written = tables.write(1, table1_runs)  # PNG only: the older PDF is of other runs
+    assert written.notes == ["removed the older table1.pdf: a chart of earlier runs would not "
+                             "match the new table"]
+    assert not (table1_runs / "table1.pdf").exists()
+    out = _cli(f"--workdir={table1_runs}", "--table=1", "--format=pdf", "--nofigure")
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[-2:] == [
+        "--nofigure: no chart is drawn, so no pdf is written",
+        "removed the older table1.png: a chart of earlier runs would not match the new table"]
+    assert not (table1_runs / "table1.png").exists() and (table1_runs / "table1.md").is_file()
