@@ -445,6 +445,9 @@ def test_out_dir_that_is_a_file_is_one_line(table1_runs, tmp_path):
     assert out.stderr.strip() == (f"error: --out_dir={tmp_path / 'taken'} is not a folder and "
                                   f"cannot be made one (File exists); name a folder, made if "
                                   f"absent")
+    out = _cli(f"--workdir={tmp_path / 'taken'}", "--table=1")
+    assert out.returncode == 1 and out.stderr.strip() == (
+        f"error: --workdir {str(tmp_path / 'taken')!r} is not a folder")
 
 
 def test_no_chart_is_left_beside_a_new_table(table1_runs):
