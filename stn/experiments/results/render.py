@@ -24,13 +24,16 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list
 # The paper's tables.
 
 
-def format_ours(ours: Mapping[str, float] | None) -> str:
-    """`0.62±0.05 (n=3)` for several seeds, `0.62` for one, the missing mark for none."""
-    if ours is None:
+def format_stats(stats: Mapping[str, float] | None, spec: str = ".2f", n: int = 1,
+                 scale: float = 1.0) -> str:
+    """`0.62±0.05 (n=3)`: the mean ± sd of a `summarize` times `scale` (the sd only when
+    there are several values), `(n=k)` when k is not `n`, the missing mark for None."""
+    if stats is None:
         return MISSING
-    if ours["n"] == 1:
-        return f"{ours['mean']:.2f}"
-    return f"{ours['mean']:.2f}±{ours['std']:.2f} (n={ours['n']})"
+    text = format(scale * stats["mean"], spec)
+    if stats["n"] > 1:
+        text += "±" + format(scale * stats["std"], spec)
+    return text + (f" (n={stats['n']})" if stats["n"] != n else "")
 
 
 def format_cell(cell: Mapping[str, Any], reproducible: bool = True) -> str:
@@ -38,7 +41,7 @@ def format_cell(cell: Mapping[str, Any], reproducible: bool = True) -> str:
     is False for rows of other papers' models, which we do not run (their "ours" reads n/a)."""
     paper = NOT_IN_PAPER if cell["paper"] is None else f"{cell['paper']:.1f}"
     ours = (NOT_IN_PAPER if not reproducible else MIXED if cell["differ"]
-            else format_ours(cell["ours"]))
+            else format_stats(cell["ours"]))
     return f"{paper} / {ours}"
 
 
@@ -100,13 +103,8 @@ def display_value(name: str, value: float) -> float:
 def format_metric(name: str, stats: Mapping[str, float] | None, n: int) -> str:
     """`1.23±0.05` (errors in %, 2 decimals; losses 4 decimals), `(n=k)` added when fewer runs
     than the setting's `n` have the metric, the missing mark when none has it."""
-    if stats is None:
-        return MISSING
     spec = ".2f" if name.endswith("error") else ".4f" if name.endswith("loss") else ".4g"
-    text = format(display_value(name, stats["mean"]), spec)
-    if stats["n"] > 1:
-        text += "±" + format(display_value(name, stats["std"]), spec)
-    return text + (f" (n={stats['n']})" if stats["n"] != n else "")
+    return format_stats(stats, spec, n, display_value(name, 1.0))
 
 
 def render_sweep_markdown(summary: Mapping[str, Any], problems: Sequence[str] = (),
