@@ -37,9 +37,9 @@ start=$(date +%s)
 } 2>&1 | tee "$out/sweep.log"
 echo "training wall: $(( $(date +%s) - start )) s" | tee -a "$out/sweep.log"
 
-$py -m stn.experiments.results.tables --workdir="$work/addition" --table=addition --out_dir="$out" 2>&1 \
+$py -m stn.experiments.results --workdir="$work/addition" --table=addition --out_dir="$out" 2>&1 \
   | tail -20 | tee -a "$out/sweep.log"
-$py -m stn.experiments.results.tables --workdir="$work/colocalisation" --table=colocalisation --out_dir="$out" 2>&1 \
+$py -m stn.experiments.results --workdir="$work/colocalisation" --table=colocalisation --out_dir="$out" 2>&1 \
   | tail -30 | tee -a "$out/sweep.log"
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"

@@ -52,8 +52,8 @@ done
 wait
 tail -n 2 "$work"/*/*/eval_stopped.log 2>/dev/null | tee -a "$out/sweep.log"
 
-$py -m stn.experiments.results.tables --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
+$py -m stn.experiments.results --workdir="$work/paper" --table=1 --out_dir="$out" 2>&1 | tail -20 \
   | tee -a "$out/sweep.log"
-$py -m stn.experiments.results.tables --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
+$py -m stn.experiments.results --workdir="$work" --table=curves --out_dir="$out" > /dev/null 2>&1
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"

@@ -41,7 +41,7 @@ start=$(date +%s)
 $py -m stn.experiments.sweeps --parallel=1 --workdir="$work" --sweep="configs/sweeps/table3.py:$args" \
   2>&1 | tee "$out/sweep.log"
 echo "training wall: $(( $(date +%s) - start )) s" | tee -a "$out/sweep.log"
-$py -m stn.experiments.results.tables --workdir="$work" --table=3 --out_dir="$out" 2>&1 | tail -20 \
+$py -m stn.experiments.results --workdir="$work" --table=3 --out_dir="$out" 2>&1 | tail -20 \
   | tee -a "$out/sweep.log"
 tar czf "$out/runs.tgz" -C "$work" --exclude=checkpoints --exclude=tensorboard . 2>/dev/null
 ls -la "$out"

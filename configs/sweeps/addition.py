@@ -1,7 +1,7 @@
 """MNIST addition (appendix A.1, Table 4): every model, each point a configs/mnist_addition.py run.
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/addition.py:reduced --workdir=runs/addition_reduced
-    python -m stn.experiments.results.tables --workdir=runs/addition_reduced --table=addition
+    python -m stn.experiments.results --workdir=runs/addition_reduced --table=addition
 
 `reduced` (the CPU preset, one seed, the embedded sample): FCN, CNN, ST-FCN Aff, 2xST-FCN Aff /
 Proj / TPS and 2xST-CNN Aff, at the `reduced` preset of configs/mnist_addition.py (FCN models

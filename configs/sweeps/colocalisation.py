@@ -2,7 +2,7 @@
 configs/colocalisation.py run.
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/colocalisation.py:reduced --workdir=runs/coloc_reduced
-    python -m stn.experiments.results.tables --workdir=runs/coloc_reduced --table=colocalisation
+    python -m stn.experiments.results --workdir=runs/coloc_reduced --table=colocalisation
 
 `reduced` (the CPU preset, one seed, the embedded sample): the `reduced` preset of
 configs/colocalisation.py for the 10 classes on T and TC (see docs/reports/appendix.md

@@ -1,7 +1,7 @@
 """Table 1 of the paper: 4 distortions (R, RTS, P, E) x 8 models, every point a configs/mnist.py run.
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/table1.py:seeds=3 --workdir=runs/table1
-    python -m stn.experiments.results.tables --workdir=runs/table1 --table=1
+    python -m stn.experiments.results --workdir=runs/table1 --table=1
 
 Argument (all optional, `key=value` joined by commas):
   seeds=N       seeds per cell (the paper averages three runs), default 1;

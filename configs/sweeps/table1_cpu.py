@@ -1,7 +1,7 @@
 """Table 1 on a 2-core CPU: the 32 cells (R, RTS, P, E x 8 models) in about an hour, one seed.
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/table1_cpu.py --workdir=runs/table1_cpu --cpu_devices=2
-    python -m stn.experiments.results.tables --workdir=runs/table1_cpu --table=1
+    python -m stn.experiments.results --workdir=runs/table1_cpu --table=1
 
 Data: the embedded sample (8,000 training digits, all of them: final runs keep no validation
 split). The recipe was chosen on the validation split by `configs/sweeps/table1_cpu_tune.py`

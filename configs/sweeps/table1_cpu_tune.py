@@ -3,7 +3,7 @@
     for f in fcn cnn st_fcn st_cnn; do
       python -m stn.experiments.sweeps --sweep=configs/sweeps/table1_cpu_tune.py:family=$f \
           --workdir=runs/table1_cpu_tune/$f --cpu_devices=2
-      python -m stn.experiments.results.tables --workdir=runs/table1_cpu_tune/$f --table=sweep
+      python -m stn.experiments.results --workdir=runs/table1_cpu_tune/$f --table=sweep
     done
 
 Each model family (FCN, CNN, ST-FCN affine, ST-CNN affine) on RTS at table1_cpu.py's budget,

@@ -2,7 +2,7 @@
 recipe run 10x longer (20,000 steps of 128), validation and test error every 2,000 steps.
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/table1_long.py --workdir=runs/table1_long --parallel=2
-    python -m stn.experiments.results.tables --workdir=runs/table1_long --table=curves
+    python -m stn.experiments.results --workdir=runs/table1_long --table=curves
 
 Beside the paper's own recipe on the same cells (configs/sweeps/table1.py:columns=rts,
 test_curves=true), this shows how far from converged the CPU table is (docs/reports/results.md).

@@ -1,7 +1,7 @@
 """Table 2 of the paper: SVHN multi-digit sequence error, 64px and 128px crops x 3 models.
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/table2.py:seeds=1 --workdir=runs/table2
-    python -m stn.experiments.results.tables --workdir=runs/table2 --table=2
+    python -m stn.experiments.results --workdir=runs/table2 --table=2
 
 Each point is a configs/svhn.py run (`64px,cnn`, `128px,st_cnn_single`, `64px,st_cnn_multi`, ...).
 The paper's Maxout CNN and DRAM rows are other papers' models and are not reproduced here.

@@ -2,7 +2,7 @@
 
     python -m stn.experiments.sweeps --sweep=configs/sweeps/table3.py:data=/data/CUB_200_2011,\
 weights=/weights/model.safetensors --workdir=runs/table3
-    python -m stn.experiments.results.tables --workdir=runs/table3 --table=3
+    python -m stn.experiments.results --workdir=runs/table3 --table=3
 
 Argument (all optional, `key=value` joined by commas):
   data=PATH      the official CUB_200_2011 folder (data.source=dir:PATH), or tfds:NAME;

@@ -2,30 +2,37 @@
 
 `resolve(spec, overrides)` builds the config exactly as `train.py --config=SPEC
 --config.KEY=VALUE ...` does (ml_collections' config flag, locked), as the plain dict that
-`config.json` and `results.json` record. `differing_fields(old, new)` names the fields whose
-values change the computation. Together they decide whether an existing run may stand for a
-requested one: the sweep runner skips a point only when its finished run's config has no
-differing field, and a rerun resumes only the same config.
+`config.json` and `results.json` record; `run_config(workdir)` reads the one a run recorded.
+`differing_fields(old, new)` names the fields whose values change the computation. Together
+they decide whether an existing run may stand for a requested one: the sweep runner skips a
+point only when its finished run's config has no differing field, a rerun resumes only the
+same config, and eval.py evaluates a run only with its own. The tables use the same list
+(`NON_COMPUTATIONAL`): runs that differ in nothing else but their seed are one setting.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: Fields that do not change what is computed, only what is logged or kept, or how the
-#: computation is spread: how often to log, evaluate and checkpoint, how many checkpoints and
-#: pictures to keep (checkpoint/resume is bit-identical, docs/guides/training.md), the evaluation
-#: batch (padding is masked out), multi-host start-up, where the SVHN archives are read
-#: from the first time the prepared set is built, and where co-localisation's cached embedding
-#: lives (its weights are checked against the config that trained them, stn.experiments.embedding_cache).
-#: tests/test_config_fields.py classes every field of every config file and checks this set
-#: against its harmless class (and by training, that changing them leaves the numbers
-#: bit-identical).
+from stn.experiments import workdir as workdir_lib
+
+#: Fields that do not change what is computed, only what is logged, kept or called, or how the
+#: computation is spread: the run's `name` (a label; the workdir identifies the run, and
+#: config.json is rewritten at each start), how often to log, evaluate and checkpoint, how many
+#: checkpoints and pictures to keep (checkpoint/resume is bit-identical, docs/guides/training.md),
+#: how far the host runs ahead, what is also evaluated during training, the evaluation batch
+#: (padding is masked out), multi-host start-up, where the SVHN archives are read from the first
+#: time the prepared set is built, and where co-localisation's cached embedding lives (its
+#: weights are checked against the config that trained them, stn.experiments.embedding_cache).
+#: tests/experiments/test_config_compare_fields.py classes every field of every config file,
+#: checks this set against its harmless class, and by training that changing them leaves the
+#: numbers bit-identical.
 NON_COMPUTATIONAL = frozenset({
-    "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.num_images", "train.max_steps_in_flight", "eval.batch_size",
+    "name", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.num_images", "train.max_steps_in_flight", "eval.batch_size",
     "eval.test_during_training", "distributed", "data.manual_dir", "model.embedding.cache_dir",
 })
 STEPS = "train.steps"
@@ -101,6 +108,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def computational(config: Mapping[str, Any], ignore: Iterable[str] = NON_COMPUTATIONAL
+                  ) -> dict[str, Any]:
+    """The flattened, JSON-plain config without the `ignore`d fields, each field of
+    `ADDED_DEFAULTS` that it lacks filled in: what two configs are compared on."""
+    flat = {**ADDED_DEFAULTS, **flatten(json.loads(json.dumps(config)))}
+    ignored = set(ignore)
+    return {name: value for name, value in flat.items() if name not in ignored}
+
+
 def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any], *,
                      steps_may_grow: bool = False,
                      ignore: Iterable[str] = NON_COMPUTATIONAL) -> list[str]:
@@ -117,18 +133,37 @@ def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any], *,
         smaller one still differs.
       ignore: fields that do not change the computation (default `NON_COMPUTATIONAL`).
     """
-    old_flat = {**ADDED_DEFAULTS, **flatten(json.loads(json.dumps(old)))}
-    new_flat = {**ADDED_DEFAULTS, **flatten(json.loads(json.dumps(new)))}
-    ignored = set(ignore)
+    old_flat, new_flat = computational(old, ignore), computational(new, ignore)
     names = []
     for name in sorted(set(old_flat) | set(new_flat)):
-        if name in ignored or old_flat.get(name, _MISSING) == new_flat.get(name, _MISSING):
+        if old_flat.get(name, _MISSING) == new_flat.get(name, _MISSING):
             continue
         if (steps_may_grow and name == STEPS and isinstance(old_flat.get(name), int)
                 and isinstance(new_flat.get(name), int) and new_flat[name] > old_flat[name]):
             continue
         names.append(name)
     return names
+
+
+def run_config(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The config a run recorded in `workdir/config.json` (what train.py resolved), as a dict.
+
+    Raises:
+      ValueError: one line naming the file, when it is absent, unreadable or not a config.
+    """
+    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: point --workdir at a run's folder (train.py "
+                         f"writes it there)")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        config = e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds no config train.py wrote ({config!r:.80}); restore it "
+                         f"or start the run afresh in another --workdir")
+    return config
 
 
 def non_finite_fields(config: Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 from stn.experiments import checkpointing, config_compare, metrics_io, parallel, tasks
-from stn.experiments import workdir as workdir_lib
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,11 +62,6 @@ def evaluate(task: tasks.Task, graphdef, state, dataset: dict[str, np.ndarray], 
     return {**{k: v / n for k, v in sums.items()}, "num_examples": int(n)}
 
 
-def run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run recorded in `workdir/config.json` (what `train.py` resolved)."""
-    return ml_collections.ConfigDict(workdir_lib.read_config(workdir))
-
-
 IDENTITY_FIELDS = ("task", "model.name")  # what a run is: named first when two configs differ
 
 
@@ -89,7 +83,7 @@ def config_of_run(workdir: str, config=None) -> ml_collections.ConfigDict:
     data or the split (`data.validation_size`, `model.kernel`, ...) is refused in one line
     naming it; `eval.batch_size`, logging intervals and paths may differ.
     """
-    recorded = run_config(workdir)
+    recorded = ml_collections.ConfigDict(config_compare.run_config(workdir))
     if config is None:
         return recorded
     differences = config_differences(recorded.to_dict(), config.to_dict())

@@ -330,7 +330,7 @@ def test_unfinished_run_of_another_config_is_refused_and_a_record_without_config
     out = run_cli(f"--sweep={sweep_file(tmp_path, ['a', 'b'])}", f"--workdir={workdir}",
                    "--dry_run")
     assert out.returncode == 1
-    assert "p0 (fail (absent) -> False, name (absent) -> 'a', seed 5 -> 0" in out.stderr
+    assert "p0 (fail (absent) -> False, seed 5 -> 0" in out.stderr
     assert "p1 (its results.json records no config to compare)" in out.stderr
 
 

@@ -22,7 +22,7 @@ from stn import sampling
 
 def footprints(workdir: str) -> np.ndarray:
     """``max(s_x, s_y)`` at every output point of the run's transformer on 500 validation images."""
-    config = evaluation.run_config(workdir)
+    config = evaluation.config_of_run(workdir)
     task = tasks.for_config(config)
     model = task.make_model(config, task.input_shape(config), nnx.Rngs(params=config.seed))
     graphdef, state = nnx.split(model)

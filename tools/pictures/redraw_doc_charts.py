@@ -6,7 +6,7 @@ disagree. Only numbers printed in the docs are used, at the precision printed:
 
 - docs/images/table1_cpu.png: Table 1 of docs/reports/results.md (ours: mean, sample sd and the number of seeds).
 - docs/images/table_addition_cpu.png: the addition table of docs/reports/appendix.md (each
-  seed's test error; mean and sd computed here as `python -m stn.experiments.results` does).
+  seed's test error; mean and sd computed here as the tables do).
 - docs/images/table_colocalisation_cpu.png: the co-localisation table on the CPU of the same page
   (% of test images localised, one run per class, printed to 0.1).
 - docs/images/tune_st_cnn_rts.png: the ST-CNN row of the tuning table of docs/reports/results.md (validation
@@ -30,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stn.experiments.results import figures  # noqa: E402
-from stn.experiments.results.collect import summarize, table_spec  # noqa: E402
-from stn.experiments.results.summary import summarize_sweep  # noqa: E402
+from stn.experiments.results.collect import table_spec  # noqa: E402
+from stn.experiments.results.summary import summarize, summarize_sweep  # noqa: E402
 
 
 def markdown_table(page: Path, header_start: str) -> list[list[str]]:
@@ -139,7 +139,8 @@ def main() -> None:
         fig = figures.table_figure(build(docs), table_spec(table))
         print("wrote", *figures.save_figure(fig, docs / "images" / f"{name}.png"))
     fig, caption = figures.sweep_figure(tuning(docs))
-    print("wrote", *figures.save_figure(fig, docs / "images" / "tune_st_cnn_rts.png"), f"({caption})")
+    print("wrote", *figures.save_figure(fig, docs / "images" / "tune_st_cnn_rts.png"),
+          f"({caption})")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Results of finished runs: collecting them, the paper's tables beside ours, sweep summaries,
-learning curves, markdown and charts (`python -m stn.experiments.results --help`).
+"""Results of finished runs: the paper's tables beside ours, sweep summaries, learning curves,
+as markdown, JSON and charts (`python -m stn.experiments.results --help`; docs/guides/results.md).
 
-- `collect`: finding runs (`results.json`), table cells, curves; the paper's numbers
-  (`paper_results.json`).
-- `summary`: a sweep's settings and the validation-only chooser.
-- `render`: markdown and JSON.
-- `figures`: the matplotlib charts.
-- `tables`: the command line that puts them together.
+- `collect`: reading runs off disk (`results.json`, unfinished runs, `metrics.jsonl`) and the
+  paper's numbers (`paper_results.json`).
+- `summary`: runs grouped into settings (what differs beyond the seed), table cells, the
+  validation-only chooser of a sweep.
+- `render`: markdown and JSON. `figures`: the matplotlib charts.
+- `tables`: `write(table, workdir)`, which puts them together; `__main__` is its command line.
 """

@@ -5,14 +5,17 @@ display and no global figure state; PNG goes through the Agg canvas), which a ca
 restyle or inspect; `save_figure` writes it as PNG and, when asked, as PDF or SVG beside it.
 
 - `table_figure`: one panel per column of a paper table; per model the paper's bar beside ours
-  (mean over seeds, ±1 sd whisker), a cross where we have no run.
+  (mean over seeds, ±1 sd whisker), a cross where we have no run, a diamond where the runs
+  differ in more than their seed (not averaged).
 - `sweep_figure`: the ranking metric and its test twin against a varied key, one line per value
   of another, ±1 sd bars over seeds, a ring on the best setting.
 - `curves_figure`: validation and test error against steps, one line per run, the paper's number
   as a dotted horizontal line where a table gives one.
 
-Style: every figure is drawn and saved under `STYLE` (matplotlib rcParams); change that dict,
-or open a `matplotlib.rc_context` around the call for any rcParam it does not set.
+Every axis holds all of its data: panels that share a y axis get its scale and limits once
+all of them are drawn (`_finish_y`). Style: every figure is drawn and saved under `STYLE`
+(matplotlib rcParams); change that dict, or open a `matplotlib.rc_context` around the call for
+any rcParam it does not set.
 """
 from __future__ import annotations
 
@@ -42,11 +45,12 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "axes.grid.axi
          "savefig.bbox": "tight"}
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A figure of `width` x `height` inches on the Agg canvas (no display needed)."""
+def new_panels(width: float, height: float, count: int) -> tuple[Figure, Sequence]:
+    """A figure of `width` x `height` inches on the Agg canvas (no display needed), with `count`
+    panels side by side that share their y axis."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig
+    return fig, fig.subplots(1, count, sharey=True, squeeze=False)[0]
 
 
 def save_figure(fig: Figure, png: str | os.PathLike, formats: Sequence[str] = ()) -> list[Path]:
@@ -56,7 +60,9 @@ def save_figure(fig: Figure, png: str | os.PathLike, formats: Sequence[str] = ()
     paths = [Path(png)] + [Path(png).with_suffix(f".{f}") for f in dict.fromkeys(formats)]
     with matplotlib.rc_context(STYLE):
         for path in paths:
-            fig.savefig(path, format=path.suffix[1:], metadata=_metadata(path.suffix[1:]))
+            # No creation date: a vector file is the same from one run to the next.
+            fig.savefig(path, format=path.suffix[1:], metadata={
+                "pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(path.suffix[1:]))
     return paths
 
 
@@ -66,11 +72,6 @@ def check_formats(formats: Sequence[str]) -> None:
     if bad:
         raise ValueError(f"unknown figure format(s) {', '.join(bad)}; expected any of "
                          f"{', '.join(VECTOR_FORMATS)} (the PNG is always written)")
-
-
-def _metadata(fmt: str) -> dict[str, Any] | None:
-    """Metadata that keeps vector files the same from one run to the next (no creation date)."""
-    return {"CreationDate": None} if fmt == "pdf" else {"Date": None} if fmt == "svg" else None
 
 
 def spans_decade(values: Sequence[float]) -> bool:
@@ -86,6 +87,27 @@ def _plain_log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _finish_y(axes: Sequence, values: Sequence[float]) -> None:
+    """The y axis shared by `axes`, once every panel is drawn: logarithmic when the `values`
+    span a decade, else from 0 when none is negative (errors, losses, accuracies). Limits set
+    earlier would freeze the autoscaling before the later panels' data existed."""
+    if spans_decade(values):
+        for ax in axes:
+            ax.set_yscale("log")
+            _plain_log_axis(ax.yaxis)
+    elif all(v >= 0 for v in values):
+        axes[0].set_ylim(bottom=0)
+
+
+def _figure_legend(fig: Figure, axes: Sequence, ncols: int) -> None:
+    """One legend below the panels with every panel's entries once (a marker may be in one)."""
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=ncols)
+
+
 # --------------------------------------------------------------------------------------------
 # The paper's tables.
 
@@ -94,23 +116,19 @@ def table_figure(built: Mapping[str, Any], spec: Mapping[str, Any]) -> Figure:
     """One panel per column, one pair of bars per model: the paper's value (grey, container
     label `paper`) beside ours (blue, label `ours (±1 sd over seeds)`: the mean over seeds, a
     whisker where a cell has several), a cross (line label `no run`) where a model we run has
-    no run yet.
+    no run yet, a diamond (label `runs differ beyond seed`) where a cell was not averaged.
 
     Bars sit at x = row index -/+ 0.2; cells without a value have no bar."""
     rows, cols, cells = spec["rows"], spec["columns"], built["cells"]
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(max(4.5, 0.8 + len(cols) * (0.5 + 0.25 * len(rows))), 4.2)
-        axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
+        fig, axes = new_panels(max(4.5, 0.8 + len(cols) * (0.5 + 0.25 * len(rows))), 4.2,
+                               len(cols))
         for j, (ax, col) in enumerate(zip(axes, cols)):
             _table_panel(ax, rows, [cells[i][j] for i in range(len(rows))])
             ax.set_title(col["label"])
         axes[0].set_ylabel(spec.get("unit", "error %"))
-        axes[0].set_ylim(bottom=0)
-        legend: dict[str, Any] = {}  # every panel's entries once (a cross may be in one only)
-        for ax in axes:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                legend.setdefault(label, handle)
-        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=3)
+        axes[0].set_ylim(bottom=0)  # after every panel's bars: the whole axis holds them all
+        _figure_legend(fig, axes, ncols=4)
         fig.suptitle(spec["title"] + ": paper vs ours", x=0.02, ha="left")
     return fig
 
@@ -120,17 +138,19 @@ def _table_panel(ax, rows: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[
     """The bars of one column of a paper table (see `table_figure`)."""
     paper = [(i, c["paper"]) for i, c in enumerate(cells) if c["paper"] is not None]
     ours = [(i, c["ours"]) for i, c in enumerate(cells) if c["ours"] is not None]
+    differ = [i for i, c in enumerate(cells) if c.get("differ")]
     no_run = [i for i, (r, c) in enumerate(zip(rows, cells))
-              if c["ours"] is None and r["match"] is not None]
+              if c["ours"] is None and r["match"] is not None and i not in differ]
     ax.bar([i - 0.2 for i, _ in paper], [v for _, v in paper], width=0.4,
            color=PAPER_COLOUR, label="paper")
     ax.bar([i + 0.2 for i, _ in ours], [s["mean"] for _, s in ours], width=0.4,
            yerr=[s["std"] if s["n"] > 1 else math.nan for _, s in ours],  # NaN: no whisker
            error_kw={"capsize": 3, "elinewidth": 1}, color=OURS_COLOUR,
            label="ours (±1 sd over seeds)")
-    if no_run:  # (an empty unclipped line would break the layout)
-        ax.plot([i + 0.2 for i in no_run], [0.0] * len(no_run), "x", color=MISSING_COLOUR,
-                markersize=7, clip_on=False, label="no run", linestyle="none")
+    for where, marker, label in ((no_run, "x", "no run"), (differ, "D", "runs differ beyond seed")):
+        if where:  # (an empty unclipped line would break the layout)
+            ax.plot([i + 0.2 for i in where], [0.0] * len(where), marker, color=MISSING_COLOUR,
+                    markersize=6, clip_on=False, label=label, linestyle="none")
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=90)
     ax.set_xlim(-0.7, len(rows) - 0.3)
 
@@ -221,8 +241,7 @@ def sweep_figure(summary: Mapping[str, Any], x: str | None = None, lines: str | 
     held_text = (("; held at the best setting: " if summary["best"] else "; held at: ")
                  + ", ".join(f"{k}={format_value(v)}" for k, v in held.items())) if held else ""
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(4.0 * len(panels) + 2.0, 3.8)
-        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        fig, axes = new_panels(4.0 * len(panels) + 2.0, 3.8, len(panels))
         for ax, name in zip(axes, panels):
             for j, (value, members) in enumerate(_sweep_lines(shown, x_key, line_key)):
                 _sweep_line(ax, name, members, x_key, position, PALETTE[j % len(PALETTE)],
@@ -233,16 +252,11 @@ def sweep_figure(summary: Mapping[str, Any], x: str | None = None, lines: str | 
                 ax.set_xscale("log")
                 ax.minorticks_off()
             ax.set_xticks([position(v) for v in xs], [format_value(v) for v in xs])
-            if spans_decade(means):
-                ax.set_yscale("log")
-                _plain_log_axis(ax.yaxis)
-            elif all(m >= 0 for m in means):
-                ax.set_ylim(bottom=0)  # an error, loss or accuracy: a bar below 0 is cut off
+        _finish_y(axes, means)  # an error, loss or accuracy: a bar below 0 is cut off
         unit = "error %" if metric.endswith("error") else metric[len(VALIDATION):].replace("_", " ")
         axes[0].set_ylabel(unit)
         if line_key:
-            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
-                       ncols=2)
+            _figure_legend(fig, axes[:1], ncols=2)
         subtitle = "mean over seeds, bar = ±1 sd; " + (
             f"ring = best by {metric}" if summary["best"] else f"no best setting ({metric} "
                                                                 f"missing)") + held_text
@@ -292,8 +306,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]
     for run, ref in references.items():  # one line per paper number, in its first run's colour
         drawn_refs.setdefault(ref, colours.get(run, "black"))
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(10.0, 4.2)
-        axes = fig.subplots(1, 2, sharey=True)
+        fig, axes = new_panels(10.0, 4.2, 2)
         for ax, key in zip(axes, ("validation_error", "test_error")):
             for run, series in curves.items():
                 points = sorted(series.get(key, []))
@@ -307,13 +320,9 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]
             if log_steps:
                 ax.set_xscale("log")
                 _plain_log_axis(ax.xaxis)
-            if spans_decade(errors + [v for _, v in drawn_refs]):
-                ax.set_yscale("log")
-                _plain_log_axis(ax.yaxis)
-            else:
-                ax.set_ylim(bottom=0)
+        _finish_y(axes, errors + [v for _, v in drawn_refs])
         axes[0].set_ylabel("error %")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
+        _figure_legend(fig, axes, ncols=2)
         fig.suptitle("error against training steps: one line per run"
                      + ("; dotted: the paper's test error" if drawn_refs else ""),
                      x=0.02, ha="left")

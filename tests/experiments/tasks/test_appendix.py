@@ -144,7 +144,7 @@ def _run(root: Path, name: str, config, **metrics) -> None:
 def test_tables_put_runs_in_their_cells(tmp_path):
     _run(tmp_path, "fcn", addition_config("fcn"), test_error=0.5)
     _run(tmp_path, "two", addition_config("2xst_fcn,tps"), test_error=0.25)
-    markdown = tables.make_table(tmp_path, "addition", figure=True)
+    markdown = tables.write("addition", tmp_path).markdown
     assert "| FCN | 47.7 / 50.00 |" in markdown
     assert "| 2xST-FCN TPS | 5.8 / 25.00 |" in markdown
     assert "| 2xST-CNN Aff | n/a / — |" in markdown
@@ -157,7 +157,7 @@ def test_tables_put_runs_in_their_cells(tmp_path):
     _run(tmp_path / "c", "tc3", coloc_config("tc,class=3"), train_localised=0.7,
          test_localised=0.6, train_centre_box_localised=0.02)
     _run(tmp_path / "c", "old", coloc_config("t,class=5"), test_localised=0.5)  # no train_*
-    markdown = tables.make_table(tmp_path / "c", "colocalisation", figure=False)
+    markdown = tables.write("colocalisation", tmp_path / "c", figure=False).markdown
     assert ("| class 3 | 100.0 / 95.00 | n/a / 90.00 | n/a / 5.00 | n/a / 70.00 | n/a / 60.00 "
             "| n/a / 2.00 |") in markdown
     assert "| class 4 | 100.0 / — | n/a / — | n/a / — | n/a / — | n/a / — | n/a / — |" in markdown

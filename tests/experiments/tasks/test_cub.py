@@ -250,16 +250,17 @@ def test_table3_sweep_emits_the_four_rows():
 
 
 def test_table3_puts_runs_in_their_rows(tmp_path):
-    """stn.experiments.results.tables --table=3: each row's runs in its cell (error %), smoke runs left out."""
-    from stn.experiments.results import tables
+    """`python -m stn.experiments.results --table=3`: each row's runs in its cell (error %), smoke
+    runs left out."""
+    from stn.experiments.results import collect, summary
     for row, error in (("cnn", 0.2), ("2xst_224", 0.18), ("2xst_448", 0.16), ("4xst_448", 0.15),
                        ("4xst_448,smoke", 0.5)):
         run = tmp_path / row.replace(",", "_")
         run.mkdir()
         (run / "results.json").write_text(json.dumps(
             {"config": cub_config(row).to_dict(), "test_error": error}))
-    runs, _ = tables.collect_results(tmp_path)
-    built = tables.build_table(runs, tables.table_spec(3))
+    runs, _ = collect.collect_results(tmp_path)
+    built = summary.build_table(runs, collect.table_spec(3))
     ours = [row[0]["ours"]["mean"] for row in built["cells"]]
     assert ours == pytest.approx([20.0, 18.0, 16.0, 15.0])
     assert [row[0]["paper"] for row in built["cells"]] == [17.7, 16.9, 16.1, 15.9]
