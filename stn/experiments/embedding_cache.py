@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import jax
+from absl import logging
 from flax import nnx
 
 from stn.experiments import config_compare, evaluation
@@ -106,10 +107,14 @@ def pretrained_model(config, *, workdir: str, cache_dir: str, kind: str,
         raise ValueError(f"{where} is a run of another config than {config.name}'s "
                          f"({config_compare.describe(record['config'], wanted, fields)}); "
                          f"{remedy}")
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only manager saves nothing
     try:
         _, _, graphdef, state, step, _ = evaluation.restore_run(workdir)
     except ValueError as e:
         raise ValueError(f"{where}: its checkpoint does not restore ({e}); {remedy}") from None
+    finally:
+        logging.set_verbosity(previous)
     if step != int(record.get("steps", -1)):
         raise ValueError(f"{where}: its newest checkpoint is step {step}, not the final step "
                          f"{record.get('steps')}; {remedy}")

@@ -79,6 +79,10 @@ def validate_config(config) -> None:
         if m.get("weights"):
             raise ValueError("config.model.pretrain.steps > 0 and config.model.weights are both "
                              "set; keep one")
+        if int(d.clutter.train_limit) <= 0:
+            raise ValueError(f"config.model.pretrain needs training items that no canvas uses: "
+                             f"set config.data.clutter.train_limit > 0 (now "
+                             f"{d.clutter.train_limit}: every item makes a canvas)")
         cub_pretrain.validate_config(cub_pretrain.pretrain_config(config))
     if int(d.get("validation_size", 0)) < 0:
         raise ValueError(f"config.data.validation_size={d.validation_size} must be >= 0")
