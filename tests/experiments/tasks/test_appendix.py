@@ -1,6 +1,5 @@
 """The `addition` and `colocalisation` tasks: registry, configs, checks, sweeps, tables,
 pictures, and short end-to-end runs on the embedded sample (marked slow)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def test_sweeps():
     assert "train.optimizer" not in reduced[0]["overrides"]
     with pytest.raises(ValueError, match="optimizer='rmsprop'; expected one of sgd, adam"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":optimizer=rmsprop")
-    assert module_at("configs/sweeps/addition.py").OPTIMIZERS == training.OPTIMIZERS
+    assert helpers.module_at("configs/sweeps/addition.py").OPTIMIZERS == training.OPTIMIZERS
     with pytest.raises(ValueError, match="crop_sizes=2.5 must be whole numbers"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py") + ":crop_sizes=2.5")
 
@@ -203,7 +202,7 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     # (IoU 1), a box of half-side 0.9 barely overlaps it; and each loss is the appendix's
     # triplet loss, recomputed here in numpy from crops sampled independently at the same
     # boxes (so the landscape probes the loss the runs train, at the boxes it names).
-    landscape = module_at("benchmarks/coloc_loss_landscape.py")
+    landscape = helpers.module_at("benchmarks/coloc_loss_landscape.py")
     config = landscape.load_config("t,class=3,quick",
                                    ["model.embedding.steps=5", "data.num_train=16"])
     assert config.model.embedding.steps == 5 and config.data.num_train == 16
@@ -215,6 +214,7 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     task = tasks.get("colocalisation")
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(0))
+    task.init_weights(config, model)  # the landscape's embedding (the cached run)
     images, true_boxes = (np.asarray(a) for a in data.train_arrays)
     centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
     rng = np.random.default_rng(0)  # the landscape's draws of the random patches, in order
@@ -249,7 +249,7 @@ def test_coloc_offset_landscape_moves_true_sized_boxes_off_the_digits():
     # (IoU 1) and moving every box equals moving each alone (both are the true-box loss, the
     # same random patches); 40 pixels sideways leaves no overlap; the per-image row's loss with
     # the others kept true is recomputed here from the outputs at the two sets of boxes.
-    landscape = module_at("benchmarks/coloc_loss_landscape.py")
+    landscape = helpers.module_at("benchmarks/coloc_loss_landscape.py")
     config = landscape.load_config("t,class=3,quick",
                                    ["model.embedding.steps=5", "data.num_train=16"])
     rows = landscape.offset_landscape(config, offsets=(0, 7, 40), repeats=1, seed=0)
@@ -261,6 +261,7 @@ def test_coloc_offset_landscape_moves_true_sized_boxes_off_the_digits():
     task = tasks.get("colocalisation")
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(0))
+    task.init_weights(config, model)  # the landscape's embedding (the cached run)
     images, true_boxes = (jnp.asarray(a) for a in data.train_arrays)
     rng = np.random.default_rng(0)  # the landscape's draws of the random patches, in order
     expected = []
