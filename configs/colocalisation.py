@@ -2,26 +2,36 @@
 
     python train.py --config=configs/colocalisation.py:tc,class=3,quick --workdir=/tmp/coloc
 
-trains the embedding CNN on digit classification once (printing its test error; later runs and
-`eval.py` read it from the cache, `stn.experiments.embedding_cache`), then the transformer's localisation
-net on 100 cluttered 84x84 images of threes by the triplet loss, and reports
-`train_localised`, the fraction of those 100 optimised images whose predicted box has IoU > 0.5
-with the true one (the paper's measure: 100% on T, 75-93% on TC), beside the same on held-out
-test digits (`test_localised`) and a fixed centred box's (`train_centre_box_localised`). The
-pictures show predicted (red) and true (green) boxes on the same optimised images at every
-evaluation, stitched into images/transformer_steps.png at the end (as the paper's Figure 4).
-docs/reports/appendix.md gives measured numbers: under these defaults no class is
-localised (0% on T and TC; the boxes collapse onto background within 250 steps), nor in an
-independent PyTorch implementation of A.2 (checks/independent/coloc_torch.py) or any
-variant of the unstated choices tried; `tools/analyses/coloc_loss_landscape.py --offsets` shows
-why (the loss climbs between an empty box and the true one). The defaults are the reading
-closest to A.2's text, not a setting that reaches the paper's 100%.
+trains the transformer's localisation net on 100 cluttered 84x84 images of threes by the
+triplet loss, through a fixed embedding CNN, and reports `train_localised`, the fraction of
+those 100 optimised images whose predicted box has IoU > 0.5 with the true one (the paper's
+measure: 100% on T, 75-93% on TC), beside the same on held-out test digits (`test_localised`)
+and a fixed centred box's (`train_centre_box_localised`). The pictures show predicted (red) and
+true (green) boxes on the same optimised images at every evaluation, stitched into
+images/transformer_steps.png at the end (as the paper's Figure 4).
+
+The embedding CNN is a run of its own, of the config `embedding` gives (task classification,
+the recipe in `model.embedding`):
+
+    python train.py --config=configs/colocalisation.py:embedding,quick --workdir=runs/embedding
+    python train.py --config=configs/colocalisation.py:tc,class=3,quick --workdir=runs/coloc \
+        --config.model.embedding.workdir=runs/embedding
+
+With `model.embedding.workdir` empty (the default), the first run trains that same config once
+into the cache (`stn.experiments.embedding_cache`) and later runs read it. docs/reports/appendix.md gives
+measured numbers: under these defaults no class is localised (0% on T and TC; the boxes
+collapse onto background within 250 steps), nor in an independent PyTorch implementation of
+A.2 (checks/independent/coloc_torch.py) or any variant of the unstated choices tried;
+`tools/analyses/coloc_loss_landscape.py --offsets` shows why (the loss climbs between an empty box
+and the true one). The defaults are the reading closest to A.2's text, not a setting that
+reaches the paper's 100%.
 
 `arg` is comma-separated: `t` (translated digits) or `tc` (with 16 clutter patches),
 `class=K` (the digit class, default 3) and/or a preset: `quick` (a check that it localises)
-or `reduced` (the CPU budget of configs/sweeps/colocalisation.py). Every field can be
-overridden. Choices the paper leaves open are marked (unstated); docs/reports/appendix_facts.md lists
-what it states.
+or `reduced` (the CPU budget of configs/sweeps/colocalisation.py); `embedding` gives instead
+the config of the embedding CNN's run for those settings (its digit source and the validation
+split it must not see). Every field can be overridden. Choices the paper leaves open are
+marked (unstated); docs/reports/appendix_facts.md lists what it states.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ import ml_collections
 
 from stn.experiments import config_args
 from stn.experiments.data import colocalisation
+from stn.experiments.tasks import colocalisation as colocalisation_task
 
 CLUTTER = {"t": 0, "tc": colocalisation.CLUTTER_PATCHES}
 
@@ -36,8 +47,9 @@ CLUTTER = {"t": 0, "tc": colocalisation.CLUTTER_PATCHES}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `arg` (see module docstring)."""
     picked = config_args.parse(arg, where="configs/colocalisation.py",
-                               choices={"data": tuple(CLUTTER), "preset": ("quick", "reduced")},
-                               data="tc", preset=None, **{"class": 3})
+                               choices={"data": tuple(CLUTTER), "preset": ("quick", "reduced"),
+                                        "run": ("embedding",)},
+                               data="tc", preset=None, run=None, **{"class": 3})
     c = ml_collections.ConfigDict()
     c.name = "_".join(["coloc", picked["data"], f"class{picked['class']}"]
                       + ([picked["preset"]] if picked["preset"] else []))
@@ -63,11 +75,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.antialias = False
     c.model.margin = 1.0  # alpha (appendix A.2)
     # The embedding e(): "the CNN trained for digit classification from Sect. 4.1" (A.2), fixed.
-    # Its training distortion is (unstated): none, so its 28x28 input shows a digit at the
-    # scale the true 28-px box shows it through a 28-px crop (the loss by box size is then
-    # lowest at the true box, docs/reports/appendix.md; RTS with a 42-px crop is flat
-    # from a box 0.75x to 1.5x the digit). Fully trained: 3,000 steps (2.00% test error on the embedded
-    # sample; 500 steps: more error, chosen on the loss by box size); trained once and cached.
+    # It is trained by a run of its own (`embedding`: task classification, this recipe, the
+    # digits of data.source left after the validation split). Its training distortion is
+    # (unstated): none, so its 28x28 input shows a digit at the scale the true 28-px box shows
+    # it through a 28-px crop (the loss by box size is then lowest at the true box,
+    # docs/reports/appendix.md; RTS with a 42-px crop is flat from a box 0.75x to 1.5x the
+    # digit). Fully trained: 3,000 steps (2.00% test error on the embedded sample; 500 steps:
+    # more error, chosen on the loss by box size).
     c.model.embedding = ml_collections.ConfigDict()
     c.model.embedding.distortion = "none"
     c.model.embedding.steps = 3000
@@ -75,8 +89,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.embedding.learning_rate = 0.02
     c.model.embedding.momentum = 0.9
     c.model.embedding.seed = 0  # one embedding shared by every run's seed (the paper's is fixed)
-    # Trained once per embedding config and reused (stn.experiments.embedding_cache): "" = $STN_CACHE_DIR or
-    # ~/.cache/stn, one folder per config under embeddings/.
+    # The embedding run's workdir (a finished run of this recipe, checked), or "": the cached
+    # run (stn.experiments.embedding_cache), trained once by the first run that asks, under
+    # cache_dir ("" = $STN_CACHE_DIR or ~/.cache/stn, one folder per config under embeddings/).
+    c.model.embedding.workdir = ""
     c.model.embedding.cache_dir = ""
     # The crop's side in pixels (unstated): the embedding's input, 28 (a smaller crop would be
     # centred on a black canvas of the embedding's size).
@@ -129,4 +145,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.steps = 300 if picked["preset"] == "quick" else 1000
         c.train.log_every = c.train.steps // 6
         c.train.eval_every = c.train.checkpoint_every = c.train.steps // 2
+    if picked["run"] == "embedding":
+        return colocalisation_task.embedding_config(c)
     return c

@@ -10,9 +10,18 @@ this CPU in a few minutes, with data it writes itself and a narrow backbone:
     python train.py --config=configs/cub.py:2xst_448,smoke --workdir=/tmp/cub_smoke
 
 `arg` is comma-separated: a row (`cnn`, `2xst_224`, `2xst_448`, `4xst_448`) and optionally a
-mode: `smoke` (synthetic birds, width 1/8, one to two minutes) or `standin` (the CPU stand-in of
-docs/reports/results.md: Fashion-MNIST items on a cluttered canvas, backbones pretrained on centred
-items, the first run pretrains and caches them; set data.source=clutter:idx:DIR).
+mode: `smoke` (synthetic birds, width 1/8, one to two minutes), `standin` (the CPU stand-in of
+docs/reports/results.md: Fashion-MNIST items on a cluttered canvas, backbones pretrained on
+centred items; set data.source=clutter:idx:DIR) or `pretrain` (the config of the stand-in's
+backbone pretraining, task cub_pretrain; the same for every row):
+
+    python train.py --config=configs/cub.py:pretrain --workdir=runs/cub_pretrain \
+        --config.data.source=idx:DIR
+    python train.py --config=configs/cub.py:2xst_448,standin --workdir=runs/standin_2xst \
+        --config.data.source=clutter:idx:DIR --config.model.pretrain.workdir=runs/cub_pretrain
+
+With `model.pretrain.workdir` empty (the default), the first stand-in run trains that same
+pretraining config once into the cache (`stn.experiments.embedding_cache`) and later runs read it.
 Choices the paper leaves open are marked (unstated); docs/reports/cub.md lists what section 4.3 states.
 """
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import ml_collections
 
 from stn.experiments import config_args
+from stn.experiments.tasks import cub_pretrain
 
 # row -> (model name, transformers, image size, stored size); the paper's Table 3 rows.
 ROWS = {
@@ -33,7 +43,8 @@ ROWS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `arg` (see module docstring); defaults are the paper's recipe."""
     picked = config_args.parse(arg, where="configs/cub.py",
-                               choices={"row": tuple(ROWS), "mode": ("smoke", "standin")},
+                               choices={"row": tuple(ROWS),
+                                        "mode": ("smoke", "standin", "pretrain")},
                                row="2xst_448", mode=None)
     name, count, image_size, store_size = ROWS[picked["row"]]
     c = ml_collections.ConfigDict()
@@ -78,11 +89,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # what the loc net regresses the boxes from (unstated): "pooled" (the Inception descriptor),
     # "flattened" (the whole last feature map) or "soft_argmax" (stn.experiments.models.cub.AttentionLocNet)
     c.model.loc_head = "pooled"
-    # The stand-in's "ImageNet" (docs/reports/results.md; clutter: sources only, 0: none): the backbone
-    # pretrained once on centred items with sides in [side_min, side_max] px, cached.
+    # The stand-in's "ImageNet" (docs/reports/results.md; clutter: sources only, 0: none): the
+    # backbone pretrained by a run of its own (`pretrain`) on centred items with sides in
+    # [side_min, side_max] px. workdir: that finished run, or "" for the cached run, trained
+    # once by the first run that asks, under cache_dir ("" = $STN_CACHE_DIR or ~/.cache/stn).
     c.model.pretrain = ml_collections.ConfigDict(dict(
         steps=0, batch_size=64, learning_rate=0.05, momentum=0.9, side_min=12, side_max=44,
-        jitter=4, pieces=0, held_out=2000, seed=0, cache_dir=""))
+        jitter=4, pieces=0, held_out=2000, seed=0, workdir="", cache_dir=""))
 
     # Fine-tuning recipe (all unstated in the paper's text; choose on validation): SGD with
     # momentum 0.9, batch 32, lr 0.01 divided by 10 every 3k of 8k steps (about 47 epochs of
@@ -94,8 +107,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if picked["mode"] == "smoke":
         _smoke(c, image_size)
-    elif picked["mode"] == "standin":
+    elif picked["mode"] in ("standin", "pretrain"):
         _standin(c, name)
+    if picked["mode"] == "pretrain":
+        return cub_pretrain.pretrain_config(c)
     return c
 
 
@@ -123,8 +138,8 @@ def _standin(c: ml_collections.ConfigDict, name: str) -> None:
     48x48 (items 8-13 px) and enlarged back to 96x96 (`view_enlarged`: no new detail), the ST
     models' loc net sees the same view, and their 96x96 crops are sampled from the full
     128x128 canvas. Inceptions of width 1/4 cut after Mixed_5d, all loaded from one pretrained
-    on centred items among a little clutter (trained and cached by the first run,
-    `stn.experiments.tasks.cub.pretrained_weights`); no flips (clothes' classes are not mirror-symmetric)
+    on centred items among a little clutter (the `pretrain` run, `stn.experiments.tasks.
+    cub_pretrain`); no flips (clothes' classes are not mirror-symmetric)
     and no crop jitter (the canvas is the whole scene)."""
     c.data.source = "clutter:sample"  # docs/reports/results.md: clutter:idx:<Fashion-MNIST folder>
     c.data.num_classes = 10

@@ -62,6 +62,7 @@ deterministic on the CPU.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import jax
@@ -616,7 +617,9 @@ def check_antialias(kernels: Sequence[kernel_lib.Kernel], max_scale: float | Non
     if any(isinstance(k, kernel_lib.Nearest) for k in kernels):
         raise ValueError("antialias=True needs a kernel with a width (bilinear, bicubic, Keys, "
                          "Gaussian) on every axis; nearest has none to stretch")
-    if max_scale is not None and not (isinstance(max_scale, (int, float))
+    # Any real number (numpy's too), but not a bool: True would read as 1.
+    if max_scale is not None and not (isinstance(max_scale, numbers.Real)
+                                      and not isinstance(max_scale, bool)
                                       and math.isfinite(max_scale) and max_scale >= 1):
         raise ValueError(f"max_scale must be a number >= 1 (or None), got {max_scale!r}")
 

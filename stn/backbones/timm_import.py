@@ -16,8 +16,10 @@ without one, e.g. to fine-tune a new head) and any renames. A second backbone (e
 whose NNX names follow timm's `conv1`, `bn1`, `layer1.0.conv1`, ..., `fc`) needs its module and
 one more `NameMap` here.
 
-Every key of the file must be used or skipped, and every leaf filled with the right shape: the
-first mismatch raises a one-line ValueError naming the key (and both shapes).
+Every key of the file must be used or skipped, and every leaf filled with the right shape and
+with finite values (a batch-norm running variance also non-negative): the first mismatch raises
+a one-line ValueError naming the key (and both shapes). Files are read by `read_safetensors`,
+which turns a missing, truncated or foreign file into one line as well.
 
 The reverse, `export_arrays` / `save_safetensors`, writes a module's weights under the same names
 and layouts, so weights trained here (e.g. the CUB stand-in's pretrained backbone) load through
@@ -122,7 +124,8 @@ def load_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray],
 
     Raises:
       ValueError: one line naming the first key of the checkpoint that the model lacks, the
-        first leaf the checkpoint lacks, or the first shape that differs.
+        first leaf the checkpoint lacks, the first shape that differs, or the first array with
+        a non-finite value (or a negative batch-norm variance); the model is then unchanged.
     """
     slots = _slots(model, name_map)
     has_classifier = any(k.startswith(name_map.classifier + ".") for k in slots)
@@ -134,29 +137,57 @@ def load_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray],
     if missing:
         raise ValueError(f"{what}: the model's {missing[0]!r} is not in the file "
                          f"({len(missing)} keys missing)")
-    for key, slot in slots.items():
+    for key, slot in slots.items():  # every check before any leaf changes
         array = np.asarray(arrays[key])
         if tuple(array.shape) != slot.shape:
             raise ValueError(f"{what}: {key!r} has shape {tuple(array.shape)} in the file, "
                              f"the model expects {slot.shape} (width or num_classes differs?)")
-        getattr(slot.module, slot.leaf).value = jnp.asarray(slot.to_nnx(array), jnp.float32)
+        _check_values(key, array, slot, what)
+    for key, slot in slots.items():
+        getattr(slot.module, slot.leaf).value = jnp.asarray(slot.to_nnx(np.asarray(arrays[key])),
+                                                            jnp.float32)
     return model
+
+
+def _check_values(key: str, array: np.ndarray, slot: _Slot, what: str) -> None:
+    """One line naming `key` when its values are not finite, or when it is a batch-norm
+    running variance below zero (a weights file that would make every later loss NaN)."""
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{what}: {key!r} holds {array.dtype} values, not numbers")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(f"{what}: {key!r} holds {int((~finite).sum())} non-finite values "
+                         f"(NaN or infinity); the file is damaged or was saved from a diverged "
+                         f"run")
+    if isinstance(slot.module, FrozenBatchNorm) and slot.leaf == "var" and (array < 0).any():
+        raise ValueError(f"{what}: {key!r} is a batch-norm running variance but holds negative "
+                         f"values (smallest {float(array.min()):.4g}); the file is damaged")
+
+
+def read_safetensors(path: str | os.PathLike, *, what: str = "weights file"
+                     ) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file, `{key: numpy array}`; a missing, truncated or foreign
+    file is one ValueError line naming it (`what` says which setting gave the path)."""
+    from safetensors.numpy import load_file  # optional dependency: only when importing weights
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: {path} is a folder, not a safetensors file")
+    if not os.path.isfile(path):
+        raise ValueError(f"{what}: {path} does not exist")
+    try:
+        return load_file(path)
+    except Exception as e:  # a truncated or foreign file, or a dtype numpy lacks (bfloat16)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({reason})") from None
 
 
 def load_safetensors(model: nnx.Module, path: str | os.PathLike,
                      name_map: NameMap = INCEPTION_V3) -> nnx.Module:
     """Loads a timm `.safetensors` file (e.g. `inception_v3.tv_in1k`'s `model.safetensors`)
     into `model` in place through `name_map`; one-line ValueError for any mismatch."""
-    from safetensors.numpy import load_file  # optional dependency: only when importing weights
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"weights file {path} does not exist")
-    try:
-        arrays = load_file(path)
-    except Exception as e:  # a truncated or foreign file, or a dtype numpy lacks (bfloat16)
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    return load_arrays(model, arrays, name_map, what=path)
+    return load_arrays(model, read_safetensors(path), name_map, what=path)
 
 
 def export_arrays(model: nnx.Module, name_map: NameMap = INCEPTION_V3) -> dict[str, np.ndarray]:

@@ -1,33 +1,41 @@
-"""A trained network's weights kept on disk beside the config that trained them, reused by every
-run and every `eval.py` call that asks for the same config (co-localisation's embedding CNN,
-appendix A.2: "the CNN trained for digit classification", trained once and then fixed). The CUB
-stand-in's pretrained backbone (`stn.experiments.tasks.cub.pretrained_weights`, a timm safetensors file)
-shares its root, key and one-line refusal.
+"""Pretraining runs that other runs start from: named by their workdir, or cached.
 
-Each entry is a folder `<root>/<key>` where `key` hashes the training config (`config_key`):
-`config.json` (that config and what training measured) and `weights.npz` (the parameter leaves
-by path). `load_or_train` trains only when the folder is missing, and refuses with one line
-when the folder's stored config differs from the requested one (a hand-copied or stale folder).
+Two experiments start from a network trained first: co-localisation's embedding CNN (appendix
+A.2: "the CNN trained for digit classification", then fixed) and the CUB stand-in's pretrained
+backbone. Each pretraining is an ordinary run of its own config (`configs/colocalisation.py:
+embedding`, `configs/cub.py:pretrain`), trained by `stn.experiments.training.train_and_evaluate`
+like any other. The config that uses it names the finished run's workdir
+(`model.embedding.workdir`, `model.pretrain.workdir`), or leaves it empty for the cache: the
+workdir `<root>/<kind>/<key>`, `key` a hash of the pretraining config (`config_key`), which the
+first run that asks trains through the same loop (resuming it if an earlier one was stopped)
+and every later run reads.
+
+Either way `pretrained_model` checks that the workdir holds a finished run of exactly the
+pretraining config asked for (a copied, stale or other run is one line naming the fields that
+differ) and restores its final checkpoint, verified as every restore is
+(`stn.experiments.evaluation.restore_run`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import numpy as np
+from absl import logging
+from flax import nnx
 
-from stn.experiments import metrics_io
+from stn.experiments import config_compare, evaluation
+from stn.experiments import workdir as workdir_lib
 
 ENV_ROOT = "STN_CACHE_DIR"
 DEFAULT_ROOT = os.path.join("~", ".cache", "stn")
 
 
 def cache_root(configured: str = "", kind: str = "embeddings") -> str:
-    """The folder holding cached networks of one `kind` (co-localisation's "embeddings", the
-    CUB stand-in's pretrained "backbones"): `configured`, else `$STN_CACHE_DIR/<kind>`, else
+    """The folder holding cached runs of one `kind` (co-localisation's "embeddings", the CUB
+    stand-in's pretrained "backbones"): `configured`, else `$STN_CACHE_DIR/<kind>`, else
     `~/.cache/stn/<kind>`."""
     if configured:
         return os.path.abspath(os.path.expanduser(configured))
@@ -41,59 +49,73 @@ def config_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _leaf_names(tree) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+def cached_workdir(config, cache_dir: str, kind: str) -> str:
+    """The cache's workdir for the pretraining `config`: `<cache_root>/<config_key(config)>`."""
+    return os.path.join(cache_root(cache_dir, kind), config_key(config.to_dict()))
 
 
-def save(folder: str, spec: dict[str, Any], tree, measured: dict[str, Any]) -> None:
-    """Writes `tree`'s leaves to `folder/weights.npz` and `{"config": spec, **measured}` to
-    `folder/config.json` (the json last, so a folder with a config holds its weights)."""
-    os.makedirs(folder, exist_ok=True)
-    leaves = jax.tree_util.tree_leaves(jax.device_get(tree))
-    arrays = {f"leaf{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    temporary = os.path.join(folder, f"weights.tmp{os.getpid()}.npz")
-    np.savez(temporary, names=np.asarray(_leaf_names(tree)), **arrays)
-    os.replace(temporary, os.path.join(folder, "weights.npz"))
-    metrics_io.write_json(os.path.join(folder, "config.json"), {"config": spec, **measured})
+def _finished_record(workdir: str, where: str) -> dict[str, Any]:
+    """The `results.json` of the finished run in `workdir`; one line when there is none."""
+    path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{where} holds no finished run (no {workdir_lib.RESULTS_FILE}); train "
+                         f"it to the end first (train.py --workdir={workdir} with its config)")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where}: {path} is unreadable ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{where}: {path} records no config")
+    return record
 
 
-def differences(stored: dict, wanted: dict) -> str:
-    """`key: stored X, asked Y` for each key whose value differs, comma-separated (one line)."""
-    keys = sorted(set(stored) | set(wanted))
-    return ", ".join(f"{k}: stored {stored.get(k)!r}, asked {wanted.get(k)!r}"
-                     for k in keys if stored.get(k) != wanted.get(k))
+def pretrained_model(config, *, workdir: str, cache_dir: str, kind: str,
+                     field: str) -> tuple[nnx.Module, dict[str, Any]]:
+    """The trained model of a finished run of the pretraining `config`, and its results record.
 
+    Args:
+      config: the pretraining run's config (an `ml_collections.ConfigDict`).
+      workdir: that run's workdir, as the downstream config names it; "" for the cache
+        (`cached_workdir`), where the run is trained first when it has not finished.
+      cache_dir: the cache's folder ("" for `$STN_CACHE_DIR` or `~/.cache/stn`).
+      kind: the cache's subfolder ("embeddings", "backbones").
+      field: the downstream config's field that names `workdir`, for messages.
+    Returns:
+      `(model, record)`: the model at the run's final checkpoint (verified), and the run's
+      `results.json` with `workdir` added.
+    Raises:
+      ValueError: one line, for a workdir without a finished run, a run of another config (the
+        fields that differ), or a final checkpoint that does not verify.
+    """
+    cached = not workdir
+    if cached:
+        workdir = cached_workdir(config, cache_dir, kind)
+        if not os.path.isfile(os.path.join(workdir, workdir_lib.RESULTS_FILE)):
+            print(f"{field} is empty: training {config.name} once, cached in {workdir}",
+                  flush=True)
+            from stn.experiments import training  # only to fill the cache
 
-def load(folder: str, spec: dict[str, Any], template) -> tuple[Any, dict]:
-    """`template` (a pytree of the right structure) with the leaves stored in `folder`, and the
-    stored record; a one-line ValueError when the stored config is not `spec` or the stored
-    leaves do not fit `template`."""
-    with open(os.path.join(folder, "config.json")) as f:
-        record = json.load(f)
-    if record.get("config") != spec:
-        raise ValueError(f"the cached embedding in {folder} was trained with another config "
-                         f"({differences(record.get('config') or {}, spec)}); delete that "
-                         f"folder or set another model.embedding.cache_dir")
-    with np.load(os.path.join(folder, "weights.npz")) as stored:
-        names = [str(n) for n in stored["names"]]
-        leaves = [stored[f"leaf{i:04d}"] for i in range(len(names))]
-    expected = jax.tree_util.tree_leaves(template)
-    if names != _leaf_names(template) or any(
-            a.shape != np.shape(b) for a, b in zip(leaves, expected)):
-        raise ValueError(f"the cached weights in {folder} do not fit the network built for this "
-                         f"config; delete that folder to retrain")
-    treedef = jax.tree_util.tree_structure(template)
-    return jax.tree_util.tree_unflatten(treedef, leaves), record
-
-
-def load_or_train(root: str, spec: dict[str, Any], template,
-                  train: Callable[[], tuple[Any, dict]]) -> tuple[Any, dict]:
-    """The weights cached under `root` for `spec` (folder `root/config_key(spec)`), training
-    them with `train() -> (tree, measured)` and caching them first when absent. Returns
-    `(tree, record)`; `record` holds `config` (= spec), what `train` measured, and `folder`."""
-    folder = os.path.join(root, config_key(spec))
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        tree, measured = train()
-        save(folder, spec, tree, measured)
-    tree, record = load(folder, spec, template)
-    return tree, {**record, "folder": folder}
+            training.train_and_evaluate(config, workdir)
+    where = f"the cached run in {workdir}" if cached else f"{field}={workdir!r}"
+    remedy = "delete that folder to train it again" if cached else (
+        f"point {field} at a run of that config (or leave it empty for the cache)")
+    record = _finished_record(workdir, where)
+    wanted = config.to_dict()
+    fields = config_compare.differing_fields(record["config"], wanted)
+    if fields:
+        raise ValueError(f"{where} is a run of another config than {config.name}'s "
+                         f"({config_compare.describe(record['config'], wanted, fields)}); "
+                         f"{remedy}")
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only manager saves nothing
+    try:
+        _, _, graphdef, state, step, _ = evaluation.restore_run(workdir)
+    except ValueError as e:
+        raise ValueError(f"{where}: its checkpoint does not restore ({e}); {remedy}") from None
+    finally:
+        logging.set_verbosity(previous)
+    if step != int(record.get("steps", -1)):
+        raise ValueError(f"{where}: its newest checkpoint is step {step}, not the final step "
+                         f"{record.get('steps')}; {remedy}")
+    return nnx.merge(graphdef, jax.device_get(state)), {**record, "workdir": workdir}

@@ -174,15 +174,19 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: tasks.Task
     """The pure step `(state, opt_state, batch) -> (state, opt_state, metrics)`.
 
     Metrics: the batch's mean `loss` and `error`, the gradient's global norm, and `finite`:
-    whether every parameter after the update is finite (checked before any save).
+    whether every parameter after the update is finite (checked before any save). The forward
+    is the task's `train_forward` (else `forward`); what it writes into the model's state (e.g.
+    batch-norm running statistics) is kept, and the update applied on top.
     """
+    forward = task.train_forward or task.forward
 
     def loss_fn(state, batch):
-        outputs = task.forward(nnx.merge(graphdef, state), batch)
-        return task.loss(outputs, batch).mean(), outputs
+        model = nnx.merge(graphdef, state)
+        outputs = forward(model, batch)
+        return task.loss(outputs, batch).mean(), (outputs, nnx.state(model))
 
     def step(state, opt_state, batch):
-        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, batch)
+        (loss, (outputs, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, batch)
         updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]))
@@ -309,6 +313,14 @@ def print_start(config, workdir: str) -> None:
                else f"jnp ({native.unavailable_reason()})")
     print(f"devices: {jax.device_count()} {kinds} in {jax.process_count()} process(es); "
           f"sampler: {sampler}", flush=True)
+
+
+def pretrained_state(task: tasks.Task, config, graphdef, state, sharding):
+    """`state` with the task's pretrained weights loaded (`Task.init_weights`), on `sharding`.
+    The optimizer's state needs no change: it starts from zeros whatever the weights."""
+    model = nnx.merge(graphdef, state)
+    task.init_weights(config, model)
+    return jax.device_put(nnx.state(model), sharding)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -515,6 +527,8 @@ def train_and_evaluate(config, workdir: str, *,
         if start_step:
             print(f"Resuming from the checkpoint of step {start_step} in {mngr.directory}",
                   flush=True)
+        else:  # a fresh run starts from the task's pretrained weights (a checkpoint holds them)
+            state = pretrained_state(task, config, graphdef, state, replicated)
         writer = metrics_io.MetricWriter(workdir)
         writer.truncate_after(start_step)
         if evaluation_missing(config, data, workdir, start_step):  # killed between save and eval

@@ -97,6 +97,38 @@ def test_missing_or_bad_file_is_one_line(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         timm_import.load_safetensors(_small(), bad)
+    truncated = tmp_path / "truncated.safetensors"
+    save_file(_small_weights(_small()), str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"truncated.safetensors is not a readable safetensors "
+                                         r"file \([^\n]*\)$"):
+        timm_import.load_safetensors(_small(), truncated)
+    with pytest.raises(ValueError, match=r"is a folder, not a safetensors file$"):
+        timm_import.load_safetensors(_small(), tmp_path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("Mixed_5b.branch1x1.conv.weight", np.nan, r"holds 1 non-finite values \(NaN or infinity\)"),
+    ("fc.bias", np.inf, r"holds 1 non-finite values"),
+    ("Mixed_5b.branch_pool.bn.running_mean", -np.inf, r"holds 1 non-finite values"),
+    ("Mixed_5b.branch_pool.bn.running_var", -0.5,
+     r"is a batch-norm running variance but holds negative values \(smallest -0.5\)"),
+])
+def test_non_finite_weights_and_negative_variances_are_refused_by_key(key, value, message):
+    """A damaged file (a NaN, an infinity, a negative BN variance) is refused in one line naming
+    the key, before any leaf of the model changes; a negative value elsewhere is fine."""
+    model = _small(num_classes=5)
+    before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
+    arrays = _small_weights(model)
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[3] = value
+    with pytest.raises(ValueError, match=rf"^ckpt: '{key}' {message}[^\n]*$"):
+        timm_import.load_arrays(model, arrays, what="ckpt")
+    for a, b in zip(before, jax.tree.leaves(nnx.state(model))):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    arrays = _small_weights(model)
+    arrays["Mixed_5b.branch_pool.bn.running_mean"].flat[3] = -0.5  # a mean may be negative
+    timm_import.load_arrays(model, arrays, what="ckpt")
 
 
 def test_batch_norm_statistics_frozen_and_not_parameters():

@@ -343,6 +343,11 @@ def test_bad_arguments_raise_one_line_errors():
         _antialiased(image, grid, "bilinear", max_scale=0.5)
     with pytest.raises(ValueError, match="max_scale must be a number >= 1"):
         _antialiased(image, grid, "bilinear", max_scale=float("inf"))
+    with pytest.raises(ValueError, match=r"max_scale must be a number >= 1 .*got True"):
+        _antialiased(image, grid, "bilinear", max_scale=True)  # not read as 1
+    np.testing.assert_array_equal(  # numpy's numbers are numbers
+        np.asarray(_antialiased(image, grid, "bilinear", max_scale=np.float32(3))),
+        np.asarray(_antialiased(image, grid, "bilinear", max_scale=3.0)))
 
 
 # ------------------------------------------------------------- the transformer and the configs

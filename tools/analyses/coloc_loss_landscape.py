@@ -72,6 +72,7 @@ def landscape(config, half_sides=HALF_SIDES, repeats: int = 4, seed: int = 0, *,
     task = tasks.get(config.task)
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(int(config.seed)))
+    task.init_weights(config, model)  # the trained embedding CNN, as a fresh run starts from
     chosen = data.optimised if split == "train" else data.require_validation()
     images, true_boxes = (jnp.asarray(chosen[k]) for k in ("image", "box"))
     centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
@@ -111,6 +112,7 @@ def offset_landscape(config, offsets=OFFSETS, repeats: int = 4, seed: int = 0,
     task = tasks.get(config.task)
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(int(config.seed)))
+    task.init_weights(config, model)  # the trained embedding CNN, as a fresh run starts from
     chosen = data.optimised if split == "train" else data.require_validation()
     images, true_boxes = (jnp.asarray(chosen[k]) for k in ("image", "box"))
     rng = np.random.default_rng(seed)

@@ -47,11 +47,12 @@ class CubIndex(NamedTuple):
 
 
 def _read_index_file(path: str) -> dict[int, str]:
-    """`{image id: value}` of one index file; one-line ValueError for a malformed line."""
+    """`{image id: value}` of one index file; one-line ValueError for a malformed line or an
+    id listed twice (which would relabel an image, or move it between train and test)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} is missing: a CUB_200_2011 folder holds images/ and "
                          f"{', '.join(INDEX_FILES)}")
-    entries = {}
+    entries, lines = {}, {}
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -60,7 +61,11 @@ def _read_index_file(path: str) -> dict[int, str]:
             if len(parts) != 2 or not parts[0].isdigit():
                 raise ValueError(f"{path}:{number}: expected '<image id> <value>', got "
                                  f"{line.strip()!r}")
-            entries[int(parts[0])] = parts[1].strip()
+            image_id = int(parts[0])
+            if image_id in entries:
+                raise ValueError(f"{path}:{number}: image id {image_id} is listed again (first "
+                                 f"on line {lines[image_id]}); each id must appear once")
+            entries[image_id], lines[image_id] = parts[1].strip(), number
     return entries
 
 
@@ -94,13 +99,39 @@ def read_index(root: str) -> CubIndex:
                     flags.astype(bool))
 
 
+#: Pillow's modes of 16-bit grey pixels (e.g. a 16-bit PNG, whatever its file's name says).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _rgb(image: Image.Image) -> Image.Image | None:
+    """`image` as 8-bit RGB: 16-bit grey scaled by 255 / 65535 (Pillow's own conversion clips
+    it, turning a 0..65535 ramp almost white); None for 32-bit integer or float pixels, whose
+    range is unknown."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.round(wide * (255.0 / 65535.0)).astype(np.uint8))
+    elif image.mode in ("I", "F"):
+        return None
+    return image.convert("RGB")
+
+
 def decode_resized(path: str, size: int) -> np.ndarray:
-    """One image file -> uint8 `[size, size, 3]` (RGB, bilinear resize, aspect not kept)."""
+    """One image file -> uint8 `[size, size, 3]` (RGB, bilinear resize, aspect not kept).
+    16-bit images are scaled to 8 bits; 32-bit pixels, an image over Pillow's pixel limit (a
+    decompression bomb) and any unreadable file are refused in one line."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
-    except (OSError, ValueError) as e:
+            mode, rgb = image.mode, _rgb(image)
+            if rgb is not None:
+                return np.asarray(rgb.resize((size, size), Image.BILINEAR))
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"cannot read image {path}: it is too large to decode safely ({e})"
+                         ) from None
+    except (OSError, SyntaxError, ValueError) as e:  # SyntaxError: some broken headers
         raise ValueError(f"cannot read image {path}: {e}") from None
+    raise ValueError(f"cannot read image {path}: its pixels are 32-bit "
+                     f"{'integers' if mode == 'I' else 'floats'} of no fixed range; save it with "
+                     f"8- or 16-bit channels")
 
 
 def decode_all(paths: list[str], size: int, *, threads: int = 8) -> np.ndarray:

@@ -233,6 +233,30 @@ class ParallelAttentionCNN(nnx.Module):
         return self.grids(images)
 
 
+class PretrainingNet(inception_v3.InceptionV3):
+    """The CUB stand-in's "ImageNet" network: an Inception with a classifier (timm's names at
+    its root, so `stn.backbones.timm_import.export_arrays` gives the checkpoint every backbone
+    loads), on grey `[B, H, W, 1]` (or RGB) images in [0, 1], repeated as RGB and normalised.
+    Its batch-norm layers learn their statistics in training (`inception_v3.learn_statistics`,
+    switched on by the pretraining task's training forward) and use them in evaluation."""
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """float `[B, H, W, 1 or 3]` in [0, 1] -> logits `[B, num_classes]`."""
+        rgb = jnp.broadcast_to(images, images.shape[:-1] + (3,))
+        return super().__call__(inception_v3.normalise(rgb))
+
+    def transformer_grids(self, images: jax.Array) -> list[jax.Array]:
+        """No transformer (the model contract, `stn.experiments.models`)."""
+        return []
+
+
+def pretraining_net(width: float, last_block: str, num_classes: int,
+                    rngs: nnx.Rngs) -> PretrainingNet:
+    """A `PretrainingNet` of the backbones' width and depth with a `num_classes` classifier."""
+    return PretrainingNet(num_classes=num_classes, width=width, last_block=last_block, rngs=rngs,
+                          conv_general_dilated=_xla_cpu.conv_general_dilated)
+
+
 def get_model(model_config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     """The configured model: `model.name` "cnn" or "st" (`model.num_transformers` crops)."""
     get = model_config.get

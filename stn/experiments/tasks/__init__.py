@@ -1,8 +1,9 @@
 """Experiments as data: a `Task` per experiment, looked up by `config.task` (layer 5).
 
 A task holds everything that differs between experiments: its config checks, its data (the
-training batches, the fixed validation and test sets), its model factory, its per-example loss
-and metrics, how `eval.py` reads other data, and its picture. `stn.experiments.training` and
+training batches, the fixed validation and test sets), its model factory and the pretrained
+weights a fresh run starts from, its per-example loss and metrics, how `eval.py` reads other
+data, and its picture. `stn.experiments.training` and
 `stn.experiments.evaluation` are handed a task and name none (as scenic's trainers take a model class and
 nanodo's take `get_model_and_loss`).
 
@@ -60,6 +61,11 @@ def default_forward(model: nnx.Module, batch: Batch) -> Any:
     return model(batch["image"])
 
 
+def no_pretrained_weights(config, model: nnx.Module) -> None:
+    """A fresh run starts from the model's own initialisation."""
+    del config, model
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One experiment. Every callable is pure data plumbing; see the module docstring.
@@ -70,13 +76,21 @@ class Task:
         data is read or anything compiles).
       load_data: `config -> Data`.
       input_shape: `config -> shape of one image`, without reading any data.
-      make_model: `(config, input_shape, rngs) -> model` (the model contract, `stn.experiments.models`).
+      make_model: `(config, input_shape, rngs) -> model` (the model contract,
+        `stn.experiments.models`), at its initialisation: it reads no weights file.
+      init_weights: `(config, model) -> None`: loads into `model`, in place, the pretrained
+        weights a fresh run starts from (CUB's backbones, co-localisation's embedding CNN). The
+        trainer calls it only for a run that restores no checkpoint; the evaluator never does
+        (a checkpoint holds every parameter, so a run stays usable once its weights file moved).
       loss: `(outputs, batch) -> [B]` per-example loss; its mean is minimised.
       metrics: `(outputs, batch) -> {name: [B]}` per-example values averaged over a set; must
         hold "error", a fraction in [0, 1] (reported as test_error, validation_error, ...).
       load_eval_set: `(config, spec) -> (batch of numpy arrays, tag)` for eval.py's `--data`:
         "test", "validation", or an external source (e.g. `idx:DIR`, `npz:FILE`).
       forward: `(model, batch) -> outputs`.
+      train_forward: the forward of a training step where it differs from `forward`'s (e.g.
+        batch-norm layers that normalise with the batch's statistics and update their running
+        ones: the state the step returns holds what the forward wrote); None: `forward`.
       draw: `(batch, grids, outputs) -> PIL image` of what the transformers do (numpy inputs:
         the batch, each transformer's grid in the input frame, the input sampled on it).
     """
@@ -91,6 +105,8 @@ class Task:
     load_eval_set: Callable[[Any, str], tuple[Batch, str]]
     forward: Callable[[nnx.Module, Batch], Any] = default_forward
     draw: Callable[..., Any] = pictures.transformer_picture
+    init_weights: Callable[[Any, nnx.Module], None] = no_pretrained_weights
+    train_forward: Callable[[nnx.Module, Batch], Any] | None = None
 
 
 # The registry: task name -> module defining TASK (imported when first asked for).
@@ -100,6 +116,7 @@ _MODULES = {
     "addition": "stn.experiments.tasks.addition",
     "colocalisation": "stn.experiments.tasks.colocalisation",
     "cub": "stn.experiments.tasks.cub",
+    "cub_pretrain": "stn.experiments.tasks.cub_pretrain",
 }
 NAMES = tuple(_MODULES)
 

@@ -6,15 +6,18 @@ images optimised on; the paper's 100), `data.validation_size` and `data.validati
 (training digits held out, all classes), `data.test_seed` (seed of the fixed sets);
 `model.crop_size`, `model.kernel`, `model.antialias`, `model.margin` (alpha), `model.initial_scale`,
 `model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
-crop's own), `model.embedding.*` (how the fixed embedding CNN is
-trained first: `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`, `seed`; and
-`cache_dir`, where it is kept); `train.batch_size`.
+crop's own), `model.embedding.*` (the recipe of the fixed embedding CNN's own run:
+`distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`, `seed`; `workdir`, a finished
+run of it, or "" for the cache under `cache_dir`); `train.batch_size`.
 
-The embedding is the section-4.1 CNN (`stn.experiments.models.mnist.CNN`) trained on digit classification
-by `train_embedding` once per embedding config (`embedding_spec`), cached on disk
-(`stn.experiments.embedding_cache`) and read back by every later run and `eval.py` call, then frozen. Loss: the appendix's
-triplet hinge loss (`stn.experiments.models.colocalisation`). Metrics: `error`, the fraction of images whose
-predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
+The embedding is the section-4.1 CNN (`stn.experiments.models.mnist.CNN`) trained on digit
+classification by an ordinary run of `embedding_config(config)` (`configs/colocalisation.py:
+embedding`, task `classification`), then frozen. A fresh run loads it from that run's final
+checkpoint (`init_weights`, `stn.experiments.embedding_cache`: the run named by
+`model.embedding.workdir`, or the cached one, trained once by the first run that asks); the
+run's own checkpoints hold it from then on, so `eval.py` and a resumed run read no other run.
+Loss: the appendix's triplet hinge loss (`stn.experiments.models.colocalisation`). Metrics:
+`error`, the fraction of images whose predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
 IoU > 0.5); `iou`; and a baseline, a fixed box of the digit's size at the centre
 (`centre_box_error`, `centre_box_localised`, `centre_box_iou`). The trainer scores them on the
 optimised images too (`Data.optimised`: `train_localised`, the paper's headline).
@@ -25,13 +28,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from stn import boxes, sampling, transforms
-from stn.experiments import embedding_cache, pictures
-from stn.experiments.data import colocalisation, distortions, pipeline, sources
+from stn import boxes, layers, sampling, transforms
+from stn.experiments import config_args, embedding_cache, pictures
+from stn.experiments.data import colocalisation, distortions, sources
 from stn.experiments.models import colocalisation as models
 from stn.experiments.models import mnist
 from stn.experiments.tasks import Data, Task, classification
@@ -89,8 +92,8 @@ def validate_config(config) -> None:
         raise ValueError(f"config.model.crop_size={config.model.crop_size} must be in "
                          f"1..{canvas}: at most the embedding CNN's input, the "
                          f"{embedding.distortion!r} canvas")
-    for key in ("steps", "batch_size"):
-        if int(embedding[key]) <= 0:
+    for key in ("steps", "batch_size", "learning_rate"):
+        if not float(embedding[key]) > 0:
             raise ValueError(f"config.model.embedding.{key}={embedding[key]} must be positive")
     if float(config.train.get("weight_decay", 0.0)) != 0.0:
         raise ValueError(f"config.train.weight_decay={config.train.weight_decay} must be 0: the "
@@ -124,55 +127,33 @@ def load_data(config) -> Data:
                 test=sets["test"], input_shape=input_shape(config), optimised=sets["train"])
 
 
-EMBEDDING_FIELDS = ("distortion", "steps", "batch_size", "learning_rate", "momentum", "seed")
-
-
-def embedding_spec(config) -> dict:
-    """What the embedding CNN's weights depend on (its cache key): the digit source, the
-    validation split it must not see, and `model.embedding.*` but `cache_dir`."""
-    embedding = config.model.embedding
-    kinds = {"distortion": str, "steps": int, "batch_size": int, "learning_rate": float,
-             "momentum": float, "seed": int}
-    return {"source": str(config.data.source),
-            "validation_size": int(config.data.get("validation_size", 0)),
-            "validation_seed": int(config.data.get("validation_seed", 0)),
-            **{key: kinds[key](embedding.get(key, 0)) for key in EMBEDDING_FIELDS}}
-
-
-def train_embedding(spec: dict) -> tuple[nnx.State, dict]:
-    """The section-4.1 CNN trained on digit classification (SGD with momentum, cross-entropy)
-    on the training digits left after the validation split, `spec["distortion"]` applied;
-    returns its state (numpy) and `{"test_error": ...}` on the distorted test digits."""
-    digits = sources.load_digits(spec["source"])
-    digits, _, _ = pipeline.split_validation(digits, spec["validation_size"],
-                                             seed=spec["validation_seed"],
-                                             field="config.data.validation_size")
-    distortion, seed = spec["distortion"], spec["seed"]
-    graphdef, state = nnx.split(_embedding_cnn(distortion, seed))
-    tx = optax.sgd(spec["learning_rate"], momentum=spec["momentum"] or None)
-    make_batch = functools.partial(pipeline.train_batch, batch_size=spec["batch_size"],
-                                   distortion=distortion)
-
-    @jax.jit
-    def step(state, opt_state, images, labels, number):
-        batch = make_batch(images, labels, seed, number)
-        grads = jax.grad(lambda s: classification.loss(nnx.merge(graphdef, s)(batch["image"]),
-                                                       batch).mean())(state)
-        updates, opt_state = tx.update(grads, opt_state, state)
-        return optax.apply_updates(state, updates), opt_state
-
-    opt_state = tx.init(state)
-    images, labels = jnp.asarray(digits.train_images), jnp.asarray(digits.train_labels)
-    for number in range(spec["steps"]):
-        state, opt_state = step(state, opt_state, images, labels, number)
-    test = pipeline.test_set(digits, distortion, seed=seed)
-    predict = jax.jit(lambda s, x: jnp.argmax(nnx.merge(graphdef, s)(x), axis=-1))
-    predicted = np.concatenate([np.asarray(predict(state, test["image"][i:i + 1000]))
-                                for i in range(0, len(test["image"]), 1000)])
-    error = float(np.mean(predicted != test["label"]))
-    print(f"embedding CNN: {spec['steps']} steps on {distortion!r} digits of {spec['source']}, "
-          f"{100 * error:.2f}% test error", flush=True)
-    return jax.device_get(state), {"test_error": error}
+def embedding_config(config) -> ml_collections.ConfigDict:
+    """The config of the run that trains the embedding CNN (`configs/colocalisation.py:
+    embedding`): task `classification`, the section-4.1 CNN on the digits of `data.source` left
+    after the co-localisation config's validation split (which it must not see), distorted by
+    `model.embedding.distortion`; SGD with momentum, cross-entropy, no decay, for
+    `model.embedding.steps` steps of `batch_size` at `learning_rate` with `momentum`, seeded
+    (initialisation, batch order and test set) by `model.embedding.seed`."""
+    e, d = config.model.embedding, config.data
+    c = ml_collections.ConfigDict()
+    c.name = f"coloc_embedding_{e.distortion}"
+    c.task = "classification"
+    c.seed = int(e.seed)
+    c.distributed = bool(config.get("distributed", False))
+    c.data = ml_collections.ConfigDict(dict(
+        source=str(d.source), distortion=str(e.distortion),
+        validation_size=int(d.get("validation_size", 0)),
+        validation_seed=int(d.get("validation_seed", 0)), test_seed=int(e.seed)))
+    c.model = ml_collections.ConfigDict(dict(
+        name="cnn", transform="affine", kernel="bilinear", antialias=False, padding="zeros",
+        st_output_size=0, st_pool=1, loc_lr_multiplier=1.0))
+    steps = int(e.steps)
+    c.train, c.eval = config_args.run_sections(  # a constant rate: decay by a factor of 1
+        steps=steps, batch_size=int(e.batch_size), learning_rate=float(e.learning_rate),
+        momentum=float(e.momentum), lr_decay_every=100_000, lr_decay_factor=1.0,
+        log_every=max(1, steps // 6), eval_every=steps, checkpoint_every=max(1, steps // 3),
+        num_images=0, eval_batch_size=1000)
+    return c
 
 
 def _embedding_cnn(distortion: str, seed: int) -> mnist.CNN:
@@ -180,32 +161,12 @@ def _embedding_cnn(distortion: str, seed: int) -> mnist.CNN:
     return mnist.CNN((canvas, canvas, 1), rngs=nnx.Rngs(params=seed))
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_embedding(spec_items: tuple, cache_dir: str) -> tuple[nnx.State, dict]:
-    spec = dict(spec_items)
-    template = nnx.split(_embedding_cnn(spec["distortion"], spec["seed"]))[1]
-    return embedding_cache.load_or_train(embedding_cache.cache_root(cache_dir), spec, template,
-                                         lambda: train_embedding(spec))
-
-
-def pretrained_embedding(config) -> tuple[nnx.State, dict]:
-    """The embedding CNN's trained state and its record (`test_error`, `folder`): read from the
-    cache (`stn.experiments.embedding_cache`, folder `model.embedding.cache_dir`, "" = ~/.cache/stn), else
-    trained once by `train_embedding` and cached; one process reads it once."""
-    spec = embedding_spec(config)
-    return _cached_embedding(tuple(sorted(spec.items())),
-                             str(config.model.embedding.get("cache_dir", "")))
-
-
 def make_model(config, shape, rngs):
-    """The co-localiser, its embedding CNN trained first (`pretrained_embedding`) and frozen."""
+    """The co-localiser around a frozen embedding CNN at its initialisation (`init_weights`
+    loads the trained one into a fresh run; a checkpoint holds it)."""
     embedding = config.model.embedding
-    state, record = pretrained_embedding(config)
-    print(f"embedding CNN from {record['folder']} ({100 * record['test_error']:.2f}% test "
-          f"error)", flush=True)
     canvas = distortions.get(embedding.distortion).canvas_size
     cnn = _embedding_cnn(embedding.distortion, int(embedding.get("seed", 0)))
-    nnx.update(cnn, state)
     return models.CoLocaliser(shape, cnn, crop_size=int(config.model.crop_size),
                               embedding_size=canvas,
                               kernel=config.model.get("kernel", "bilinear"),
@@ -218,6 +179,20 @@ def make_model(config, shape, rngs):
                               max_scale=float(config.model.max_scale),
                               loc_hidden=tuple(int(w) for w in config.model.loc_hidden),
                               rngs=rngs)
+
+
+def init_weights(config, model: models.CoLocaliser) -> None:
+    """Loads the trained embedding CNN into `model` (frozen, in place): the final checkpoint of
+    the run of `embedding_config(config)` in `model.embedding.workdir`, or ("") the cached run
+    of it (`stn.experiments.embedding_cache`, trained once under `model.embedding.cache_dir`)."""
+    embedding = config.model.embedding
+    trained, record = embedding_cache.pretrained_model(
+        embedding_config(config), workdir=str(embedding.get("workdir", "")),
+        cache_dir=str(embedding.get("cache_dir", "")), kind="embeddings",
+        field="config.model.embedding.workdir")
+    nnx.update(model.embedding, nnx.state(layers.freeze(trained)))
+    print(f"embedding CNN from {record['workdir']} ({100 * record['test_error']:.2f}% test "
+          f"error)", flush=True)
 
 
 def forward(model, batch: dict) -> dict:
@@ -266,4 +241,4 @@ def draw(batch: dict, grids: list, outputs: list):
 
 TASK = Task(name="colocalisation", validate_config=validate_config, load_data=load_data,
             input_shape=input_shape, make_model=make_model, loss=loss, metrics=metrics,
-            load_eval_set=load_eval_set, forward=forward, draw=draw)
+            load_eval_set=load_eval_set, forward=forward, draw=draw, init_weights=init_weights)

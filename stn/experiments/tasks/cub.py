@@ -4,39 +4,34 @@ Config fields read here (configs/cub.py): `data.source` (`dir:PATH`, `tfds:calte
 `synthetic`, `clutter:SOURCE`), `data.num_classes`, `data.store_size`, `data.image_size`,
 `data.flip`, `data.validation_size`, `data.validation_seed`, `data.synthetic.*`,
 `data.clutter.*`; `model.*` (`stn.experiments.models.cub.get_model`), `model.weights` (a timm
-safetensors file loaded into every backbone, "" to start from scratch); `train.batch_size`;
-`model.pretrain.*` (the stand-in's pretrained backbone, `pretrained_weights`).
+safetensors file loaded into every backbone of a fresh run, "" to start from scratch);
+`train.batch_size`; `model.pretrain.*` (the stand-in's pretrained backbone).
 
 The stand-in's "ImageNet" (`model.pretrain.steps > 0`, `clutter:` sources, `model.weights`
-empty): the backbone is first trained once to classify centred, uncluttered items (training
-items that no canvas uses), with batch-norm statistics learnt as usual, then written as a timm
-safetensors file and cached under `model.pretrain.cache_dir` (default `$STN_CACHE_DIR/backbones`
-or `~/.cache/stn/backbones`), in a folder named by a hash of everything that shapes it; every
-run with the same settings loads that file through the published weights' importer.
+empty): the backbone is first trained by a run of its own (`stn.experiments.tasks.cub_pretrain`,
+`configs/cub.py:pretrain`) to classify centred, uncluttered items (training items that no
+canvas uses); a fresh stand-in run loads that run's backbone into every backbone through the
+published weights' importer (`init_weights`): the run in `model.pretrain.workdir`, or ("") the
+cached one under `model.pretrain.cache_dir` (`stn.experiments.embedding_cache`), trained once
+by the first run that asks. A run's checkpoints hold every parameter, so `eval.py` and a
+resumed run read neither the weights file nor the pretraining run.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import tempfile
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from absl import logging
 from flax import nnx
 from PIL import Image
 
-from stn.experiments import embedding_cache, metrics_io
-from stn import _xla_cpu
 from stn.backbones import inception_v3, timm_import
+from stn.experiments import embedding_cache
 from stn.experiments.data import cub as cub_data
 from stn.experiments.data import pipeline, sources
 from stn.experiments.models import cub as cub_models
-from stn.experiments.tasks import Data, Task, classification
+from stn.experiments.tasks import Data, Task, classification, cub_pretrain
 
 SOURCE_FORMS = "'dir:PATH', 'tfds:caltech_birds2011', 'synthetic' or 'clutter:SOURCE'"
 
@@ -60,9 +55,6 @@ def validate_config(config) -> None:
                          f"({d.store_size})")
     if m.name == "st" and int(m.num_transformers) < 1:
         raise ValueError(f"config.model.num_transformers={m.num_transformers} must be >= 1")
-    if m.get("weights") and not os.path.isfile(m.weights):
-        raise ValueError(f"config.model.weights={m.weights!r} is not a file (timm's "
-                         f"inception_v3.tv_in1k model.safetensors, or '' for no weights)")
     if int(m.get("view_enlarged", 0)) < 0:
         raise ValueError(f"config.model.view_enlarged={m.view_enlarged} must be >= 0 (0: the "
                          f"views are not enlarged)")
@@ -80,14 +72,18 @@ def validate_config(config) -> None:
             raise ValueError(f"config.model.bounded_boxes needs 0 < init_scale < max_scale <= 1 "
                              f"and init_offset < 1 - init_scale (boxes inside the image); got "
                              f"{scale}, {top}, {offset}")
-    pretrain = m.get("pretrain")
-    if pretrain is not None and int(pretrain.steps) > 0:
+    if _pretrained(config):
         if not source.startswith("clutter:"):
-            raise ValueError(f"config.model.pretrain.steps={pretrain.steps} needs a clutter: "
+            raise ValueError(f"config.model.pretrain.steps={m.pretrain.steps} needs a clutter: "
                              f"source (the stand-in); set it to 0 for {source!r}")
         if m.get("weights"):
             raise ValueError("config.model.pretrain.steps > 0 and config.model.weights are both "
                              "set; keep one")
+        if int(d.clutter.train_limit) <= 0:
+            raise ValueError(f"config.model.pretrain needs training items that no canvas uses: "
+                             f"set config.data.clutter.train_limit > 0 (now "
+                             f"{d.clutter.train_limit}: every item makes a canvas)")
+        cub_pretrain.validate_config(cub_pretrain.pretrain_config(config))
     if int(d.get("validation_size", 0)) < 0:
         raise ValueError(f"config.data.validation_size={d.validation_size} must be >= 0")
     try:  # shapes only: a backbone too deep for its input fails here
@@ -155,6 +151,14 @@ def _cluttered(config) -> sources.DigitSet:
                                  for x in canvases])
         return canvases, labels
 
+    for split, limit in (("train", int(c.train_limit)), ("test", int(c.test_limit))):
+        count = len(getattr(items, f"{split}_images"))
+        if limit > count:
+            raise ValueError(
+                f"config.data.clutter.{split}_limit={limit} asks for more {split} items than "
+                f"config.data.source={config.data.source!r} holds ({count}); the standin preset "
+                f"is set for Fashion-MNIST (60,000 / 10,000 items): set config.data.source="
+                f"clutter:idx:<a Fashion-MNIST folder>, or lower the limit")
     train_n, test_n = int(c.train_limit) or None, int(c.test_limit) or None
     train = stored(items.train_images[:train_n], items.train_labels[:train_n], int(c.seed))
     test = stored(items.test_images[:test_n], items.test_labels[:test_n], int(c.seed) + 1)
@@ -206,146 +210,65 @@ def load_data(config) -> Data:
 
 
 def make_model(config, shape, rngs):
-    """The configured CNN / N x ST-CNN (`stn.experiments.models.cub`), with `model.weights` (or the
-    stand-in's cached pretrained backbone, `pretrained_weights`) loaded into every backbone."""
+    """The configured CNN / N x ST-CNN (`stn.experiments.models.cub`) at its initialisation
+    (`init_weights` loads the pretrained backbones into a fresh run)."""
     del shape
-    model = cub_models.get_model(config.model, int(config.data.num_classes), rngs)
-    path = config.model.get("weights") or ""
+    return cub_models.get_model(config.model, int(config.data.num_classes), rngs)
+
+
+def _pretrained(config) -> bool:
+    """Whether the backbones start from the stand-in's pretraining run."""
     pretrain = config.model.get("pretrain")
-    if not path and pretrain is not None and int(pretrain.steps) > 0:
-        path = pretrained_weights(config)
+    return pretrain is not None and int(pretrain.steps) > 0
+
+
+def init_weights(config, model: nnx.Module) -> None:
+    """Loads one checkpoint into every backbone of `model` (in place) through the published
+    weights' importer: the timm safetensors file `model.weights`, or the stand-in's pretrained
+    backbone (`model.pretrain.steps > 0`): the final checkpoint of the `cub_pretrain` run of
+    `pretrain_config(config)` in `model.pretrain.workdir`, or ("") the cached one."""
+    path = config.model.get("weights") or ""
     if path:
-        from safetensors.numpy import load_file
-
-        cub_models.load_backbone_weights(model, load_file(path), what=path)
-    return model
-
-
-# ----------------------------------------------------------------------------- pretraining
-
-def pretrain_spec(config) -> dict:
-    """Everything that shapes the stand-in's pretrained backbone (the cache key): the item
-    source and the first training item it may use, the backbone's shape, and
-    `model.pretrain.*` except `cache_dir`."""
-    m = config.model
-    spec = {k: v for k, v in m.pretrain.to_dict().items() if k != "cache_dir"}
-    spec.update(source=config.data.source[len("clutter:"):],
-                first_item=int(config.data.clutter.train_limit), width=float(m.width),
-                last_block=str(m.last_block), canvas=int(m.crop_size),
-                num_classes=int(config.data.num_classes))
-    return spec
-
-
-def pretrained_weights(config) -> str:
-    """The stand-in's pretrained backbone as a timm safetensors file: the cached one for
-    `pretrain_spec(config)`, trained and cached first when absent (`_pretrain`).
-
-    Raises:
-      ValueError: one line when the cached folder's recorded config is not this one (a copied
-        or stale folder).
-    """
-    spec = pretrain_spec(config)
-    root = embedding_cache.cache_root(config.model.pretrain.get("cache_dir", ""), "backbones")
-    folder = os.path.join(root, embedding_cache.config_key(spec))
-    record_path, weights = (os.path.join(folder, n) for n in ("config.json", "model.safetensors"))
-    if not os.path.isfile(record_path):
-        os.makedirs(folder, exist_ok=True)
-        backbone, measured = _pretrain(config)
-        timm_import.save_safetensors(backbone, weights)
-        metrics_io.write_json(record_path, {"config": spec, **measured})  # last: marks it whole
-    with open(record_path) as f:
-        stored = json.load(f).get("config")
-    if stored != spec:
-        raise ValueError(f"the pretrained backbone cached in {folder} was trained with another "
-                         f"config ({embedding_cache.differences(stored or {}, spec)}); delete "
-                         f"that folder")
-    logging.info("pretrained backbone: %s", weights)
-    return weights
-
-
-def _pretraining_items(config) -> tuple[np.ndarray, np.ndarray]:
-    """The training items no canvas uses (from `data.clutter.train_limit` on) and labels."""
-    items = sources.load_digits(config.data.source[len("clutter:"):])
-    first = int(config.data.clutter.train_limit)
-    if first <= 0 or first >= len(items.train_images):
-        raise ValueError(f"config.model.pretrain needs training items that no canvas uses: set "
-                         f"config.data.clutter.train_limit in 1..{len(items.train_images) - 1} "
-                         f"(now {first})")
-    return items.train_images[first:], items.train_labels[first:]
-
-
-def _pretrain(config) -> tuple[inception_v3.InceptionV3, dict]:
-    """Trains an Inception (the backbone's width and depth, with a `num_classes` head) to
-    classify centred items (`cub_data.centred_items` on a `crop_size` canvas): SGD with
-    momentum, the learning rate / 10 after 2/3 of the steps, batch-norm statistics learnt
-    (`inception_v3.learn_statistics`). Returns the network (statistics fixed again) and what
-    was measured, including its error on `held_out` items it never trained on."""
-    p, m = config.model.pretrain, config.model
-    items, labels = _pretraining_items(config)
-    held = int(p.held_out)
-    if not 0 < held < len(items):
-        raise ValueError(f"config.model.pretrain.held_out={held} must be in 1..{len(items) - 1}")
-    canvases = cub_data.centred_items(items, canvas=int(m.crop_size),
-                                      side_range=(int(p.side_min), int(p.side_max)),
-                                      jitter=int(p.jitter), seed=int(p.seed),
-                                      clutter=int(p.get("pieces", 0)))
-    train_x, train_y = canvases[held:], labels[held:]
-    held_x, held_y = canvases[:held], labels[:held]
-    net = inception_v3.InceptionV3(num_classes=int(config.data.num_classes), width=float(m.width),
-                                   last_block=str(m.last_block), rngs=nnx.Rngs(int(p.seed)),
-                                   conv_general_dilated=_xla_cpu.conv_general_dilated)
-    inception_v3.learn_statistics(net, True)
-    steps = int(p.steps)
-    schedule = optax.piecewise_constant_schedule(float(p.learning_rate),
-                                                 {max(1, 2 * steps // 3): 0.1})
-    optimizer = nnx.Optimizer(net, optax.sgd(schedule, momentum=float(p.momentum)),
-                              wrt=nnx.Param)
-
-    @nnx.jit
-    def step(net, optimizer, images, labels):
-        def loss_fn(net):
-            logits = net(inception_v3.normalise(images))
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param))(net)
-        optimizer.update(net, grads)
-        return loss
-
-    rng = np.random.default_rng(int(p.seed))
-    start, losses = time.time(), []
-    for k in range(steps):
-        index = rng.integers(0, len(train_x), int(p.batch_size))
-        losses.append(float(step(net, optimizer, _as_rgb(train_x[index]), train_y[index])))
-        if (k + 1) % 100 == 0 or k + 1 == steps:
-            logging.info("pretrain step %d/%d: loss %.4f", k + 1, steps, np.mean(losses[-100:]))
-    inception_v3.learn_statistics(net, False)
-    predict = nnx.jit(lambda net, x: net(inception_v3.normalise(x)).argmax(-1))
-    wrong = sum(int((np.asarray(predict(net, _as_rgb(held_x[i:i + 500]))) !=
-                     held_y[i:i + 500]).sum()) for i in range(0, held, 500))
-    measured = {"held_out_error": wrong / held, "final_loss": float(np.mean(losses[-100:])),
-                "wall_time_s": time.time() - start, "load_average": os.getloadavg()[0],
-                "pretraining_items": len(train_x)}
-    logging.info("pretrained backbone: held-out error %.4f", measured["held_out_error"])
-    return net, measured
-
-
-def _as_rgb(grey: np.ndarray) -> jax.Array:
-    """uint8 `[B, S, S]` -> float32 `[B, S, S, 3]` in [0, 1]."""
-    return jnp.asarray(np.repeat(grey[..., None], 3, -1), jnp.float32) / 255.0
+        arrays = timm_import.read_safetensors(path, what="config.model.weights")
+        cub_models.load_backbone_weights(model, arrays, what=path)
+    elif _pretrained(config):
+        pretrain = config.model.pretrain
+        net, record = embedding_cache.pretrained_model(
+            cub_pretrain.pretrain_config(config), workdir=str(pretrain.get("workdir", "")),
+            cache_dir=str(pretrain.get("cache_dir", "")), kind="backbones",
+            field="config.model.pretrain.workdir")
+        cub_models.load_backbone_weights(model, timm_import.export_arrays(net),
+                                         what=record["workdir"])
+        print(f"pretrained backbone from {record['workdir']} "
+              f"({100 * record['validation_error']:.2f}% error on its held-out items)",
+              flush=True)
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
-    """`test` or `validation` (external sets: use another `data.source`)."""
-    if spec == "test":
-        images = load_images(config)
-        crop = int(config.data.image_size)
-        return {"image": cub_data.centre_crop(images.test_images, crop),
-                "label": images.test_labels}, spec
+    """`test`, `validation`, or `dir:PATH`: the test split of another copy of the data in the
+    official layout, read as the run's own test set is (stored at `data.store_size`, centre
+    crops)."""
+    crop, tag = int(config.data.image_size), spec
     if spec == "validation":
         return load_data(config).require_validation(), spec
-    raise ValueError(f"--data must be 'test' or 'validation' for the cub task, got {spec!r} "
-                     f"(evaluate another folder by setting --config.data.source=dir:PATH)")
+    if spec == "test":
+        images = load_images(config)
+    elif spec.startswith("dir:"):
+        root = spec[len("dir:"):]
+        images = cub_data.load_dir(root, int(config.data.store_size))
+        tag = "dir_" + os.path.basename(os.path.normpath(os.path.expanduser(root)))
+        top = int(images.test_labels.max())
+        if top >= int(config.data.num_classes):
+            raise ValueError(f"--data={spec}: labels up to {top}, but the run has "
+                             f"{config.data.num_classes} classes")
+    else:
+        raise ValueError(f"--data must be 'test', 'validation' or 'dir:PATH' (another copy of "
+                         f"the data in the official layout) for the cub task, got {spec!r}")
+    return {"image": cub_data.centre_crop(images.test_images, crop),
+            "label": images.test_labels}, tag
 
 
 TASK = Task(name="cub", validate_config=validate_config, load_data=load_data,
             input_shape=input_shape, make_model=make_model, loss=classification.loss,
-            metrics=classification.metrics, load_eval_set=load_eval_set)
+            metrics=classification.metrics, load_eval_set=load_eval_set,
+            init_weights=init_weights)

@@ -1,6 +1,5 @@
 """The `addition` and `colocalisation` tasks: registry, configs, checks, sweeps, tables,
 pictures, and short end-to-end runs on the embedded sample (marked slow)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def test_sweeps():
     assert "train.optimizer" not in reduced[0]["overrides"]
     with pytest.raises(ValueError, match="optimizer='rmsprop'; expected one of sgd, adam"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/addition.py") + ":optimizer=rmsprop")
-    assert module_at("configs/sweeps/addition.py").OPTIMIZERS == training.OPTIMIZERS
+    assert helpers.module_at("configs/sweeps/addition.py").OPTIMIZERS == training.OPTIMIZERS
     with pytest.raises(ValueError, match="crop_sizes=2.5 must be whole numbers"):
         sweeps.load_sweep(str(ROOT / "configs/sweeps/colocalisation.py") + ":crop_sizes=2.5")
 
@@ -215,6 +214,7 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     task = tasks.get("colocalisation")
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(0))
+    task.init_weights(config, model)  # the landscape's embedding (the cached run)
     images, true_boxes = (np.asarray(a) for a in data.train_arrays)
     centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
     rng = np.random.default_rng(0)  # the landscape's draws of the random patches, in order
@@ -261,6 +261,7 @@ def test_coloc_offset_landscape_moves_true_sized_boxes_off_the_digits():
     task = tasks.get("colocalisation")
     data = task.load_data(config)
     model = task.make_model(config, data.input_shape, nnx.Rngs(0))
+    task.init_weights(config, model)  # the landscape's embedding (the cached run)
     images, true_boxes = (jnp.asarray(a) for a in data.train_arrays)
     rng = np.random.default_rng(0)  # the landscape's draws of the random patches, in order
     expected = []

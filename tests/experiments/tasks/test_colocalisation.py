@@ -1,6 +1,8 @@
 """The co-localisation task's headline metric (appendix A.2: the fraction of the optimised images
-localised, IoU > 0.5) and its cached embedding CNN (stn.experiments.embedding_cache)."""
+localised, IoU > 0.5) and its embedding CNN, a run of its own (named, or cached by
+stn.experiments.embedding_cache)."""
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -58,58 +60,109 @@ def test_the_optimised_images_are_the_tasks_optimised_set():
     assert tasks.Data.__dataclass_fields__["optimised"].default is None  # other tasks: none
 
 
-# ----------------------------------------------------------------------------- the cache
-@pytest.fixture
-def counted_training(monkeypatch):
-    """`train_embedding` replaced by a counter returning a fixed random CNN (no training)."""
-    calls = []
+# ----------------------------------------------------------------------------- the embedding run
+def test_embedding_is_a_classification_run_of_the_recipe():
+    """`configs/colocalisation.py:embedding` is the config `init_weights` asks for: task
+    classification, the CNN on the co-localisation config's digits after its validation split
+    (which the embedding must not see), the recipe in `model.embedding`."""
+    config = coloc_config("t,class=3,quick")
+    embedding = coloc_config("t,class=3,quick,embedding")
+    assert embedding.to_dict() == coloc.embedding_config(config).to_dict()
+    assert (embedding.task, embedding.model.name) == ("classification", "cnn")
+    assert embedding.data.source == config.data.source == "sample"
+    assert (embedding.data.validation_size, embedding.data.validation_seed) == (
+        config.data.validation_size, config.data.validation_seed)
+    e = config.model.embedding
+    assert embedding.data.distortion == e.distortion and embedding.seed == e.seed
+    assert (embedding.train.steps, embedding.train.batch_size, embedding.train.learning_rate,
+            embedding.train.momentum) == (e.steps, e.batch_size, e.learning_rate, e.momentum)
+    assert embedding.train.lr_decay_factor == 1.0  # a constant rate, whatever the steps
+    tasks.for_config(embedding).validate_config(embedding)
 
-    def fake_train(spec):
-        calls.append(spec)
-        state = nnx.split(coloc._embedding_cnn(spec["distortion"], 7))[1]
-        return jax.device_get(state), {"test_error": 0.25}
 
-    monkeypatch.setattr(coloc, "train_embedding", fake_train)
-    coloc._cached_embedding.cache_clear()
-    yield calls
-    coloc._cached_embedding.cache_clear()
+def _small_coloc(data_dir, **embedding):
+    config = coloc_config("t,class=3,quick")
+    config.data.source = f"idx:{data_dir}"
+    config.data.update(num_train=8, validation_size=100)
+    config.model.embedding.update({"steps": 3, "batch_size": 16, **embedding})
+    config.train.update(steps=2, batch_size=4, log_every=1, eval_every=2, checkpoint_every=2,
+                        num_images=0)
+    config.eval.batch_size = 64
+    return config
 
 
-def test_cached_embedding_is_trained_once_and_reused(tmp_path, counted_training):
-    config = coloc_config()
-    config.model.embedding.cache_dir = str(tmp_path)
-    first, record = coloc.pretrained_embedding(config)
-    coloc._cached_embedding.cache_clear()  # as a second process (a run, then eval.py) would
-    second, again = coloc.pretrained_embedding(config)
-    assert len(counted_training) == 1
-    assert record["folder"] == again["folder"] and again["test_error"] == 0.25
-    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
+def _embedding_leaves(module):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(module))]
+
+
+def test_a_fresh_run_starts_from_the_named_embedding_run_and_needs_it_no_more(tmp_path, data_dir):
+    """`model.embedding.workdir` names a finished run of `configs/colocalisation.py:embedding`:
+    a fresh run loads its final weights into the frozen CNN; the run's own checkpoint holds
+    them, so eval.py reads no embedding run; a run of another recipe is refused in one line."""
+    from stn.experiments import evaluation, training
+    config = _small_coloc(data_dir)
+    embedding_dir = tmp_path / "embedding"
+    training.train_and_evaluate(coloc.embedding_config(config), str(embedding_dir))
+    trained, _ = embedding_cache.pretrained_model(
+        coloc.embedding_config(config), workdir=str(embedding_dir), cache_dir="", kind="x",
+        field="f")
+    config.model.embedding.workdir = str(embedding_dir)
+    task = tasks.get("colocalisation")
+    model = task.make_model(config, (84, 84, 1), nnx.Rngs(0))
+    assert not all(np.array_equal(a, b) for a, b in zip(_embedding_leaves(model.embedding),
+                                                        _embedding_leaves(trained)))
+    task.init_weights(config, model)
+    for a, b in zip(_embedding_leaves(model.embedding), _embedding_leaves(trained)):
         np.testing.assert_array_equal(a, b)
-    # The model is built on the cached weights, not on fresh ones.
-    model = coloc.make_model(config, (84, 84, 1), nnx.Rngs(0))
-    np.testing.assert_array_equal(model.embedding.classifier.kernel.get_value(),
-                                  first["classifier"]["kernel"].get_value())
-    assert len(counted_training) == 1
-    # Another embedding recipe is another cache entry, trained once too.
-    config.model.embedding.steps = 17
-    coloc.pretrained_embedding(config)
-    assert len(counted_training) == 2
+    assert not nnx.state(model.embedding, nnx.Param)  # still frozen
 
+    results = training.train_and_evaluate(config, str(tmp_path / "coloc"))
+    shutil.rmtree(embedding_dir)
+    again = evaluation.evaluate_checkpoint(None, str(tmp_path / "coloc"))
+    assert again["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
 
-def test_cached_embedding_with_another_stored_config_is_refused(tmp_path, counted_training):
-    config = coloc_config()
-    config.model.embedding.cache_dir = str(tmp_path)
-    _, record = coloc.pretrained_embedding(config)
-    path = Path(record["folder"]) / "config.json"
-    stored = json.loads(path.read_text())
-    stored["config"]["steps"] = 1
-    path.write_text(json.dumps(stored))
-    coloc._cached_embedding.cache_clear()
-    with pytest.raises(ValueError, match=r"^the cached embedding in .* was trained with another "
-                                         r"config \(steps: stored 1, asked \d+\)") as info:
-        coloc.pretrained_embedding(config)
+    other = _small_coloc(data_dir, steps=4)
+    other.model.embedding.workdir = str(tmp_path / "coloc")  # not an embedding run at all
+    with pytest.raises(ValueError, match=r"^config.model.embedding.workdir='.*coloc' is a run of "
+                                         r"another config than coloc_embedding_none's \(") as info:
+        task.init_weights(other, task.make_model(other, (84, 84, 1), nnx.Rngs(0)))
     assert "\n" not in str(info.value)
-    assert len(counted_training) == 1
+
+
+def test_the_cache_trains_the_embedding_run_once_through_the_trainer(tmp_path, data_dir,
+                                                                      monkeypatch):
+    """With `model.embedding.workdir` empty, the first run trains the embedding config through
+    `train_and_evaluate` into the cache, later ones read it; another recipe is another entry,
+    and a cached folder that holds another run is refused in one line."""
+    from stn.experiments import training
+    calls = []
+    real = training.train_and_evaluate
+
+    def counted(config, workdir, **kwargs):
+        calls.append(workdir)
+        return real(config, workdir, **kwargs)
+    monkeypatch.setattr(training, "train_and_evaluate", counted)
+    config = _small_coloc(data_dir)
+    config.model.embedding.cache_dir = str(tmp_path / "cache")
+    task = tasks.get("colocalisation")
+    first = task.make_model(config, (84, 84, 1), nnx.Rngs(0))
+    task.init_weights(config, first)
+    second = task.make_model(config, (84, 84, 1), nnx.Rngs(1))
+    task.init_weights(config, second)  # as a second process would: read, not trained again
+    assert calls == [embedding_cache.cached_workdir(coloc.embedding_config(config),
+                                                    str(tmp_path / "cache"), "embeddings")]
+    for a, b in zip(_embedding_leaves(first.embedding), _embedding_leaves(second.embedding)):
+        np.testing.assert_array_equal(a, b)
+
+    record = Path(calls[0]) / "results.json"  # a hand-edited or stale folder
+    stored = json.loads(record.read_text())
+    stored["config"]["train"]["learning_rate"] = 0.5
+    record.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"^the cached run in .* is a run of another config "
+                                         r"than coloc_embedding_none's \(train.learning_rate "
+                                         r"0.5 -> 0.02\); delete that folder to train it again$"):
+        task.init_weights(config, second)
+    assert len(calls) == 1
 
 
 def test_cache_root_defaults_and_keys():

@@ -21,7 +21,7 @@ from stn.experiments.data import cub as cub_data
 from stn.experiments.models import cub as cub_models
 from stn.experiments.tasks import cub as cub_task
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = helpers.ROOT
 
 
 def cub_config(arg="2xst_448,smoke"):
@@ -83,6 +83,44 @@ def test_bad_layout_is_one_line(tmp_path, damage, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name, line", [("images.txt", "1 001.A/b.jpg"),
+                                        ("image_class_labels.txt", "1 2"),
+                                        ("train_test_split.txt", "1 0")])
+def test_an_image_id_listed_twice_is_one_line(tmp_path, name, line):
+    """A second line for image 1 would relabel it, or move it between train and test (the last
+    line winning): refused, naming the file, the line and the id."""
+    root = write_layout(tmp_path, ENTRIES)
+    with open(os.path.join(root, name), "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(ValueError, match=rf"^{root}/{name}:5: image id 1 is listed again "
+                                         rf"\(first on line 2\)[^\n]*$"):
+        cub_data.read_index(root)
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits(tmp_path):
+    """A 16-bit PNG (saved under a .jpg name): its 0..65535 ramp becomes 0..255, not the
+    almost-white image Pillow's own conversion gives."""
+    root = write_layout(tmp_path, ENTRIES)
+    ramp = np.tile(np.linspace(0, 65535, 40).astype(np.uint16), (40, 1))
+    Image.fromarray(ramp).save(os.path.join(root, "images", "001.A", "a.jpg"), format="PNG")
+    image = cub_data.decode_resized(os.path.join(root, "images", "001.A", "a.jpg"), 40)
+    assert image.dtype == np.uint8 and image.shape == (40, 40, 3)
+    np.testing.assert_allclose(image[20, :, 0], np.round(ramp[20] / 65535 * 255), atol=1)
+    assert image[..., 0].mean() == pytest.approx(127.5, abs=2)
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    """An image over Pillow's pixel limit (a 20000x20000 one here is a 40x40 one under a limit
+    of 100 pixels) is refused in one line naming the file, not a Pillow traceback."""
+    root = write_layout(tmp_path, ENTRIES)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(
+        os.path.join(root, "images", "001.A", "a.jpg"))
+    with pytest.raises(ValueError, match=r"^cannot read image .*001.A/a.jpg: it is too large to "
+                                         r"decode safely \([^\n]*\)$"):
+        cub_data.load_dir(root, 8)
+
+
 def test_miniature_and_task_splits(tmp_path):
     """The synthetic miniature read through dir:, a validation split carved from training, the
     test split fixed (same images whatever the validation size)."""
@@ -122,6 +160,23 @@ def test_train_batch_crops_flips_and_is_pure():
             assert same != mirror
             flipped.append(mirror)
     assert 0 < sum(flipped) < len(flipped)
+
+
+def test_random_crop_corners_cover_every_position():
+    """The crop's top-left corner takes every value 0..limit on each axis (limit = stored side -
+    crop side), the last one included: each pixel holds its own row and column."""
+    side, size = 9, 5
+    rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    images = jnp.asarray(np.stack([rows, cols], -1)[None].repeat(64, 0), jnp.uint8)
+    corners = set()
+    for step in range(4):
+        batch = cub_data.train_batch(images, jnp.arange(64), 0, step, batch_size=64, size=size,
+                                     flip=False)
+        corner = np.round(np.asarray(batch["image"])[:, 0, 0] * 255).astype(int)
+        corners |= {tuple(c) for c in corner}
+    limit = side - size
+    assert {r for r, _ in corners} == set(range(limit + 1))
+    assert {c for _, c in corners} == set(range(limit + 1))
 
 
 def test_cluttered_objects_place_each_item_once():
@@ -170,25 +225,123 @@ def test_models_shapes_initial_boxes_and_grids():
     assert cnn(x[:, :48, :48]).shape == (2, 4) and cnn.transformer_grids(x) == []
 
 
-def test_make_model_loads_weights_into_every_backbone(tmp_path):
-    config = cub_config("2xst_448,smoke")
-    probe = cub_models.get_model(config.model, 4, nnx.Rngs(0))
+def _weights_file(config, path, seed=5):
+    """A timm-style safetensors file for the config's backbones (seeded values, a 1000-way
+    head as the published file has); returns its arrays."""
+    probe = cub_models.get_model(config.model, int(config.data.num_classes), nnx.Rngs(0))
     shapes = timm_import.checkpoint_shapes(cub_models.backbones(probe)[0])
-    arrays = seeded.seeded_weights({**shapes, "fc.weight": (1000, 36), "fc.bias": (1000,)}, 5)
-    save_file(arrays, str(tmp_path / "w.safetensors"))
+    width = shapes["Conv2d_1a_3x3.conv.weight"][0]  # any head shape: it is skipped
+    arrays = seeded.seeded_weights({**shapes, "fc.weight": (1000, width), "fc.bias": (1000,)},
+                                   seed)
+    save_file(arrays, str(path))
+    return arrays
+
+
+def test_init_weights_loads_the_file_into_every_backbone(tmp_path):
+    config = cub_config("2xst_448,smoke")
+    arrays = _weights_file(config, tmp_path / "w.safetensors")
     config.model.weights = str(tmp_path / "w.safetensors")
-    model = tasks.get("cub").make_model(config, (96, 96, 3), nnx.Rngs(0))
+    task = tasks.get("cub")
+    model = task.make_model(config, (96, 96, 3), nnx.Rngs(0))
     found = cub_models.backbones(model)
     assert len(found) == 3  # the loc net's and the two parts'
+    key = "Mixed_5d.branch_pool.bn.running_mean"
+    assert not np.array_equal(np.asarray(found[0].Mixed_5d.branch_pool.bn.mean[...]), arrays[key])
+    task.init_weights(config, model)
     for backbone in found:
         np.testing.assert_array_equal(np.asarray(backbone.Mixed_5d.branch_pool.bn.mean[...]),
-                                      arrays["Mixed_5d.branch_pool.bn.running_mean"])
+                                      arrays[key])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.unlink(), "does not exist"),
+    (lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]),
+     "is not a readable safetensors file"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 a zip, not weights"), "is not a readable safetensors"),
+    (lambda p: (p.unlink(), p.mkdir()), "is a folder, not a safetensors file"),
+])
+def test_a_bad_weights_file_is_one_line(tmp_path, damage, message):
+    """A missing, truncated, foreign or folder `model.weights`: one line naming the field and
+    the file, from the importer's one reader (`timm_import.read_safetensors`)."""
+    config = cub_config("2xst_448,smoke")
+    path = tmp_path / "w.safetensors"
+    _weights_file(config, path)
+    damage(path)
+    config.model.weights = str(path)
+    task = tasks.get("cub")
+    task.validate_config(config)  # a config check reads no file (eval.py needs none)
+    with pytest.raises(ValueError, match=rf"^config.model.weights: {path} {message}") as info:
+        task.init_weights(config, task.make_model(config, (96, 96, 3), nnx.Rngs(0)))
+    assert "\n" not in str(info.value)
+
+
+def test_training_from_a_truncated_weights_file_is_one_line(tmp_path):
+    """train.py prints a ValueError's one line: the trainer raises it before any step."""
+    from stn.experiments import training
+    path = tmp_path / "w.safetensors"
+    config = _tiny_cnn_run(tmp_path, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=rf"^config.model.weights: {path} is not a readable "
+                                         rf"safetensors file \(") as info:
+        training.train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(info.value)
+    assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))  # no step saved
+
+
+def test_eval_sets_are_test_validation_or_another_copy_of_the_data():
+    """eval.py's --data for a CUB run: `dir:PATH` reads another copy (a config override of
+    data.source would be refused as another run's config, so it is not offered)."""
+    with pytest.raises(ValueError, match=r"^--data must be 'test', 'validation' or 'dir:PATH' "
+                                         r"\(another copy of the data in the official layout\)"
+                       ) as info:
+        cub_task.load_eval_set(cub_config(), "npz:x.npz")
+    assert "--config.data.source" not in str(info.value)
+
+
+def _tiny_cnn_run(tmp_path, weights, steps=2):
+    """The CNN row's smoke run, smaller still (a backbone cut after Conv2d_4a_3x3), starting
+    from a weights file written at `weights`."""
+    config = cub_config("cnn,smoke")
+    config.data.synthetic.dir = str(tmp_path / "mini")
+    config.model.last_block = "Conv2d_4a_3x3"
+    config.train.update(steps=steps, batch_size=4, eval_every=2, checkpoint_every=2,
+                        log_every=1, num_images=0)
+    _weights_file(config, weights)
+    config.model.weights = str(weights)
+    return config
+
+
+def test_a_finished_run_needs_its_weights_file_no_more(tmp_path):
+    """The checkpoint holds every parameter: once trained, a run is evaluated and resumed with
+    its `model.weights` file replaced by other weights or gone, and the numbers of the resumed
+    run are those of a run that never stopped; `--data=dir:PATH` evaluates the test split of
+    another copy of the data."""
+    from stn.experiments import evaluation, training
+    weights = tmp_path / "w.safetensors"
+    straight = _tiny_cnn_run(tmp_path, weights, steps=4)
+    training.train_and_evaluate(straight, str(tmp_path / "straight"))
+    stopped = _tiny_cnn_run(tmp_path, weights, steps=2)
+    training.train_and_evaluate(stopped, str(tmp_path / "stopped"))
+    _weights_file(stopped, weights, seed=9)  # other weights at the same path
+    stopped.train.steps = 4
+    resumed = training.train_and_evaluate(stopped, str(tmp_path / "stopped"))
+    assert resumed["resumed_from_step"] == 2
+    for a, b in zip(helpers.final_params(tmp_path / "straight", straight),
+                    helpers.final_params(tmp_path / "stopped", stopped)):
+        np.testing.assert_array_equal(a, b)
+    weights.unlink()
+    again = evaluation.evaluate_checkpoint(None, str(tmp_path / "stopped"))
+    assert again["test_error"] == resumed["test_error"]
+    copy = tmp_path / "copy"
+    import shutil
+    shutil.copytree(tmp_path / "mini", copy)
+    other = evaluation.evaluate_checkpoint(None, str(tmp_path / "stopped"), data=f"dir:{copy}")
+    assert other["test_error"] == resumed["test_error"] and other["data"] == f"dir:{copy}"
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("data.source", "cub", "config.data.source='cub' is unknown"),
     ("model.last_block", "Mixed_6b", "config.model.last_block='Mixed_6b' is unknown"),
-    ("model.weights", "/nonexistent.safetensors", "config.model.weights='/nonexistent"),
     ("data.image_size", 200, "config.data.image_size=200 must be in 1..data.store_size"),
     ("model.crop_size", 8, "does not fit"),
     ("model.bounded_boxes", True, None),
@@ -335,17 +488,23 @@ def test_centred_items_clutter_adds_pieces_around_the_same_items():
     assert np.all(added >= 0) and added.mean() > 20
 
 
+def _write_items(folder, n_train=40, n_test=10):
+    """Synthetic 28x28 items as IDX files, each one different (its index in its corner)."""
+    from stn.experiments.data import idx
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        items = np.zeros((n, 28, 28), np.uint8)
+        items[:, 8:20, 8:20] = rng.integers(100, 255, (n, 1, 1))
+        items[:, 0, 0], items[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+        idx.write_split(folder, split, items, np.arange(n) % 10)
+    return str(folder)
+
+
 def _pretrain_config(tmp_path):
     """The stand-in with a tiny, fast backbone on synthetic items written as IDX files (40
     training items, the first 24 for canvases, the rest for pretraining)."""
-    from stn.experiments.data import idx
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 10)):
-        items = np.zeros((n, 28, 28), np.uint8)
-        items[:, 8:20, 8:20] = rng.integers(100, 255, (n, 1, 1))
-        idx.write_split(tmp_path / "items", split, items, np.arange(n) % 10)
     config = cub_config("2xst_448,standin")
-    config.data.source = f"clutter:idx:{tmp_path / 'items'}"
+    config.data.source = f"clutter:idx:{_write_items(tmp_path / 'items')}"
     config.data.validation_size = 4
     config.data.clutter.update(train_limit=24, test_limit=0)
     config.model.update(width=0.125, last_block="Conv2d_4a_3x3")
@@ -354,42 +513,127 @@ def _pretrain_config(tmp_path):
     return config
 
 
-def test_pretrained_backbone_cached_reused_loaded_and_refused(tmp_path, monkeypatch):
-    """The first model trains the backbone once and caches it as a timm safetensors file; the
-    next reuses the file (no training), every backbone gets its weights through the importer;
-    a cached folder recording another config is refused in one line."""
-    from safetensors.numpy import load_file
-    from stn.experiments.tasks import cub as cub_task
+def test_pretrain_config_is_the_standins_recipe():
+    """`configs/cub.py:pretrain` is the run every stand-in row asks for: its items (those no
+    canvas uses), its backbones' shape and input size, and the recipe of `model.pretrain`
+    (SGD 0.05 with momentum 0.9, 1,500 steps of 64, / 10 after 1,000, seed 0)."""
+    from stn.experiments.tasks import cub_pretrain
+    pretrain = cub_config("pretrain")
+    for row in ("cnn", "2xst_448", "4xst_448"):
+        assert cub_pretrain.pretrain_config(cub_config(f"{row},standin")).to_dict() == (
+            pretrain.to_dict())
+    assert (pretrain.task, pretrain.seed) == ("cub_pretrain", 0)
+    assert pretrain.data.to_dict() == dict(
+        source="sample", first_item=12000, held_out=2000, test_limit=2000, canvas=96,
+        side_min=16, side_max=64, jitter=4, pieces=6, num_classes=10)
+    assert pretrain.model.to_dict() == dict(width=0.25, last_block="Mixed_5d")
+    t = pretrain.train
+    assert (t.steps, t.batch_size, t.learning_rate, t.momentum, t.lr_decay_every,
+            t.lr_decay_factor, t.weight_decay) == (1500, 64, 0.05, 0.9, 1000, 0.1, 0.0)
+
+
+def test_the_standin_on_its_default_source_names_the_source_to_set():
+    """The standin preset wants 12,000 training items; the embedded sample has 8,000: one line
+    naming data.source and what to set it to (before, the canvases were silently fewer and
+    the pretraining's message named train_limit)."""
+    from stn.experiments.tasks import cub_pretrain
+    with pytest.raises(ValueError, match=r"^config.data.clutter.train_limit=12000 asks for more "
+                                         r"train items than config.data.source='clutter:sample' "
+                                         r"holds \(8000\); .*set config.data.source=clutter:idx:"
+                       ) as info:
+        tasks.get("cub").load_data(cub_config("2xst_448,standin"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^config.data.first_item=12000 .* leaves none of the "
+                                         r"8000 training items of sample .*clutter:idx:"):
+        cub_pretrain.load_data(cub_config("pretrain"))
+
+
+def test_pretraining_keeps_its_held_out_items_and_the_canvases_items_apart(tmp_path):
+    """The held-out (validation) items, the items pretrained on and the items of the stand-in's
+    canvases are compared themselves: no item is in two of them, and together they are every
+    training item. (Items on a canvas of their own size with no jitter or clutter are their
+    canvas.)"""
+    from stn.experiments.data import sources
+    from stn.experiments.tasks import cub_pretrain
+    config = cub_config("pretrain")
+    config.data.update(source=f"idx:{_write_items(tmp_path / 'items', 60)}", first_item=20,
+                       held_out=15, canvas=28, side_min=28, side_max=28, jitter=0, pieces=0,
+                       test_limit=0)
+    data = cub_pretrain.load_data(config)
+    as_bytes = lambda images: {np.asarray(x).tobytes() for x in images}  # noqa: E731
+    held = as_bytes(np.round(data.validation["image"][..., 0] * 255).astype(np.uint8))
+    trained = as_bytes(data.train_arrays[0])
+    items = sources.load_digits(config.data.source).train_images
+    on_canvases, spare = as_bytes(items[:20]), as_bytes(items[20:])
+    assert len(held) == 15 and len(trained) == 25
+    assert not held & trained and not (held | trained) & on_canvases
+    assert held | trained == spare
+
+
+def test_pretrained_backbone_trained_once_through_the_trainer_and_loaded(tmp_path, monkeypatch):
+    """The first fresh stand-in run trains the `cub_pretrain` config once through
+    `train_and_evaluate` into the cache (batch-norm statistics learnt); every backbone gets its
+    weights through the importer; the next run reads the cache; a cached run of another config,
+    or whose final checkpoint is damaged, is refused in one line."""
+    from stn.experiments import embedding_cache, training
+    from stn.experiments.tasks import cub_pretrain
+    calls = []
+    real = training.train_and_evaluate
+
+    def counted(config, workdir, **kwargs):
+        calls.append(workdir)
+        return real(config, workdir, **kwargs)
+    monkeypatch.setattr(training, "train_and_evaluate", counted)
     config = _pretrain_config(tmp_path)
     task = tasks.get("cub")
     task.validate_config(config)
     model = task.make_model(config, None, nnx.Rngs(0))
-    path = cub_task.pretrained_weights(config)
-    record = json.load(open(os.path.join(os.path.dirname(path), "config.json")))
-    assert record["config"] == cub_task.pretrain_spec(config)
-    assert record["pretraining_items"] == 40 - 24 - 4 and 0 <= record["held_out_error"] <= 1
-    stored = load_file(path)
+    task.init_weights(config, model)
+    pretraining = cub_pretrain.pretrain_config(config)
+    folder = embedding_cache.cached_workdir(pretraining, str(tmp_path / "cache"), "backbones")
+    assert calls == [folder]
+    record = json.loads(open(os.path.join(folder, "results.json")).read())
+    assert record["task"] == "cub_pretrain" and 0 <= record["validation_error"] <= 1
+    net, _ = embedding_cache.pretrained_model(pretraining, workdir=folder, cache_dir="",
+                                              kind="", field="f")
+    stored = timm_import.export_arrays(net)
     for backbone in cub_models.backbones(model):  # the loc net's and the two parts'
         np.testing.assert_array_equal(np.asarray(backbone.Conv2d_4a_3x3.bn.var[...]),
                                       stored["Conv2d_4a_3x3.bn.running_var"])
     assert not np.allclose(stored["Conv2d_4a_3x3.bn.running_var"], 1.0)  # statistics learnt
+    task.init_weights(config, task.make_model(config, None, nnx.Rngs(1)))
+    assert len(calls) == 1  # read from the cache
 
-    def no_training(config):
-        raise AssertionError("retrained although cached")
-    monkeypatch.setattr(cub_task, "_pretrain", no_training)
-    assert cub_task.pretrained_weights(config) == path
-    record["config"]["side_max"] = 99
-    with open(os.path.join(os.path.dirname(path), "config.json"), "w") as f:
-        json.dump(record, f)
+    results = os.path.join(folder, "results.json")
+    edited = json.loads(open(results).read())
+    edited["config"]["data"]["side_max"] = 99
+    with open(results, "w") as f:
+        json.dump(edited, f)
     asked = config.model.pretrain.side_max
-    with pytest.raises(ValueError, match=rf"^the pretrained backbone cached in .*\(side_max: stored "
-                                         rf"99, asked {asked}\); delete that folder$"):
-        cub_task.pretrained_weights(config)
+    with pytest.raises(ValueError, match=rf"^the cached run in .* is a run of another config "
+                                         rf"than cub_pretrain's \(data.side_max 99 -> {asked}\); "
+                                         rf"delete that folder to train it again$"):
+        task.init_weights(config, model)
+    with open(results, "w") as f:
+        json.dump(record, f)
+    step = os.path.join(folder, "checkpoints", str(config.model.pretrain.steps))
+    files = [os.path.join(d, n) for d, _, names in os.walk(step) for n in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:  # a truncated cached backbone
+        f.truncate(os.path.getsize(largest) // 2)
+    with pytest.raises(ValueError, match=r"^the cached run in .*: its checkpoint does not "
+                                         r"restore \(.*\); delete that folder to train it "
+                                         r"again$") as info:
+        task.init_weights(config, model)
+    assert "\n" not in str(info.value) and len(calls) == 1
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c.data, "source", "synthetic"), "needs a clutter: source"),
     (lambda c: setattr(c.model, "weights", __file__), "are both set; keep one"),
+    (lambda c: setattr(c.data.clutter, "train_limit", 0),
+     r"^config.model.pretrain needs training items that no canvas uses: set "
+     r"config.data.clutter.train_limit > 0"),
 ])
 def test_bad_pretrain_configs_are_one_line(tmp_path, change, message):
     config = _pretrain_config(tmp_path)
@@ -397,15 +641,6 @@ def test_bad_pretrain_configs_are_one_line(tmp_path, change, message):
     with pytest.raises(ValueError, match=message) as info:
         tasks.get("cub").validate_config(config)
     assert "\n" not in str(info.value)
-
-
-def test_pretraining_without_spare_items_is_one_line(tmp_path):
-    from stn.experiments.tasks import cub as cub_task
-    config = _pretrain_config(tmp_path)
-    config.data.clutter.train_limit = 0
-    with pytest.raises(ValueError, match=r"^config.model.pretrain needs training items that no "
-                                         r"canvas uses[^\n]*$"):
-        cub_task.pretrained_weights(config)
 
 
 def test_bounded_boxes_stay_inside_and_start_as_configured():
