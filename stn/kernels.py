@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+__all__ = ["Kernel", "Nearest", "Linear", "Keys", "Gaussian", "Stretched", "get", "NAMES"]
+
 
 class Kernel:
     """Base class of the separable sampling kernels ``k(d; Phi)``, zero outside [-r, r)."""

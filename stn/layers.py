@@ -20,6 +20,13 @@ from flax import nnx
 
 from stn import sampling, transforms, _xla_cpu
 
+__all__ = [
+    "valid_conv", "max_pool", "flatten", "RegressionLayer", "regression_layer", "Frozen",
+    "freeze", "LocalisationNet", "localisation_paths", "regression_paths", "ReluStack",
+    "FullyConnectedLocNet", "ConvLocNet", "ConvLocNet3D", "FlowNet", "SamplingKernel",
+    "SpatialTransformer", "FlowTransformer", "ParallelTransformers", "SerialTransformers",
+]
+
 
 def valid_conv(in_features: int, out_features: int, kernel_size: int, *,
                rngs: nnx.Rngs) -> nnx.Conv:

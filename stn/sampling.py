@@ -71,6 +71,12 @@ from jax.custom_derivatives import SymbolicZero
 from stn import kernels as kernel_lib
 from stn import native
 
+__all__ = [
+    "sample", "axis_kernels", "check_antialias", "default_max_scale", "unnormalize",
+    "apply_padding", "pad_index", "KERNELS", "PADDINGS", "SAMPLE_METHODS", "COORDINATE_BOUND",
+    "KernelSpec",
+]
+
 KERNELS = kernel_lib.NAMES
 PADDINGS = ("zeros", "border", "reflection")
 METHODS = ("gather", "window", "bilinear2d")

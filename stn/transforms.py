@@ -48,6 +48,13 @@ import numpy as np
 
 from stn import sampling
 
+__all__ = [
+    "base_grid", "affine_grid", "attention_to_affine", "compose_affine", "projective_grid",
+    "tps_grid", "tps_radial_basis", "tps_control_points", "Transform", "thin_plate_spline",
+    "names", "get", "NAMES", "displacement_grid", "compose_displacements", "integrate_velocity",
+    "pixel_scale", "UNITS",
+]
+
 
 def base_grid(
     *size: int, align_corners: bool = False, dtype: jnp.dtype = jnp.float32
