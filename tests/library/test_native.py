@@ -325,7 +325,8 @@ def _setup_module():
     """The repository's setup.py as a module (its setup() call runs only as __main__)."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "setup.py")
     spec = importlib.util.spec_from_file_location("_stn_setup", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
