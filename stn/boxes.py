@@ -10,6 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["pixel_box", "attention_box", "box_attention", "area", "intersection_area",
+           "covered_fraction", "iou"]
+
 
 def pixel_box(left: jax.Array, top: jax.Array, width: float, height: float,
               image_width: int, image_height: int) -> jax.Array:

@@ -30,10 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Kernel", "Nearest", "Linear", "Keys", "Gaussian", "Stretched", "get", "NAMES"]
 
 
 class Kernel:
@@ -68,12 +72,59 @@ class Kernel:
 
 
 def _register(cls):
-    """Registers a kernel dataclass as a pytree: ``Phi`` are leaves, static fields metadata."""
+    """Registers a kernel dataclass as a pytree: ``Phi`` are leaves, static fields metadata.
+
+    Unflattening sets the fields without calling the constructor: JAX rebuilds pytrees with
+    leaves that are not numbers (``None``, sentinels, symbolic zeros), which the constructor's
+    checks (``_check_number``) rightly refuse from a user.
+    """
     fields = dataclasses.fields(cls)
-    jax.tree_util.register_dataclass(
-        cls, data_fields=[f.name for f in fields if not f.metadata.get("static")],
-        meta_fields=[f.name for f in fields if f.metadata.get("static")])
+    data = tuple(f.name for f in fields if not f.metadata.get("static"))
+    meta = tuple(f.name for f in fields if f.metadata.get("static"))
+
+    def flatten_with_keys(kernel):
+        children = [(jax.tree_util.GetAttrKey(name), getattr(kernel, name)) for name in data]
+        return children, tuple(getattr(kernel, name) for name in meta)
+
+    def flatten(kernel):
+        return [getattr(kernel, name) for name in data], tuple(getattr(kernel, name)
+                                                                for name in meta)
+
+    def unflatten(static, children):
+        kernel = object.__new__(cls)
+        for name, value in zip(meta + data, tuple(static) + tuple(children)):
+            object.__setattr__(kernel, name, value)  # frozen dataclass
+        return kernel
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     return cls
+
+
+def _check_number(value: Any, what: str, *, scalar: bool = True, positive: bool = False,
+                  at_least: float | None = None) -> None:
+    """A one-line ValueError unless ``value`` is a real number: a Python or NumPy int or float,
+    or an integer or floating array (a scalar if ``scalar``), traced or not. Bools, strings and
+    complex values are refused; a concrete value must be finite, and ``> 0`` with ``positive``
+    or ``>= at_least``. A traced value (under ``jit``, ``grad``) is checked by dtype and shape."""
+    dtype = getattr(value, "dtype", None)  # arrays, NumPy scalars and tracers have one
+    if dtype is None:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        real = jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    if not real or (scalar and jnp.ndim(value) != 0):
+        kind = "a real number (a scalar)" if scalar else "a real number or array"
+        raise ValueError(f"{what} must be {kind}, got {value!r}")
+    if isinstance(value, jax.core.Tracer):
+        return
+    concrete = np.asarray(value, np.float64)
+    bad = ~np.isfinite(concrete)
+    if positive:
+        bad |= ~(concrete > 0)
+    if at_least is not None:
+        bad |= ~(concrete >= at_least)
+    if np.any(bad):
+        bound = " > 0" if positive else f" >= {at_least}" if at_least is not None else ""
+        raise ValueError(f"{what} must be a finite number{bound}, got {value!r}")
 
 
 def _inside(distance: jax.Array, radius: float) -> jax.Array:
@@ -149,6 +200,9 @@ class Keys(Kernel):
     a: Any = -0.75
     radius: ClassVar[float] = 2.0
 
+    def __post_init__(self):
+        _check_number(self.a, "Keys a")
+
     def __call__(self, distance: jax.Array) -> jax.Array:
         a = jnp.asarray(self.a, distance.dtype)
         s = _magnitude(distance)
@@ -177,10 +231,11 @@ class Gaussian(Kernel):
     radius: float = dataclasses.field(default=1.5, metadata={"static": True})
 
     def __post_init__(self):
-        if not (isinstance(self.radius, (int, float)) and self.radius > 0):
-            raise ValueError(f"Gaussian radius must be a positive number, got {self.radius!r}")
-        if isinstance(self.sigma, (int, float)) and not self.sigma > 0:
-            raise ValueError(f"Gaussian sigma must be positive, got {self.sigma!r}")
+        _check_number(self.radius, "Gaussian radius", positive=True)
+        if isinstance(self.radius, jax.core.Tracer):
+            raise ValueError("Gaussian radius is static (it sets the taps): a Python number, "
+                             "not a traced value")
+        _check_number(self.sigma, "Gaussian sigma", positive=True)
 
     def __call__(self, distance: jax.Array) -> jax.Array:
         sigma = jnp.asarray(self.sigma, distance.dtype)
@@ -208,6 +263,12 @@ class Stretched(Kernel):
     base: Kernel
     scale: Any
     max_scale: float = dataclasses.field(default=1.0, metadata={"static": True})
+
+    def __post_init__(self):
+        if not isinstance(self.base, Kernel):
+            raise ValueError(f"Stretched base must be a stn.kernels.Kernel, got {self.base!r}")
+        _check_number(self.max_scale, "Stretched max_scale", at_least=1.0)
+        _check_number(self.scale, "Stretched scale", scalar=False, positive=True)
 
     @property
     def radius(self) -> float:

@@ -20,6 +20,13 @@ from flax import nnx
 
 from stn import sampling, transforms, _xla_cpu
 
+__all__ = [
+    "valid_conv", "max_pool", "flatten", "RegressionLayer", "regression_layer", "Frozen",
+    "freeze", "LocalisationNet", "localisation_paths", "regression_paths", "ReluStack",
+    "FullyConnectedLocNet", "ConvLocNet", "ConvLocNet3D", "FlowNet", "SamplingKernel",
+    "SpatialTransformer", "FlowTransformer", "ParallelTransformers", "SerialTransformers",
+]
+
 
 def valid_conv(in_features: int, out_features: int, kernel_size: int, *,
                rngs: nnx.Rngs) -> nnx.Conv:
@@ -107,8 +114,20 @@ class LocalisationNet(nnx.Module):
 
     The trainer finds the loc nets' parameters by this type (`localisation_paths`), e.g. to give
     them their own learning rate; a subclass maps `[B, ...]` inputs to flat `[B, P]` parameters
-    and ends in a `RegressionLayer`.
+    and ends in a `RegressionLayer`. A subclass built for one input size names it in
+    `input_shape` (one example's shape, e.g. `(H, W, C)`) and calls `check_input` first: another
+    size is then a one-line error, and `SpatialTransformer` checks the net's output size against
+    its transform when it is built. `None`: the net takes any size (it is not checked).
     """
+
+    input_shape: tuple[int, ...] | None = None
+
+    def check_input(self, x: jax.Array) -> None:
+        """One-line ValueError unless `x` is `[B, *input_shape]`."""
+        if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
+            expected = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"{type(self).__name__} was built for inputs [B, {expected}] "
+                             f"(its input_shape), got shape {tuple(x.shape)}")
 
 
 def _paths_of_type(model: nnx.Module, kind: type) -> list[str]:
@@ -158,11 +177,13 @@ class FullyConnectedLocNet(LocalisationNet):
     def __init__(self, input_shape: Sequence[int], identity: jax.Array, *,
                  hidden: Sequence[int] = (32, 32, 32), rngs: nnx.Rngs):
         """`input_shape` is `(H, W, C)` of one example; `identity` the transform's identity."""
+        self.input_shape = tuple(int(d) for d in input_shape)
         self.hidden = ReluStack(input_shape, hidden, rngs=rngs)
         self.regression = regression_layer(self.hidden.out_features, identity, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> flat transform parameters `[B, P]`."""
+        self.check_input(x)
         return self.regression(self.hidden(x))
 
 
@@ -177,7 +198,10 @@ class ConvLocNet(LocalisationNet):
                  features: Sequence[int] = (20, 20), kernel_size: int = 5, fc: int = 20,
                  downsample: int = 2, rngs: nnx.Rngs):
         """`input_shape` is `(H, W, C)` of one example."""
-        height, width, channels = (int(d) for d in input_shape)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"ConvLocNet: input_shape must be (H, W, C), got {self.input_shape}")
+        height, width, channels = self.input_shape
         self.downsample = downsample
         height, width = height // downsample, width // downsample
         convs = []
@@ -197,6 +221,7 @@ class ConvLocNet(LocalisationNet):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C]` -> flat transform parameters `[B, P]`."""
+        self.check_input(x)
         h = x
         if self.downsample > 1:
             d = self.downsample
@@ -247,6 +272,24 @@ class SamplingKernel(nnx.Module):
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(self.template), values)
 
 
+def _check_loc_net_output(loc_net: nnx.Module, transform: transforms.Transform) -> None:
+    """One-line ValueError unless `loc_net` regresses `transform`'s parameters, `[B, P]` or
+    `[B, *param_shape]`: its output shape for one example of its `input_shape`, found by
+    `jax.eval_shape` (no computation). A net that names no `input_shape` is not probed."""
+    input_shape = getattr(loc_net, "input_shape", None)
+    if input_shape is None:
+        return
+    graph, state = nnx.split(loc_net)
+    probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    theta = jax.eval_shape(lambda s, x: nnx.merge(graph, s)(x), state, probe)
+    if tuple(theta.shape[1:]) not in ((transform.num_params,), transform.param_shape):
+        given = ", ".join(map(str, theta.shape[1:]))
+        raise ValueError(
+            f"SpatialTransformer: the loc net {type(loc_net).__name__} gives [B, {given}], "
+            f"transform {transform.name!r} needs [B, {transform.num_params}] (its num_params; "
+            f"the loc net's identity: transforms.get({transform.name!r}).identity())")
+
+
 class SpatialTransformer(nnx.Module):
     """Localisation net -> transform parameters -> sampling grid -> sampled output.
 
@@ -266,6 +309,7 @@ class SpatialTransformer(nnx.Module):
         self.transform_name = transforms.get(transform).name
         ndim = self.transform.ndim
         self.output_size = _size(output_size, ndim)
+        _check_loc_net_output(loc_net, self.transform)
         if padding not in sampling.PADDINGS:
             raise ValueError(f"padding must be one of {sampling.PADDINGS}, got {padding!r}")
         self.sampling_kernel = SamplingKernel(kernel, ndim, learn=learn_kernel)
@@ -323,7 +367,8 @@ class ConvLocNet3D(LocalisationNet):
                  features: Sequence[int] = (8, 16), kernel_size: int = 3, fc: int = 32,
                  rngs: nnx.Rngs):
         """`input_shape` is `(D, H, W, C)` of one example."""
-        *spatial, channels = (int(d) for d in input_shape)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        *spatial, channels = self.input_shape
         if len(spatial) != 3:
             raise ValueError(f"ConvLocNet3D: input_shape must be (D, H, W, C), got "
                              f"{tuple(input_shape)}")
@@ -341,6 +386,7 @@ class ConvLocNet3D(LocalisationNet):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, D, H, W, C]` -> flat transform parameters `[B, P]`."""
+        self.check_input(x)
         h = x
         for conv in self.convs:
             h = nnx.max_pool(jax.nn.relu(conv(h)), (2, 2, 2), strides=(2, 2, 2))
@@ -364,6 +410,7 @@ class FlowNet(LocalisationNet):
         if len(spatial) not in (2, 3):
             raise ValueError(f"FlowNet: input_shape must be (H, W, C) or (D, H, W, C), got "
                              f"{tuple(input_shape)}")
+        self.in_channels = channels  # any spatial size: the net is fully convolutional
         convs = []
         for feat in features:
             convs.append(nnx.Conv(channels, feat, (kernel_size,) * len(spatial), padding="SAME",
@@ -374,6 +421,11 @@ class FlowNet(LocalisationNet):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, (D,) H, W, C]` -> displacement `[B, (D,) H, W, ndim]`."""
+        ndim = self.regression.out_features
+        if x.ndim != ndim + 2 or x.shape[-1] != self.in_channels:
+            axes = "H, W" if ndim == 2 else "D, H, W"
+            raise ValueError(f"FlowNet was built for inputs [B, {axes}, {self.in_channels}] (any "
+                             f"{axes}), got shape {tuple(x.shape)}")
         h = x
         for conv in self.convs:
             h = jax.nn.relu(conv(h))

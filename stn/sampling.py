@@ -72,6 +72,12 @@ from jax.custom_derivatives import SymbolicZero
 from stn import kernels as kernel_lib
 from stn import native
 
+__all__ = [
+    "sample", "axis_kernels", "check_antialias", "default_max_scale", "unnormalize",
+    "apply_padding", "pad_index", "KERNELS", "PADDINGS", "SAMPLE_METHODS", "COORDINATE_BOUND",
+    "KernelSpec",
+]
+
 KERNELS = kernel_lib.NAMES
 PADDINGS = ("zeros", "border", "reflection")
 METHODS = ("gather", "window", "bilinear2d")
@@ -645,19 +651,26 @@ def _sample_antialiased(image: jax.Array, kernels, coords, valid: jax.Array, pad
 
 
 def _check_inputs(image: jax.Array, grid: jax.Array, padding: str) -> bool:
-    """Raises ValueError naming what was expected and what came; returns whether unbatched."""
+    """Raises ValueError naming what was expected and what came; returns whether unbatched.
+
+    The image's rank decides: ``[H, W, C]`` is an unbatched image, ``[B, H, W, C]`` a batch of
+    images and ``[B, D, H, W, C]`` a batch of volumes, so a 4-D image with a 3-axis grid is an
+    error, never silently an unbatched volume.
+    """
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
     if image.ndim not in (3, 4, 5):
-        raise ValueError(
-            "image must be [B, H, W, C] or a volume [B, D, H, W, C] (or unbatched [H, W, C], "
-            f"[D, H, W, C]), got shape {image.shape}")
-    unbatched = grid.ndim == image.ndim and grid.shape[-1] == image.ndim - 1
-    if not unbatched and not (grid.ndim == image.ndim and grid.shape[-1] == image.ndim - 2):
-        raise ValueError(
-            "grid must be [B, H_out, W_out, 2] for an image [B, H, W, C] or [B, D_out, H_out, "
-            "W_out, 3] for a volume [B, D, H, W, C], last axis (x, y[, z]), or the same without "
-            f"B for an unbatched input; got grid {grid.shape} for image {image.shape}")
+        raise ValueError("image must be [B, H, W, C], a volume [B, D, H, W, C] or an unbatched "
+                         f"image [H, W, C], got shape {image.shape}")
+    unbatched = image.ndim == 3
+    num_axes = 3 if image.ndim == 5 else 2
+    if grid.ndim != image.ndim or grid.shape[-1] != num_axes:
+        expected = {3: "[H_out, W_out, 2] for an unbatched image [H, W, C]",
+                    4: "[B, H_out, W_out, 2] for an image [B, H, W, C] (a volume needs a batch "
+                       "axis: [B, D, H, W, C] with a grid [B, D_out, H_out, W_out, 3])",
+                    5: "[B, D_out, H_out, W_out, 3] for a volume [B, D, H, W, C]"}[image.ndim]
+        raise ValueError(f"grid must be {expected}, last axis (x, y[, z]); got grid "
+                         f"{grid.shape} for image {image.shape}")
     if not unbatched and image.shape[0] != grid.shape[0]:
         raise ValueError(
             f"image and grid batch sizes differ: image {image.shape}, grid {grid.shape}")
@@ -694,12 +707,13 @@ def sample(
     """Samples ``image`` at ``grid`` (paper eq. 3): ``V_i = sum_nm U_nm k(x_s - m) k(y_s - n)``.
 
     Args:
-      image: ``[B, H, W, C]`` input feature map ``U``, or a volume ``[B, D, H, W, C]`` (or either
-        unbatched, ``[H, W, C]`` / ``[D, H, W, C]``).
+      image: ``[B, H, W, C]`` input feature map ``U``, a volume ``[B, D, H, W, C]``, or an
+        unbatched image ``[H, W, C]`` (a volume always has its batch axis: a 4-D input is a
+        batch of images).
       grid: ``[B, H_out, W_out, 2]`` source points, last axis ``(x, y)`` in [-1, 1], or for a
-        volume ``[B, D_out, H_out, W_out, 3]``, last axis ``(x, y, z)`` (unbatched with an
-        unbatched image). The output takes the grid's size, so down- and over-sampling need
-        nothing special.
+        volume ``[B, D_out, H_out, W_out, 3]``, last axis ``(x, y, z)`` (``[H_out, W_out, 2]``
+        with an unbatched image). The output takes the grid's size, so down- and over-sampling
+        need nothing special.
       kernel: ``"bilinear"`` (eq. 5; trilinear on volumes), ``"nearest"`` (eq. 4,
         ``floor(x + 0.5)``; torch rounds half to even, which differs only at exact half-pixel
         points), ``"bicubic"`` (Keys a = -0.75, as torch), a ``stn.kernels.Kernel`` such as

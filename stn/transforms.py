@@ -48,6 +48,13 @@ import numpy as np
 
 from stn import sampling
 
+__all__ = [
+    "base_grid", "affine_grid", "attention_to_affine", "compose_affine", "projective_grid",
+    "tps_grid", "tps_radial_basis", "tps_control_points", "Transform", "thin_plate_spline",
+    "names", "get", "NAMES", "displacement_grid", "compose_displacements", "integrate_velocity",
+    "pixel_scale", "UNITS",
+]
+
 
 def base_grid(
     *size: int, align_corners: bool = False, dtype: jnp.dtype = jnp.float32
@@ -64,9 +71,31 @@ def base_grid(
 
 
 def _check_size(size: tuple) -> None:
-    if len(size) not in (2, 3) or any(int(s) != s or s < 1 for s in size):
+    def positive_integer(s) -> bool:
+        try:
+            return not isinstance(s, (bool, np.bool_)) and int(s) == s and s >= 1
+        except (TypeError, ValueError):
+            return False
+
+    if len(size) not in (2, 3) or not all(positive_integer(s) for s in size):
         raise ValueError("grid size must be (height, width) or (depth, height, width) of positive "
                          f"integers, got {size}")
+
+
+def _output_size(size: tuple, batch: int | None) -> tuple[int, ...]:
+    """``(height, width)`` or ``(depth, height, width)`` from ``affine_grid``'s ``*size``: the
+    sizes themselves, one sequence of them, or torch's ``(N, C, H, W)`` / ``(N, C, D, H, W)``
+    (``N`` must be the batch size; ``C`` is not used)."""
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):  # torch.Size is a tuple
+        size = tuple(size[0])
+        if len(size) in (4, 5):
+            count = size[0]
+            if batch is not None and count != batch:
+                raise ValueError(f"size {size} is torch's (N, C, ...) with N = {count}, but "
+                                 f"theta holds {batch} transforms")
+            size = size[2:]
+    _check_size(size)
+    return tuple(int(s) for s in size)
 
 
 def _base_grid_np(size: tuple[int, ...], align_corners: bool) -> np.ndarray:
@@ -92,8 +121,11 @@ def affine_grid(theta: jax.Array, *size: int, align_corners: bool = False) -> ja
     for volumes ``(x_s, y_s, z_s)^T = theta @ (x_t, y_t, z_t, 1)^T``.
 
     Args:
-      theta: ``[B, 2, 3]`` affine matrices, or ``[B, 3, 4]`` for a volume.
-      *size: output grid size, ``height, width`` (or ``depth, height, width``).
+      theta: ``[B, 2, 3]`` affine matrices (or flat ``[B, 6]``, row-major), or for a volume
+        ``[B, 3, 4]`` (flat ``[B, 12]``).
+      *size: output grid size, ``height, width`` (or ``depth, height, width``), or one sequence:
+        ``(height, width)``, ``(depth, height, width)`` or torch's ``(B, C, H, W)`` /
+        ``(B, C, D, H, W)``.
       align_corners: as ``torch.nn.functional.affine_grid``.
 
     Returns:
@@ -101,9 +133,12 @@ def affine_grid(theta: jax.Array, *size: int, align_corners: bool = False) -> ja
       *size), align_corners)``.
     """
     theta = jnp.asarray(theta)
-    _check_size(size)
+    size = _output_size(size, theta.shape[0] if theta.ndim else None)
     num_axes = len(size)
-    _check_batch(theta, ((num_axes, num_axes + 1),), "affine" if num_axes == 2 else "affine3d")
+    matrix = (num_axes, num_axes + 1)
+    _check_batch(theta, (matrix, (matrix[0] * matrix[1],)),
+                 "affine" if num_axes == 2 else "affine3d")
+    theta = theta.reshape(theta.shape[0], *matrix)
     target = base_grid(*size, align_corners=align_corners, dtype=theta.dtype)[None]
     ones = (1,) * num_axes
     coefficient = lambda r, c: theta[:, r, c].reshape(-1, *ones)  # noqa: E731  [B, 1, .., 1]
@@ -285,10 +320,11 @@ class Transform:
         if params.ndim == 2 and params.shape[1] == self.num_params:
             params = params.reshape(params.shape[0], *self.param_shape)
         if params.ndim < 2 or tuple(params.shape[1:]) != self.param_shape:
-            raise ValueError(
-                f"{self.name} parameters must be [B, {self.num_params}] or "
-                f"[B, {', '.join(map(str, self.param_shape))}], got shape {params.shape}"
-            )
+            expected = f"[B, {self.num_params}]"
+            if self.param_shape != (self.num_params,):
+                expected += f" or [B, {', '.join(map(str, self.param_shape))}]"
+            raise ValueError(f"{self.name} parameters must be {expected}, got shape "
+                             f"{params.shape}")
         return self.grid_fn(params, *size, align_corners=align_corners)
 
 

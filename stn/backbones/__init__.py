@@ -7,3 +7,7 @@ weights, usable without the rest of `stn` (they import only jax, flax, numpy and
 - `stn.backbones.seeded`: deterministic stand-in weights for a checkpoint's names and shapes
   (numpy only), for parity tests against the published framework without its weights.
 """
+
+from stn.backbones import inception_v3, seeded, timm_import
+
+__all__ = ["inception_v3", "seeded", "timm_import"]

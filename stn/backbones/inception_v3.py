@@ -31,6 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+__all__ = [
+    "INPUT_MEAN", "INPUT_STD", "BN_EPS", "BLOCKS", "TRUNCATIONS", "ConvFn", "normalise",
+    "RunningStat", "FrozenBatchNorm", "learn_statistics", "he_normal", "ConvBN",
+    "max_pool_3x3_s2", "avg_pool_3x3_same", "InceptionA", "InceptionB", "InceptionC",
+    "InceptionD", "InceptionE", "InceptionV3",
+]
+
 #: timm's pretrained-config normalisation for inception_v3.tv_in1k: x -> (x - 0.5) / 0.5.
 INPUT_MEAN = 0.5
 INPUT_STD = 0.5

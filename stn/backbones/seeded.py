@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+__all__ = ["seeded_tensor", "seeded_weights"]
+
 
 def seeded_tensor(name: str, shape: Sequence[int], seed: int) -> np.ndarray:
     """float32 tensor of `shape` for checkpoint key `name` (torch layout, e.g. OIHW kernels).

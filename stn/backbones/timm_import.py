@@ -37,6 +37,9 @@ from flax import nnx
 
 from stn.backbones.inception_v3 import FrozenBatchNorm
 
+__all__ = ["NameMap", "INCEPTION_V3", "MAPS", "LEAF_RULES", "checkpoint_shapes", "load_arrays",
+           "load_safetensors", "export_arrays", "save_safetensors"]
+
 
 @dataclasses.dataclass(frozen=True)
 class NameMap:

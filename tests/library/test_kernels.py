@@ -76,9 +76,9 @@ def test_names_and_objects():
     assert kernels.get(gaussian) is gaussian
     with pytest.raises(ValueError, match="kernel must be one of"):
         kernels.get("lanczos")
-    with pytest.raises(ValueError, match="Gaussian radius must be a positive number"):
+    with pytest.raises(ValueError, match="Gaussian radius must be a finite number > 0"):
         kernels.Gaussian(0.5, 0.0)
-    with pytest.raises(ValueError, match="Gaussian sigma must be positive"):
+    with pytest.raises(ValueError, match="Gaussian sigma must be a finite number > 0"):
         kernels.Gaussian(-1.0)
 
 

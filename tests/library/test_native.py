@@ -225,9 +225,10 @@ def test_jit_vmap_and_grad():
 
 
 def test_unbatched_and_empty_batch():
-    image, grid = _case(3, False, jnp.float32)
+    image, grid = _case(2, False, jnp.float32)  # unbatched: images only (a 4-D input is a batch)
     np.testing.assert_allclose(sampling.sample(image[0], grid[0], method="native"),
                                sampling.sample(image[0], grid[0], method="jnp"), atol=1e-6)
+    image, grid = _case(3, False, jnp.float32)
     empty = sampling.sample(image[:0], grid[:0], method="native")
     assert empty.shape == (0,) + grid.shape[1:-1] + (3,)
 
@@ -324,7 +325,8 @@ def _setup_module():
     """The repository's setup.py as a module (its setup() call runs only as __main__)."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "setup.py")
     spec = importlib.util.spec_from_file_location("_stn_setup", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
