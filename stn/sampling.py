@@ -840,6 +840,8 @@ def _sample_filled(image: jax.Array, grid: jax.Array, fill: jax.Array, **options
     ``d/d fill`` included, comes with it. Non-finite points still sample 0."""
     work = jnp.promote_types(image.dtype, jnp.float32)  # U - fill rounds no pixel to bfloat16
     fill = fill.astype(work)
+    if fill.ndim:  # one per channel, against [B, *out, C] (or unbatched)
+        fill = fill.reshape((1,) * (image.ndim - 1) + fill.shape)
     output = _sample(image.astype(work) - fill, grid, padding="zeros", **options) + fill
     valid = jnp.all(jnp.isfinite(grid), axis=-1, keepdims=True)
     return jnp.where(valid, output, jnp.zeros((), work)).astype(image.dtype)

@@ -424,13 +424,15 @@ def _box_theta(boxes: jax.Array, in_size: tuple[int, int], size: tuple[int, int]
     ``w = 1``), and likewise in y: a scale and a shift per axis, the attention transform of
     paper eq. 2 with one scale per axis, conjugated into normalised coordinates.
     """
+    lead = (1,) * (boxes.ndim - 1)  # per-axis constants broadcast against [..., 2]
     n_in = pixel_to_normalized(in_size, align_corners=align_corners, dtype=boxes.dtype)
     n_out = pixel_to_normalized(size, align_corners=align_corners, dtype=boxes.dtype)
-    out_scales, out_offsets = jnp.diagonal(n_out)[:2], n_out[:2, 2]
-    in_scales, in_offsets = jnp.diagonal(n_in)[:2], n_in[:2, 2]
+    out_scales, out_offsets = (jnp.diagonal(n_out)[:2].reshape(*lead, 2),
+                               n_out[:2, 2].reshape(*lead, 2))
+    in_scales, in_offsets = jnp.diagonal(n_in)[:2].reshape(*lead, 2), n_in[:2, 2].reshape(*lead, 2)
     low, high = boxes[..., :2], boxes[..., 2:]
-    steps = jnp.asarray([max(size[1] - 1, 1), max(size[0] - 1, 1)], boxes.dtype)
-    single = jnp.asarray([size[1] == 1, size[0] == 1])
+    steps = jnp.asarray([max(size[1] - 1, 1), max(size[0] - 1, 1)], boxes.dtype).reshape(*lead, 2)
+    single = jnp.asarray([size[1] == 1, size[0] == 1]).reshape(*lead, 2)
     pixel_scale = jnp.where(single, 0.0, (high - low) / steps)  # input px per output px
     pixel_shift = jnp.where(single, 0.5 * (low + high), low)
     # x_norm_in = a_in (s j + t) + b_in  with  j = (x_norm_out - b_out) / a_out
@@ -535,7 +537,7 @@ def warp_tps(image: jax.Array, source_points: jax.Array, target_points: jax.Arra
     pixels = jnp.stack([columns, rows], axis=-1).reshape(1, -1, 2)  # output pixel centres (x, y)
     mapped = transforms.tps_interpolate(pixels, target.astype(dtype), source.astype(dtype))
     n_in = pixel_to_normalized(image.shape[1:3], align_corners=align_corners, dtype=dtype)
-    grid = mapped * jnp.diagonal(n_in)[:2] + n_in[:2, 2]
+    grid = mapped * jnp.diagonal(n_in)[None, None, :2] + n_in[None, None, :2, 2]
     grid = _matrix_batch(grid.reshape(-1, *out_size, 2), image.shape[0], "source_points")
     return sampling.sample(image, grid, kernel=kernel, padding=padding,
                            align_corners=align_corners, fill_value=fill_value,
