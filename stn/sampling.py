@@ -16,7 +16,14 @@ is ``(x, y)`` or ``(x, y, z)`` normalised to [-1, 1], x along the width, y the h
 With ``align_corners=False`` -1 and 1 are the outer edges of the corner pixels, with ``True`` their
 centres. Padding (``"zeros"``, ``"border"``, ``"reflection"``) acts on the continuous coordinate for
 the nearest and linear kernels and on each tap's integer index for wider kernels, as torch does
-for ``bilinear`` and ``bicubic`` (``stn.kernels``).
+for ``bilinear`` and ``bicubic`` (``stn.kernels``). Two more have no torch counterpart:
+``"wrap"`` tiles the image (tap index ``m`` reads pixel ``m mod size``, for every kernel: the
+pixel after the last is the first), and ``"fill"`` reads ``fill_value`` (a number or one per
+channel) for every tap outside the image, computed as kornia's ``padding_mode="fill"`` is:
+
+    V_fill = fill + S_zeros(U - fill),
+
+exact for kernels whose weights sum to one (all but the plain Gaussian).
 
 Gradients (paper eqs. 6-7) flow to the image, to the grid and to ``Phi``:
 
@@ -29,8 +36,8 @@ nearest kernel has zero gradient with respect to the grid.
 
 Grid points that are not finite, and huge ones (one rule for every kernel and padding):
 
-* a point with a NaN or infinite coordinate samples 0 in every channel and passes no gradient to
-  the image, the grid or ``Phi``;
+* a point with a NaN or infinite coordinate samples 0 in every channel (with every padding,
+  ``"fill"`` included) and passes no gradient to the image, the grid or ``Phi``;
 * a finite point is placed in pixel units computed in float32 or wider, whatever the image dtype
   (a bfloat16 image does not move its sampling points), and clamped to at most
   ``COORDINATE_BOUND`` = 2^22 pixels from the origin, with no gradient through the clamp; beyond
@@ -79,7 +86,7 @@ __all__ = [
 ]
 
 KERNELS = kernel_lib.NAMES
-PADDINGS = ("zeros", "border", "reflection")
+PADDINGS = ("zeros", "border", "reflection", "wrap", "fill")
 METHODS = ("gather", "window", "bilinear2d")
 SAMPLE_METHODS = ("auto", "native", "jnp")  # sample(method=...): see _use_native
 COORDINATE_BOUND = 2.0 ** 22
@@ -138,9 +145,12 @@ def pad_index(index: jax.Array, size: int, padding: str, align_corners: bool) ->
     """The pixel an integer tap ``index`` reads under ``padding`` (torch's bicubic taps).
 
     Border clamps to [0, size - 1]; reflection mirrors about the end pixels' centres
-    (align_corners=True, period 2 (size - 1)) or outer edges (False, period 2 size); zeros leaves
-    the index as it is (the gather reads 0 outside).
+    (align_corners=True, period 2 (size - 1)) or outer edges (False, period 2 size); wrap takes
+    ``index mod size`` (period size, whatever ``align_corners``); zeros leaves the index as it is
+    (the gather reads 0 outside).
     """
+    if padding == "wrap":
+        return jnp.remainder(index, size)
     if padding == "border":
         return jnp.clip(index, 0, size - 1)
     if padding == "reflection":
@@ -161,9 +171,11 @@ def _axis_coordinate(kernel: kernel_lib.Kernel, coord: jax.Array, size: int, pad
     """``(coordinate, first tap, tap padding)`` of one axis at pixel coordinates ``coord``.
 
     The nearest and linear kernels pad the continuous coordinate (their taps then read zeros
-    outside); wider kernels leave it and pad each tap's index. ``first`` is int32.
+    outside); wider kernels leave it and pad each tap's index, and so does every kernel under
+    wrap padding (linear taps at ``size - 1`` and ``size`` read the last and the first pixel,
+    which no padded coordinate can express). ``first`` is int32.
     """
-    if kernel.pads_coordinate:
+    if kernel.pads_coordinate and padding != "wrap":
         coord = apply_padding(coord, size, padding, align_corners)
         padding = "zeros"
     first = jax.lax.stop_gradient(kernel.first_tap(coord)).astype(jnp.int32)
@@ -252,9 +264,13 @@ def _extend(image: jax.Array, axis: int, first: jax.Array, num_taps: int, paddin
     [-num_taps, size] (a window beyond reads only padding, like every window further out).
     Reflection: one period of the mirrored image plus ``num_taps - 1`` pixels, start taken modulo
     the period. A size-1 axis with align_corners=True reflects to its only pixel: edge mode.
+    Wrap: the image and its first ``num_taps - 1`` pixels again, start taken modulo ``size``.
     """
     size = image.shape[axis]
     widths = [(0, 0)] * image.ndim
+    if padding == "wrap":
+        widths[axis] = (0, num_taps - 1)
+        return jnp.pad(image, widths, mode="wrap"), jnp.remainder(first, size)
     period = 2 * (size - 1) if align_corners else 2 * size
     if padding == "reflection" and period > 0:
         widths[axis] = (0, period + num_taps - 1 - size)
@@ -703,6 +719,7 @@ def sample(
     antialias: bool = False,
     max_scale: float | None = None,
     method: str = "auto",
+    fill_value: jax.Array | float | None = None,
 ) -> jax.Array:
     """Samples ``image`` at ``grid`` (paper eq. 3): ``V_i = sum_nm U_nm k(x_s - m) k(y_s - n)``.
 
@@ -719,8 +736,9 @@ def sample(
         points), ``"bicubic"`` (Keys a = -0.75, as torch), a ``stn.kernels.Kernel`` such as
         ``Keys(a)`` or ``Gaussian(sigma)`` (its parameters get gradients), or one per axis
         ``(k_x, k_y[, k_z])``.
-      padding: value for taps outside the image: ``"zeros"``, ``"border"`` (the edge pixel) or
-        ``"reflection"`` (the mirrored pixel); see the module docstring for where it applies.
+      padding: value for taps outside the image: ``"zeros"``, ``"border"`` (the edge pixel),
+        ``"reflection"`` (the mirrored pixel), ``"wrap"`` (the image tiled) or ``"fill"``
+        (``fill_value``); see the module docstring for where it applies.
       align_corners: whether -1 and 1 are the centres (True) or outer edges (False) of the corner
         pixels, as in ``torch.nn.functional.grid_sample``.
       antialias: stretch each point's kernel along each input axis by the grid's local footprint
@@ -735,6 +753,9 @@ def sample(
         trilinear, float32 or float64 coordinates) where it applies and is available, else the
         pure-jnp sampler; ``"jnp"`` always the pure-jnp one; ``"native"`` the native one or a
         ValueError saying why not. Both give the same values and gradients (docs/guides/sampling.md).
+        Wrap padding runs on the pure-jnp sampler (``"auto"`` takes it there).
+      fill_value: with ``padding="fill"``, what taps outside the image read: a number or one
+        value per channel ``[C]`` (default 0); differentiable. Only with ``padding="fill"``.
 
     Returns:
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid
@@ -747,18 +768,19 @@ def sample(
                          "'jnp'")
     image, grid = jnp.asarray(image), jnp.asarray(grid)
     if image.size == 0 or grid.size == 0:  # an empty batch, channel axis or grid
-        return _empty_output(image, grid, kernel, padding)
+        return _empty_output(image, grid, kernel, padding, fill_value)
     return _sample(image, grid, kernel=kernel, padding=padding, align_corners=align_corners,
-                   method=method, antialias=antialias, max_scale=max_scale)
+                   method=method, antialias=antialias, max_scale=max_scale, fill_value=fill_value)
 
 
-def _empty_output(image: jax.Array, grid: jax.Array, kernel: KernelSpec,
-                  padding: str) -> jax.Array:
+def _empty_output(image: jax.Array, grid: jax.Array, kernel: KernelSpec, padding: str,
+                  fill_value=None) -> jax.Array:
     """``sample``'s result when there is nothing to sample (no examples, channels or points):
     zeros of the right shape ``[B, *grid_size, C]`` (checked as ``sample`` checks), since the
     samplers' index arithmetic divides by these sizes."""
     _check_inputs(image, grid, padding)  # the grid's leading axes hold the batch axis, if any
     axis_kernels(kernel, grid.shape[-1])
+    _check_fill(fill_value, padding, image.shape[-1])
     return jnp.zeros((*grid.shape[:-1], image.shape[-1]), image.dtype)
 
 
@@ -811,12 +833,56 @@ def _pick_method(image: jax.Array, kernels: Sequence[kernel_lib.Kernel], method:
     return method
 
 
+def _check_fill(fill_value, padding: str, channels: int) -> jax.Array | None:
+    """``fill_value`` as an array (0 when None) for ``padding="fill"``; one-line errors."""
+    if padding != "fill":
+        if fill_value is not None:
+            raise ValueError(f"fill_value needs padding='fill', got padding={padding!r}")
+        return None
+    if fill_value is None:
+        return jnp.zeros(())
+    fill = None if isinstance(fill_value, str) else jnp.asarray(fill_value)
+    if (fill is None or not jnp.issubdtype(fill.dtype, jnp.number)
+            or fill.shape not in ((), (channels,))):
+        got = f"shape {fill.shape}" if fill is not None and fill.ndim else repr(fill_value)
+        raise ValueError(f"fill_value must be a number or one value per channel [{channels}], "
+                         f"got {got}")
+    return fill
+
+
+def _sample_filled(image: jax.Array, grid: jax.Array, fill: jax.Array, **options) -> jax.Array:
+    """Padding "fill": ``fill + S_zeros(U - fill)``, so every tap outside the image reads
+    ``fill`` for kernels whose weights sum to one (kornia samples a mask of ones instead: the same
+    sum). One zeros-padded call, so every path (the native one too) and every derivative,
+    ``d/d fill`` included, comes with it. Non-finite points still sample 0."""
+    work = jnp.promote_types(image.dtype, jnp.float32)  # U - fill rounds no pixel to bfloat16
+    fill = fill.astype(work)
+    if fill.ndim:  # one per channel, against [B, *out, C] (or unbatched)
+        fill = fill.reshape((1,) * (image.ndim - 1) + fill.shape)
+    output = _sample(image.astype(work) - fill, grid, padding="zeros", **options) + fill
+    valid = jnp.all(jnp.isfinite(grid), axis=-1, keepdims=True)
+    return jnp.where(valid, output, jnp.zeros((), work)).astype(image.dtype)
+
+
+def _native_padding(padding: str, method: str) -> bool:
+    """Whether the native sampler has ``padding`` ("wrap" runs on the jnp path; "native" says so)."""
+    if padding in native.PADDING_CODES:
+        return True
+    if method == "native":
+        raise ValueError(f"method='native' has no padding {padding!r}; use method='auto' or 'jnp'")
+    return False
+
+
 def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: bool, method: str,
-            antialias: bool = False, max_scale: float | None = None):
+            antialias: bool = False, max_scale: float | None = None, fill_value=None):
     """``sample`` with an explicit internal ``method`` (tests and benchmarks use it)."""
     image = jnp.asarray(image)
     grid = jnp.asarray(grid)
     unbatched = _check_inputs(image, grid, padding)
+    fill = _check_fill(fill_value, padding, image.shape[-1])
+    if fill is not None:
+        return _sample_filled(image, grid, fill, kernel=kernel, align_corners=align_corners,
+                              method=method, antialias=antialias, max_scale=max_scale)
     if unbatched:
         image, grid = image[None], grid[None]
     num_axes = grid.shape[-1]
@@ -825,11 +891,13 @@ def _sample(image, grid, *, kernel: KernelSpec, padding: str, align_corners: boo
         check_antialias(kernels, max_scale)
         floating = jnp.issubdtype(image.dtype, jnp.floating)
         method = "window" if floating and method != "gather" else "gather"
-    elif _use_native(image, grid, kernels, method):
+    elif _native_padding(padding, method) and _use_native(image, grid, kernels, method):
         output = native.sample(image, grid, kernel=_native_kernel(kernels), padding=padding,
                                align_corners=align_corners).astype(image.dtype)
         return output[0] if unbatched else output
     method = _pick_method(image, kernels, "auto" if method in SAMPLE_METHODS else method)
+    if padding == "wrap" and method == "bilinear2d":  # its one zero pixel of border cannot wrap
+        method = "window"
 
     # Coordinates in float32 or wider whatever the image dtype; non-finite points are moved to
     # the origin here and masked below, huge ones clamped (module docstring).

@@ -15,7 +15,8 @@ Transforms and their parameters (batch first):
   ``x_s = (h0 x + h1 y + h2) / (h6 x + h7 y + 1)``, ``y_s = (h3 x + h4 y + h5) / (h6 x + h7 y + 1)``.
 * ``tps``         ``[B, K, 2]``: a thin-plate spline (Bookstein 1989) given by the source
   positions of ``K`` control points laid on a regular ``g x g`` grid over [-1, 1]^2
-  (``tps`` is 4x4 = 16 points as in the paper; ``tps3x3`` is 3x3).
+  (``tps`` is 4x4 = 16 points as in the paper; ``tps3x3`` is 3x3). Through arbitrary control
+  points (a target and a source set): ``tps_points_grid``, ``tps_interpolate``.
 
 Volumes (``ndim == 3``):
 
@@ -281,6 +282,109 @@ def tps_grid(
     offsets = jnp.einsum("pk,bkd->bpd", matrix, params - control)
     target = base_grid(height, width, align_corners=align_corners, dtype=params.dtype)[None]
     return target + offsets.reshape(params.shape[0], height, width, 2)
+
+
+def _tps_kernel(squared_distance: jax.Array) -> jax.Array:
+    """``U(r) = r^2 log r^2`` of squared distances in jnp, 0 at r = 0 (``tps_radial_basis``);
+    the ``where`` keeps ``log 0`` out of every derivative."""
+    positive = squared_distance > 0
+    safe = jnp.where(positive, squared_distance, 1.0)
+    return jnp.where(positive, safe * jnp.log(safe), 0.0)
+
+
+def _tps_basis(points: jax.Array, control: jax.Array) -> jax.Array:
+    """``[B, P, K + 3]`` rows ``[U(|p - c_k|)_k, 1, x, y]`` of points ``[B, P, 2]``."""
+    squared = jnp.sum(jnp.square(points[:, :, None, :] - control[:, None, :, :]), axis=-1)
+    ones = jnp.ones(points.shape[:-1] + (1,), points.dtype)
+    return jnp.concatenate([_tps_kernel(squared), ones, points], axis=-1)
+
+
+def _check_point_set(points, name: str) -> jax.Array:
+    points = jnp.asarray(points)
+    if points.ndim != 3 or points.shape[-1] != 2:
+        raise ValueError(f"{name} must be [B, K, 2] points (x, y), got shape {points.shape}")
+    if not jnp.issubdtype(points.dtype, jnp.floating):
+        raise ValueError(f"{name} must be floating point, got dtype {points.dtype}")
+    return points
+
+
+def _check_tps_pairs(control: jax.Array, values: jax.Array, control_name: str,
+                     values_name: str) -> None:
+    """The same K >= 3 points in both sets, batches equal or 1; one-line errors."""
+    if control.shape[1] != values.shape[1] or control.shape[1] < 3:
+        raise ValueError(f"{control_name} and {values_name} must hold the same K >= 3 points, got "
+                         f"shapes {control.shape} and {values.shape}")
+    if len({control.shape[0], values.shape[0]} - {1}) > 1:
+        raise ValueError(f"{control_name} and {values_name} batches must agree (or be 1), got "
+                         f"shapes {control.shape} and {values.shape}")
+
+
+def tps_interpolate(points: jax.Array, control: jax.Array, values: jax.Array) -> jax.Array:
+    """The thin-plate spline through ``values`` at ``control`` (Bookstein 1989), at ``points``:
+
+        f(p) = a_0 + a_x x + a_y y + sum_k w_k U(|p - c_k|),   U(r) = r^2 log r^2,
+
+    with ``f(c_k) = v_k``, ``sum_k w_k = 0`` and ``sum_k w_k c_k = 0``: the system
+    ``[[K, P], [P^T, 0]] [w; a] = [v; 0]`` (``K_jk = U(|c_j - c_k|)``, ``P = [1, c]``) solved
+    per example, so gradients reach all three arguments. Affine maps are reproduced exactly; a
+    rotation, translation or uniform scaling of ``points`` and ``control`` together leaves ``f``
+    unchanged. Any frame (pixels or normalised), the same for all three.
+
+    Args:
+      points: ``[B, P, 2]`` where to evaluate.
+      control: ``[B, K, 2]`` control points, ``K >= 3`` and not all on one line (else the
+        system is singular and the result not finite).
+      values: ``[B, K, 2]`` the spline's values there.
+
+    Each batch may be 1 (shared). Returns ``[B, P, 2]``.
+    """
+    names = ("points", "control", "values")
+    points, control, values = (_check_point_set(a, n)
+                               for a, n in zip((points, control, values), names))
+    _check_tps_pairs(control, values, "control", "values")
+    if len({a.shape[0] for a in (points, control, values)} - {1}) > 1:
+        raise ValueError(f"points, control and values batches must agree (or be 1), got shapes "
+                         f"{points.shape}, {control.shape}, {values.shape}")
+    dtype = jnp.result_type(points, control, values)
+    points, control, values = (a.astype(dtype) for a in (points, control, values))
+    count = control.shape[1]
+    affine = _tps_basis(control, control)[..., count:]  # [B, K, 3] = [1, c]
+    system = jnp.concatenate([
+        jnp.concatenate([_tps_basis(control, control)[..., :count], affine], axis=-1),
+        jnp.concatenate([jnp.swapaxes(affine, 1, 2),
+                         jnp.zeros((control.shape[0], 3, 3), dtype)], axis=-1)], axis=1)
+    right = jnp.concatenate([values, jnp.zeros((values.shape[0], 3, 2), dtype)], axis=1)
+    batch = max(points.shape[0], control.shape[0], values.shape[0])
+    system = jnp.broadcast_to(system, (batch, *system.shape[1:]))
+    right = jnp.broadcast_to(right, (batch, *right.shape[1:]))
+    coefficients = jnp.linalg.solve(system, right)  # [B, K + 3, 2]
+    basis = _tps_basis(points, control)
+    return jnp.einsum("bpk,bkd->bpd", jnp.broadcast_to(basis, (batch, *basis.shape[1:])),
+                      coefficients)
+
+
+def tps_points_grid(source: jax.Array, target: jax.Array, height: int, width: int, *,
+                    align_corners: bool = False) -> jax.Array:
+    """Thin-plate spline grid through arbitrary control points, in normalised coordinates:
+    output point ``target_k`` samples input point ``source_k`` (``tps_interpolate`` at the base
+    grid), kornia's ``warp_image_tps`` with the weights of the spline through them.
+
+    ``tps_grid(params, ...)`` is the case ``target`` = the regular control grid. The spline is
+    fitted in normalised units, which stretch x and y differently on a non-square image;
+    ``stn.warps.warp_tps`` fits in pixels instead.
+
+    Args:
+      source, target: ``[B, K, 2]`` points ``(x, y)`` in [-1, 1] units (batch 1: shared).
+
+    Returns:
+      ``[B, height, width, 2]``.
+    """
+    _check_size((height, width))
+    source, target = _check_point_set(source, "source"), _check_point_set(target, "target")
+    _check_tps_pairs(target, source, "target", "source")
+    grid = base_grid(height, width, align_corners=align_corners, dtype=target.dtype)
+    mapped = tps_interpolate(grid.reshape(1, -1, 2), target, source)
+    return mapped.reshape(-1, height, width, 2)
 
 
 @dataclasses.dataclass(frozen=True)

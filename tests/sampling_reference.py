@@ -64,24 +64,29 @@ def _pads_coordinate(kernel):
 
 def _reference_axis(coord, size, kernel, padding, align_corners):
     """Kernel matrix [..., L] over a lattice of pixels and, per lattice pixel, the image index it
-    reads (-1: zero). The lattice spans far beyond the image, so the sum over it is literal."""
-    if _pads_coordinate(kernel):  # pad the continuous coordinate, then only image pixels count
+    reads (-1: the fill value, 0 unless padding is "fill"). The lattice spans far beyond the
+    image, so the sum over it is literal."""
+    if _pads_coordinate(kernel) and padding in ("border", "reflection"):
+        # pad the continuous coordinate, then only image pixels count
         coord = _reference_pad(coord, size, padding, align_corners)
         lattice = np.arange(size)
         return reference_kernel(coord[..., None] - lattice, kernel), lattice
     margin = 4 * size + 8
     lattice = np.arange(-margin, size + margin)
-    if padding == "zeros":
+    if padding in ("zeros", "fill"):
         source = np.where((lattice >= 0) & (lattice < size), lattice, -1)
+    elif padding == "wrap":  # the image tiled: pixel m is pixel m mod size
+        source = np.mod(lattice, size)
     else:  # torch's bicubic: pad each tap's (integer) coordinate, then truncate to an index
         source = _reference_pad(lattice.astype(np.float64), size, padding, align_corners)
         source = source.astype(np.int64)
     return reference_kernel(coord[..., None] - lattice, kernel), source
 
 
-def reference_sample(image, grid, kernel, padding, align_corners):
+def reference_sample(image, grid, kernel, padding, align_corners, fill_value=0.0):
     """V_i^c = sum_l sum_n sum_m U_lnm^c k(x_s - m) k(y_s - n) (k(z_s - l)), summed literally
-    over a lattice of pixels reaching far outside the image (padding gives their values)."""
+    over a lattice of pixels reaching far outside the image (padding gives their values; with
+    "fill", ``fill_value``: a number or one per channel)."""
     image = np.asarray(image, np.float64)
     grid = np.asarray(grid, np.float64)
     num_axes = grid.shape[-1]
@@ -100,7 +105,9 @@ def reference_sample(image, grid, kernel, padding, align_corners):
         shape[axis] = -1
         reads_pixel = reads_pixel & (source >= 0).reshape(shape)
     extended = image[(slice(None), *np.ix_(*[np.maximum(s, 0) for s in sources]))]
-    extended = np.where(reads_pixel[None, ..., None], extended, 0.0)
+    fill = np.broadcast_to(np.asarray(fill_value if padding == "fill" else 0.0, np.float64),
+                           image.shape[-1:])
+    extended = np.where(reads_pixel[None, ..., None], extended, fill)
     if num_axes == 2:
         return np.einsum("bijn,bijm,bnmc->bijc", *matrices, extended)
     return np.einsum("bijkl,bijkn,bijkm,blnmc->bijkc", *matrices, extended)
