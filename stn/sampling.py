@@ -557,8 +557,8 @@ def _bilinear_window_jvp(primals, tangents):
     output, (v00, v01, v10, v11, fx, fy) = _window_interpolate(image, x, y)
     d_out_dx = (v01 - v00) + fy * ((v11 - v10) - (v01 - v00))
     d_out_dy = (v10 - v00) + fx * ((v11 - v01) - (v10 - v00))
-    x_const, y_const = jax.lax.stop_gradient(x), jax.lax.stop_gradient(y)
-    tangent = _window_interpolate(d_image, x_const, y_const)[0]
+    # x and y keep their derivatives here: a second derivative needs d(S(dU; x))/dx.
+    tangent = _window_interpolate(d_image, x, y)[0]
     tangent = tangent + d_out_dx * d_x[..., None] + d_out_dy * d_y[..., None]
     return output, tangent
 

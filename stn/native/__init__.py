@@ -160,8 +160,94 @@ def _tangent_transpose(ct, image, grid, d_image, d_grid, **params):
             d_x if ad.is_undefined_primal(d_grid) else None)
 
 
+def _cotangent_transpose(cts, image, grid, ct, **params):
+    """The transpose of the cotangent map in ``ct``: the tangent map (the two are each other's
+    transposes), which reverse-over-reverse differentiation runs."""
+    if ad.is_undefined_primal(image) or ad.is_undefined_primal(grid):
+        raise NotImplementedError("the native sampler's cotangent is linear only in ct")
+    d_image, d_grid = (ad.instantiate_zeros(c) for c in cts)
+    return None, None, _tangent_p.bind(image, grid, d_image, d_grid, **params)
+
+
 ad.primitive_jvps[_sample_p] = _sample_jvp
 ad.primitive_transposes[_tangent_p] = _tangent_transpose
+ad.primitive_transposes[_cotangent_p] = _cotangent_transpose
+
+
+# ---------------------------------------------------------------- derivatives beyond the first
+#
+# ``tangent`` and ``cotangent`` are linear in their last operands (``(dU, dx)``, ``ct``), and
+# those parts of their derivatives are the native primitives themselves. Their derivatives in the
+# image and the grid (second derivatives of the sampler: d^2 V / dx_a dx_b, d^2 V / dU dx) are
+# taken through the pure-jnp sampler of ``stn.sampling``, which computes the same map: the same
+# numbers to float32 rounding, and every further order, at the jnp path's speed.
+
+_JNP_KERNELS = {code: "bilinear" if name == "linear" else name
+                for name, code in KERNEL_CODES.items()}
+_PADDINGS = {code: name for name, code in PADDING_CODES.items()}
+
+
+def _reference_sample(params: dict):
+    """``(image, grid) -> V`` by the pure-jnp sampler, on this module's operands (already in the
+    compute dtype; every axis before the spatial ones is a batch axis, as in the kernel)."""
+    from stn import sampling  # here, not at the top: stn.sampling imports this module
+
+    options = dict(kernel=_JNP_KERNELS[int(params["kernel"])],
+                   padding=_PADDINGS[int(params["padding"])],
+                   align_corners=bool(params["align_corners"]), method="jnp")
+
+    def sample_(image, grid):
+        n = grid.shape[-1]
+        out = sampling._sample(image.reshape(-1, *image.shape[-n - 1:]),
+                               grid.reshape(-1, *grid.shape[-n - 1:]), **options)
+        return out.reshape(*grid.shape[:-1], image.shape[-1])
+
+    return sample_
+
+
+def _is_zero(tangent) -> bool:
+    return type(tangent) is ad.Zero
+
+
+def _tangent_jvp(primals, tangents, **params):
+    """JVP of ``tangent(U, x, dU, dx)``: native in ``(dU, dx)`` (it is linear there), through the
+    jnp sampler's second derivatives in ``(U, x)``."""
+    image, grid, d_image, d_grid = primals
+    t_image, t_grid, t_d_image, t_d_grid = tangents
+    terms = []
+    if not (_is_zero(t_d_image) and _is_zero(t_d_grid)):
+        terms.append(_tangent_p.bind(image, grid, ad.instantiate_zeros(t_d_image),
+                                     ad.instantiate_zeros(t_d_grid), **params))
+    if not (_is_zero(t_image) and _is_zero(t_grid)):
+        reference = _reference_sample(params)
+        tangent_at = lambda u, x: jax.jvp(reference, (u, x), (d_image, d_grid))[1]  # noqa: E731
+        terms.append(jax.jvp(tangent_at, (image, grid), (ad.instantiate_zeros(t_image),
+                                                         ad.instantiate_zeros(t_grid)))[1])
+    out = _tangent_p.bind(*primals, **params)
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+def _cotangent_jvp(primals, tangents, **params):
+    """JVP of ``cotangent(U, x, ct)``: native in ``ct`` (it is linear there), through the jnp
+    sampler's second derivatives in ``(U, x)``."""
+    image, grid, ct = primals
+    t_image, t_grid, t_ct = tangents
+    terms = []
+    if not _is_zero(t_ct):
+        terms.append(_cotangent_p.bind(image, grid, t_ct, **params))
+    if not (_is_zero(t_image) and _is_zero(t_grid)):
+        reference = _reference_sample(params)
+        cotangent_at = lambda u, x: jax.vjp(reference, u, x)[1](ct)  # noqa: E731
+        terms.append(jax.jvp(cotangent_at, (image, grid), (ad.instantiate_zeros(t_image),
+                                                           ad.instantiate_zeros(t_grid)))[1])
+    out = _cotangent_p.bind(*primals, **params)
+    if not terms:
+        return out, [jnp.zeros_like(o) for o in out]
+    return out, [sum(parts[1:], parts[0]) for parts in zip(*terms)]
+
+
+ad.primitive_jvps[_tangent_p] = _tangent_jvp
+ad.primitive_jvps[_cotangent_p] = _cotangent_jvp
 
 
 def _batch_rule(primitive):
