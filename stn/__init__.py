@@ -8,6 +8,9 @@ also holds the helpers and constants (``stn.transforms.get``, ``stn.sampling.PAD
 * ``stn.transforms``: parameterisations -> sampling grids (affine, attention, projective, TPS,
   dense displacement fields; 2-D and 3-D) (section 3.2);
 * ``stn.kernels``: separable sampling kernels ``k(d; Phi)`` with differentiable ``Phi``;
+* ``stn.warps``: pixel-space warps as kornia and OpenCV write them (``warp_affine``,
+  ``warp_perspective``, ``crop_and_resize``, rotation/shear/translation matrices, TPS through
+  arbitrary points), on the same sampler;
 * ``stn.boxes``: boxes in normalised coordinates and their overlap;
 * ``stn.layers``: Flax NNX localisation nets, ``SpatialTransformer``, ``FlowTransformer``;
 * ``stn.backbones``: pretrained backbones with the importers of their published weights.
@@ -31,6 +34,10 @@ from stn.transforms import (Transform, affine_grid, attention_to_affine, base_gr
                             compose_affine, compose_displacements, displacement_grid,
                             integrate_velocity, projective_grid, thin_plate_spline,
                             tps_control_points, tps_grid)
+from stn.warps import (crop_and_resize, denormalize_matrix, invert_affine, matrix_to_theta,
+                       normalize_matrix, pixel_to_normalized, rotation_matrix, shear_matrix,
+                       theta_to_matrix, translation_matrix, warp_affine, warp_perspective,
+                       warp_tps)
 
 __all__ = [
     # stn.sampling
@@ -49,4 +56,8 @@ __all__ = [
     "FullyConnectedLocNet", "LocalisationNet", "ParallelTransformers", "RegressionLayer",
     "ReluStack", "SamplingKernel", "SerialTransformers", "SpatialTransformer", "freeze",
     "localisation_paths", "regression_layer", "regression_paths",
+    # stn.warps
+    "pixel_to_normalized", "normalize_matrix", "denormalize_matrix", "matrix_to_theta",
+    "theta_to_matrix", "invert_affine", "rotation_matrix", "shear_matrix", "translation_matrix",
+    "warp_affine", "warp_perspective", "crop_and_resize", "warp_tps",
 ]

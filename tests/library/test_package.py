@@ -12,13 +12,13 @@ import zipfile
 import pytest
 
 import stn
-from stn import backbones, boxes, kernels, layers, sampling, transforms
+from stn import backbones, boxes, kernels, layers, sampling, transforms, warps
 from stn.backbones import inception_v3, seeded, timm_import
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LIBRARY = (sampling, transforms, kernels, boxes, layers)  # the modules `stn.*` draws from
+LIBRARY = (sampling, transforms, kernels, boxes, layers, warps)  # the modules `stn.*` draws from
 PUBLIC = LIBRARY + (backbones, inception_v3, timm_import, seeded)
 
 
