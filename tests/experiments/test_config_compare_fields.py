@@ -51,6 +51,7 @@ CHANGES_NUMBERS = {
     "model.min_scale", "model.max_scale", "model.patch_scale", "model.loc_hidden",
     "model.embedding.distortion", "model.embedding.steps", "model.embedding.batch_size",
     "model.embedding.learning_rate", "model.embedding.momentum", "model.embedding.seed",
+    "model.embedding.workdir",  # the embedding run (checked against the recipe): a path
     "model.antialias",
     # cub (Table 3): image sizes, the stand-in's clutter, the synthetic miniature, the backbone
     # and its weights file, the boxes' start
@@ -64,7 +65,7 @@ CHANGES_NUMBERS = {
     "model.loc_head", "model.view_enlarged", "model.pretrain.steps", "model.pretrain.batch_size",
     "model.pretrain.learning_rate", "model.pretrain.momentum", "model.pretrain.side_min",
     "model.pretrain.side_max", "model.pretrain.jitter", "model.pretrain.pieces", "model.pretrain.held_out",
-    "model.pretrain.seed", "model.pretrain.cache_dir",
+    "model.pretrain.seed", "model.pretrain.cache_dir", "model.pretrain.workdir",
     # optimisation
     "train.steps", "train.batch_size", "train.learning_rate", "train.momentum",
     "train.weight_decay", "train.grad_clip_norm", "train.lr_decay_every",
