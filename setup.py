@@ -1,12 +1,17 @@
 """`pip install .` also compiles the native CPU sampler (stn/native/sampler.cc) into the package.
 
 The metadata is in pyproject.toml; this file only adds that build step. It needs a C++
-compiler and jax's FFI headers: jax is looked for in the build's own Python, then (pip builds in
-an isolated environment) in the interpreter pip runs under, i.e. the environment being installed
-into. The library is named as stn/native/build.py names it at run time (source, compiler, flags,
+compiler and jax's FFI headers: jax is looked for in the environment being installed into (the
+interpreter pip runs under, outside its build isolation), then in the build's own Python. The
+library is named as stn/native/build.py names it at run time (source, flags,
 jax/jaxlib versions, CPU flags), so it is used only where it fits; anywhere else, or when this
 step could not build it, it is built on first use. Without a compiler or jax the install goes on
 and ONE line says so (pip shows it with -v): the pure-jnp sampler runs until a library exists.
+
+pyproject.toml lists jax among the build requirements (unpinned, the runtime's lower bound), so
+an isolated build of a fresh environment has headers too; jax's FFI headers are taken from the
+environment being installed into where it already has jax (the library must match the jax that
+will load it: its name carries the jax and jaxlib versions), else from the build environment's.
 """
 
 from __future__ import annotations
@@ -37,10 +42,10 @@ def _native_build_module():
 
 def _target_jax() -> tuple[str, str, str] | None:
     """``(jax version, jaxlib version, FFI include folder)`` of the environment being installed
-    into, or None where jax is not installed there (yet)."""
+    into, else of pip's isolated build environment; None where neither has jax."""
     outside_isolation = {k: v for k, v in os.environ.items()
                          if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
-    for env in (dict(os.environ), outside_isolation):
+    for env in (outside_isolation, dict(os.environ)):  # the target's jax first, else the build's
         try:
             result = subprocess.run([sys.executable, "-c", _JAX_INFO], capture_output=True,
                                     text=True, env=env, timeout=300)
@@ -62,7 +67,7 @@ def build_native_sampler(package_dir: Path) -> str:
     if info is None:
         return "stn: jax is not installed yet; the native CPU sampler will be built on first use"
     jax_version, jaxlib_version, include_dir = info
-    target = package_dir / build.library_name(compiler, (jax_version, jaxlib_version))
+    target = package_dir / build.library_name((jax_version, jaxlib_version))
     try:
         build.compile_library(compiler, include_dir, target)
     except build.BuildError as error:
@@ -79,7 +84,8 @@ class BuildPyWithNativeSampler(build_py):
             return  # an editable install runs the sources in place: built on first use
         package_dir = Path(self.build_lib) / "stn" / "native"
         package_dir.mkdir(parents=True, exist_ok=True)
-        for stale in package_dir.glob("stn_sampler-*.so"):  # from an earlier build in build/
+        for stale in [*package_dir.glob("stn_sampler-*.so"),  # from an earlier build in build/
+                      *package_dir.glob("stn_sampler-*.json")]:
             stale.unlink()
         print(build_native_sampler(package_dir), file=sys.stderr)
 

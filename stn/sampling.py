@@ -757,6 +757,14 @@ def sample(
       fill_value: with ``padding="fill"``, what taps outside the image read: a number or one
         value per channel ``[C]`` (default 0); differentiable. Only with ``padding="fill"``.
 
+    Derivatives of every order, on every path and method: ``jax.grad``, ``jax.jvp``,
+    ``jax.hessian``, ``jax.jacfwd(jax.grad(f))``, reverse over reverse, with respect to the image,
+    the grid and a kernel's parameters. The native sampler computes the first derivatives itself
+    and takes the second and higher ones in the image and the grid through the pure-jnp sampler
+    (the same numbers to float32 rounding). Away from the kinks of a kernel (the linear kernel at
+    integer pixel coordinates, the padding's edges) they are the derivatives of paper eq. 3, for
+    bilinear and bicubic, 2-D and 3-D (tests/library/test_sampling_second_order.py).
+
     Returns:
       ``[B, *grid_size, C]`` (without ``B`` for unbatched input), image dtype. Non-finite grid
       points give 0 (module docstring).

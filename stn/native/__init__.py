@@ -19,11 +19,19 @@ Three JAX primitives, each lowered to an FFI custom call on the CPU:
 supports; a linear primitive with a transpose rule keeps both.) ``vmap`` folds the mapped axis
 into the batch (the kernel treats every axis before the spatial ones as batch); under ``jit``
 with sharded inputs XLA gathers the custom call's operands, so the result is the same as on
-one device. Second derivatives are not defined on this path (``method="jnp"`` has them).
+one device.
 
-Availability: ``STN_NATIVE=0`` turns the native path off; otherwise the library is built on
-first use (``stn.native.build``) and, where that fails (no compiler), ``available()`` is False
-and one warning line says so. ``STN_NATIVE_THREADS=n`` caps the threads (default: XLA's CPU
+Derivatives of every order: ``tangent`` and ``cotangent`` are each other's transposes, and their
+own JVPs are the native primitives in their linear operands and the pure-jnp sampler's second
+derivatives in the image and the grid (the same map, so the same numbers to float32 rounding):
+``jax.hessian``, ``jax.jacfwd(jax.grad(f))`` and reverse over reverse all run, the second and
+higher orders in the image and grid at the jnp path's speed.
+
+Availability: ``STN_NATIVE=0`` turns the native path off (a value other than 0/1, true/false,
+on/off, yes/no is refused); otherwise the library is built on first use (``stn.native.build``,
+one line when the build starts and one when it is done) and, where that fails (no compiler, or a
+damaged cached library that cannot be rebuilt), ``available()`` is False and one warning line
+says so. ``STN_NATIVE_THREADS=n`` caps the threads (default: XLA's CPU
 thread pool); results are bit-identical for every value.
 """
 
@@ -54,9 +62,17 @@ _TARGETS = {"forward": ("stn_sample_forward", "StnSampleForward"),
 _state: dict = {}  # "loaded": bool, "reason": why not, "path": the library
 
 
+_SWITCH = {"1": False, "true": False, "on": False, "yes": False, "": False,
+           "0": True, "false": True, "off": True, "no": True}
+
+
 def disabled_by_env() -> bool:
-    """Whether ``STN_NATIVE`` is set to 0/false/off/no (CI runs the tests both ways)."""
-    return os.environ.get("STN_NATIVE", "1").strip().lower() in ("0", "false", "off", "no")
+    """Whether ``STN_NATIVE`` is 0/false/off/no (CI runs the tests both ways); unset, empty or
+    1/true/on/yes leave it on, and anything else is a one-line ValueError."""
+    value = os.environ.get("STN_NATIVE", "1")
+    if value.strip().lower() not in _SWITCH:
+        raise ValueError(f"STN_NATIVE must be 1/true/on/yes or 0/false/off/no, got {value!r}")
+    return _SWITCH[value.strip().lower()]
 
 
 def _register(path) -> None:

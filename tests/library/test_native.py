@@ -11,12 +11,15 @@ These tests need a C++ compiler (they are skipped without one); they run whateve
 says (they force it on, except the fallback tests, which turn it off).
 """
 
+import functools
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +28,8 @@ import pytest
 
 from stn import native, sampling
 from stn.native import build as build_lib
+
+from helpers import ROOT
 
 pytestmark = pytest.mark.skipif(build_lib.find_compiler() is None,
                                 reason="no C++ compiler: the native sampler cannot be built")
@@ -257,9 +262,8 @@ def test_sharded_inputs_on_two_cpu_devices():
         np.testing.assert_allclose(b1, b2, atol=1e-4)
         print("ok")
     """)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+           "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     env.pop("STN_NATIVE", None)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=300)
@@ -279,9 +283,12 @@ def test_disabled_by_env_runs_jnp(monkeypatch):
         sampling.sample(image, grid, method="native")
 
 
-def test_without_a_compiler_jnp_runs_and_one_line_says_so(monkeypatch, caplog):
-    """A machine without a compiler: no library, ONE warning line, the jnp path's results."""
+def test_without_a_compiler_jnp_runs_and_one_line_says_so(monkeypatch, caplog, tmp_path):
+    """A machine without a compiler or a built library: ONE warning line, the jnp path's
+    results."""
     monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(build_lib, "PREBUILT", tmp_path / "not-installed")
     monkeypatch.setattr(build_lib, "find_compiler", lambda: None)
     image, grid = _case(2, False, jnp.float32)
     with caplog.at_level(logging.WARNING, logger="stn.native"):
@@ -325,8 +332,7 @@ def _setup_module():
     """The repository's setup.py as a module (its setup() call runs only as __main__)."""
     import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(root, "setup.py")
+    path = os.path.join(ROOT, "setup.py")
     spec = importlib.util.spec_from_file_location("_stn_setup", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -353,3 +359,202 @@ def test_install_time_build_is_the_library_used_at_run_time(monkeypatch, tmp_pat
     (library,) = installed.glob("stn_sampler-*.so")
     assert build_lib.build() == library
     assert not cache.exists() or not list(cache.iterdir())
+
+
+# ---------------------------------------------------------------- cases the tests above missed
+
+
+@pytest.mark.parametrize("num_axes", [2, 3])
+def test_grid_dtype_sets_the_compute_dtype(num_axes):
+    """A float32 image with a float64 grid is computed in float64 (the grid's precision), at
+    points where rounding the grid to float32 moves the sample by far more than the tolerance."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(4)
+        sizes = (6, 600) if num_axes == 2 else (3, 4, 600)  # a wide x axis: 300 px per unit
+        image = jnp.asarray(rng.uniform(-1000, 1000, size=(2, *sizes, 2)), jnp.float32)
+        grid = rng.uniform(-0.9, 0.9, size=(2, 1, 64, num_axes)) if num_axes == 2 else \
+            rng.uniform(-0.9, 0.9, size=(2, 1, 1, 64, num_axes))
+        grid = jnp.asarray(grid + 1e-9, jnp.float64)  # off the float32 values
+        parts = _run(image, grid, "bilinear", "zeros", False, "native")
+        reference = _run(image, grid, "bilinear", "zeros", False, "jnp")
+        _assert_close(parts[:3], reference[:3], 1e-6)
+        rounded = sampling.sample(image, grid.astype(jnp.float32), method="jnp")
+        assert np.max(np.abs(np.asarray(rounded) - reference[0])) > 1e-2  # the test can fail
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["vector-path", "scalar-path"])
+@pytest.mark.parametrize("num_axes", [2, 3])
+def test_taps_just_past_the_last_row_and_column(num_axes, channels):
+    """Points just past the last pixel centres (and just before the first) read one tap inside
+    and one outside the image on each axis: an off-by-one tap reads a neighbouring row's (or
+    slice's) pixel, which the values and the image cotangent would show. Every padding, since
+    zeros keeps the outside tap and border / reflection move the point back inside."""
+    rng = np.random.default_rng(9)
+    sizes = (4, 5) if num_axes == 2 else (3, 4, 5)
+    image = jnp.asarray(rng.uniform(1, 2, size=(3, *sizes, channels)), jnp.float32)
+    axis_sizes = sizes[::-1]
+    offsets = np.array([0.05, 0.3, 0.5, 0.7, 0.95, 1.2])  # past the last centre, up to outside
+    pixels = []
+    for a in range(num_axes):  # along each axis in turn: its last (and first) row
+        for offset in offsets:
+            for other in rng.uniform(-0.4, np.asarray(axis_sizes) - 0.6, size=(3, num_axes)):
+                last, first = other.copy(), other.copy()
+                last[a], first[a] = axis_sizes[a] - 1 + offset, -offset
+                pixels += [last, first]
+    corners = [np.asarray(axis_sizes) - 1 + offset for offset in offsets]
+    pixels = np.asarray(pixels + corners)  # [P, n], grid order (x, y[, z])
+    for align_corners in (False, True):
+        grid = np.stack([_normalized(pixels[:, a], axis_sizes[a], align_corners)
+                         for a in range(num_axes)], -1)
+        grid = jnp.asarray(np.broadcast_to(grid, (3, *grid.shape)).reshape(
+            3, *(1,) * (num_axes - 1), -1, num_axes), jnp.float32)
+        for padding in sampling.PADDINGS:
+            parts = _run(image, grid, "bilinear", padding, align_corners, "native")
+            reference = _run(image, grid, "bilinear", padding, align_corners, "jnp")
+            _assert_close(parts, reference, 2e-6)
+
+
+@pytest.mark.parametrize("num_axes,kernel", [(2, "bilinear"), (3, "bilinear"), (2, "nearest")])
+def test_second_and_third_derivatives_match_jnp_path(num_axes, kernel):
+    """Through the native primitives: forward over reverse, reverse over reverse and a third
+    derivative, every padding, at the usual points (NaN, inf and huge ones included)."""
+    with jax.enable_x64(True):
+        image, grid = _case(num_axes, False, jnp.float64, seed=12)
+        grid = grid[..., ::4, :]  # a quarter of the points: a Hessian in the grid is [P n]^2
+
+        def loss(u, g, padding, method):
+            out = sampling.sample(u, g, kernel=kernel, padding=padding, method=method)
+            weights = jnp.arange(1.0, out.shape[-1] + 1).reshape((1,) * (out.ndim - 1) + (-1,))
+            return jnp.sum(jnp.sin(out) * weights)
+
+        @functools.partial(jax.jit, static_argnums=(2, 3))
+        def derivatives(u, g, padding, method):
+            grad = jax.grad(loss, argnums=(0, 1))
+            return (jax.jacfwd(grad, argnums=(0, 1))(u, g, padding, method),
+                    jax.grad(lambda v, x: jnp.sum(grad(v, x, padding, method)[1] ** 2),
+                             argnums=(0, 1))(u, g),
+                    jax.jvp(lambda x: jax.jvp(lambda y: grad(u, y, padding, method)[1], (x,),
+                                              (jnp.ones_like(x),))[1], (g,),
+                            (jnp.ones_like(g),))[1])
+
+        for padding in sampling.PADDINGS:
+            got = jax.tree.leaves(derivatives(image, grid, padding, "native"))
+            want = jax.tree.leaves(derivatives(image, grid, padding, "jnp"))
+            for a, b in zip(got, want):
+                scale = max(1.0, float(np.max(np.abs(np.asarray(b)))))
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                                           atol=1e-10 * scale, err_msg=padding)
+
+
+def test_unknown_stn_native_values_are_refused(monkeypatch):
+    image, grid = _case(2, False, jnp.float32)
+    for value in ("maybe", "2", "of"):
+        monkeypatch.setenv("STN_NATIVE", value)
+        with pytest.raises(ValueError, match=f"STN_NATIVE must be .*, got '{value}'"):
+            sampling.sample(image, grid)
+    for value, on in (("yes", True), (" On ", True), ("", True), ("FALSE", False), ("0", False)):
+        monkeypatch.setenv("STN_NATIVE", value)
+        assert native.available() is on, value
+
+
+# ---------------------------------------------------------------- the cached library
+
+
+def _fake_compiler(tmp_path, library):
+    """A 'compiler' that copies an already-built ``library`` to its ``-o`` (after
+    ``$STN_FAKE_SLEEP`` seconds): builds in milliseconds, with the real library's bits."""
+    script = tmp_path / "fake-c++"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = "--version" ]; then echo "fake-c++ 1.0"; exit 0; fi
+        while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
+        echo partial > "$out"
+        [ -n "$STN_FAKE_SLEEP" ] && sleep "$STN_FAKE_SLEEP"
+        cp "{library}" "$out"
+        """))
+    script.chmod(0o755)
+    return script
+
+
+_SAMPLE_SCRIPT = textwrap.dedent("""
+    import jax.numpy as jnp, numpy as np
+    from stn import native, sampling
+    image = jnp.arange(24.0, dtype=jnp.float32).reshape(1, 4, 6, 1)
+    grid = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 3, 5, 2)), jnp.float32)
+    out = sampling.sample(image, grid)
+    np.testing.assert_allclose(out, sampling.sample(image, grid, method="jnp"), atol=1e-5)
+    print("native" if native.available() else "jnp", "ok")
+""")
+
+
+def _run_sampling(cache, compiler):
+    """The sampler in a fresh process (a Bus error there cannot kill the tests) with this cache
+    and compiler (``CXX``); ``(returncode, stdout, stderr lines)``."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
+           "STN_NATIVE_CACHE": str(cache), "CXX": str(compiler)}
+    env.pop("STN_NATIVE", None)
+    result = subprocess.run([sys.executable, "-c", _SAMPLE_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stn:")]
+    return result.returncode, result.stdout, lines
+
+
+def test_first_build_says_when_it_starts_and_ends_and_a_damaged_library_is_rebuilt(tmp_path):
+    """A first use prints one line before the build and one after it (stderr, by default); a
+    truncated cached library is rebuilt rather than loaded (the loader dies of a Bus error on
+    it), and without a compiler it is skipped in one line naming it."""
+    cache = tmp_path / "cache"
+    compiler = _fake_compiler(tmp_path, native._state["path"])
+    code, out, lines = _run_sampling(cache, compiler)
+    assert code == 0 and out.strip() == "native ok", lines
+    assert len(lines) == 2 and "building the native CPU sampler" in lines[0], lines
+    assert "built the native CPU sampler" in lines[1], lines
+    (library,) = cache.glob("stn_sampler-*.so")
+    size = library.stat().st_size
+    os.truncate(library, min(400000, size // 2))
+    code, out, lines = _run_sampling(cache, compiler)
+    assert code == 0 and out.strip() == "native ok", (code, lines)
+    assert len(lines) == 2 and f"is {min(400000, size // 2)} bytes" in lines[0], lines
+    assert library.stat().st_size == size
+    os.truncate(library, min(400000, size // 2))
+    code, out, lines = _run_sampling(cache, "no-such-compiler-stn")
+    assert code == 0 and out.strip() == "jnp ok", (code, lines)
+    assert len(lines) == 1 and "no C++ compiler found" in lines[0] and library.name in lines[0]
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_a_built_library_is_found_without_a_compiler(monkeypatch, tmp_path):
+    """A library built earlier is used where no compiler is on the PATH at run time."""
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(_fake_compiler(tmp_path, native._state["path"])))
+    monkeypatch.setattr(build_lib, "PREBUILT", tmp_path / "not-installed")
+    library = build_lib.build()
+    monkeypatch.setenv("CXX", "no-such-compiler-stn")
+    assert build_lib.find_compiler() is None
+    assert build_lib.build() == library
+
+
+def test_a_killed_build_leaves_no_temporary_file(monkeypatch, tmp_path):
+    """``kill -9`` during the first build leaves a partial temporary file; the next build
+    removes it, and the cache holds only the library and its record."""
+    cache = tmp_path / "cache"
+    compiler = _fake_compiler(tmp_path, native._state["path"])
+    env = {**os.environ, "PYTHONPATH": ROOT, "STN_NATIVE_CACHE": str(cache), "CXX": str(compiler),
+           "STN_FAKE_SLEEP": "60"}
+    process = subprocess.Popen([sys.executable, "-c", "from stn.native import build; build.build()"],
+                               env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob("*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the build and its compiler
+        process.wait()
+    assert list(cache.glob("*.tmp")), "the killed build never started compiling"
+    monkeypatch.setenv("STN_NATIVE_CACHE", str(cache))
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("STN_FAKE_SLEEP", "")
+    monkeypatch.setattr(build_lib, "PREBUILT", tmp_path / "not-installed")
+    library = build_lib.build()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [library.name, library.with_suffix(".json").name])
