@@ -307,7 +307,7 @@ def print_start(config, workdir: str) -> None:
     """What the run is, printed at once, before anything compiles (the first step compiles for
     a minute or more, which must not look like a hang): the config and its task, the workdir,
     then the devices and the sampler path (the native one may be built here)."""
-    print(f"run {config.name} (task {config.task}) in {workdir}", flush=True)
+    print(f"run {config.get('name', config.task)} (task {config.task}) in {workdir}", flush=True)
     kinds = ", ".join(sorted({d.device_kind for d in jax.devices()}))
     sampler = ("native (stn.native)" if native.available()
                else f"jnp ({native.unavailable_reason()})")
@@ -507,7 +507,8 @@ def train_and_evaluate(config, workdir: str, *,
         graphdef, state = nnx.split(model)
         num_params = models.num_params(model)
         if is_main:
-            print(f"model {config.model.name}: {num_params:,} parameters; compiling the first "
+            model_name = config.model.get("name", config.task)
+            print(f"model {model_name}: {num_params:,} parameters; compiling the first "
                   f"step", flush=True)
         tx, schedule = make_optimizer(config, state, model)
         state = jax.device_put(state, replicated)
