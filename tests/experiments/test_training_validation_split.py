@@ -58,8 +58,13 @@ def data_dir(tmp_path_factory):
     return helpers.write_pattern_set(tmp_path_factory.mktemp("patterns"), n_train=512, n_test=40)
 
 
+#: Tasks whose validation split is checked item by item elsewhere: the CUB stand-in's
+#: pretraining holds out its first items (test_cub.py, held-out items kept apart).
+CHECKED_ELSEWHERE = {"cub_pretrain"}
+
+
 def test_every_task_is_checked():
-    assert set(CASES) == set(tasks.NAMES)
+    assert set(CASES) | CHECKED_ELSEWHERE == set(tasks.NAMES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -83,6 +88,8 @@ def test_no_training_digit_is_a_validation_digit(name, data_dir, monkeypatch):
     monkeypatch.setattr(colocalisation, "fixed_set", spying_fixed_set)
     file, arg, extra = CASES[name]
     config = _config(file, arg, data_dir, **extra)
+    if name == "cub":  # every pattern digit makes a canvas (the preset's limits want more)
+        config.data.clutter.update(train_limit=0, test_limit=0)
     task = tasks.get(name)
     assert config.task == name
     data = task.load_data(config)
