@@ -8,8 +8,10 @@ maps *source* (input) pixels to *destination* (output) pixels, ``p_dst = M p_src
 homogeneous coordinates, so a warp reads every output pixel ``p`` from the input at
 ``M^{-1} p``:
 
-    V(p) = U(M^{-1} p)                                   (affine ``[B, 2, 3]``, ``[B, 3, 4]``)
-    V(p) = U(pi(H^{-1} (p, 1)))   with  pi(q) = q_{:n} / q_n   (homography ``[B, 3, 3]``, ``[B, 4, 4]``)
+    V(p) = U(M^{-1} p)               (affine ``[B, 2, 3]``, ``[B, 3, 4]``)
+    V(p) = U(pi(H^{-1} (p, 1)))      (homography ``[B, 3, 3]``, ``[B, 4, 4]``),
+
+with ``pi(q) = q_{:n} / q_n`` the division by the homogeneous coordinate.
 
 The sampler itself works in normalised coordinates (``stn.sampling``: [-1, 1], torch's
 ``grid_sample`` convention). A pixel coordinate ``x`` on an axis of ``S`` pixels is
@@ -358,7 +360,8 @@ def _projective_grid(theta: jax.Array, out_size: tuple[int, ...],
 def warp_affine(image: jax.Array, matrix: jax.Array, out_size: Size, *,
                 align_corners: bool = False, kernel: sampling.KernelSpec = "bilinear",
                 padding: str = "zeros", fill_value: jax.Array | float | None = None,
-                antialias: bool = False, method: str = "auto") -> jax.Array:
+                antialias: bool = False, max_scale: float | None = None,
+                method: str = "auto") -> jax.Array:
     """``V(p) = U(M^{-1} p)``: the image warped by a source-to-destination pixel matrix.
 
     Args:
@@ -369,7 +372,7 @@ def warp_affine(image: jax.Array, matrix: jax.Array, out_size: Size, *,
       out_size: ``(height, width)`` (``(depth, height, width)``) of the output.
       align_corners: the sampler's normalisation; the warp's geometry is the same either way
         (module docstring), it places the mirror lines of reflection padding.
-      kernel, padding, fill_value, antialias, method: as ``stn.sampling.sample``
+      kernel, padding, fill_value, antialias, max_scale, method: as ``stn.sampling.sample``
         (``padding="fill"`` reads ``fill_value`` outside, kornia's ``padding_mode="fill"``).
 
     Returns:
@@ -384,13 +387,14 @@ def warp_affine(image: jax.Array, matrix: jax.Array, out_size: Size, *,
     grid = transforms.affine_grid(theta, *out_size, align_corners=align_corners)
     return sampling.sample(image, grid, kernel=kernel, padding=padding,
                            align_corners=align_corners, fill_value=fill_value,
-                           antialias=antialias, method=method)
+                           antialias=antialias, max_scale=max_scale, method=method)
 
 
 def warp_perspective(image: jax.Array, homography: jax.Array, out_size: Size, *,
                      align_corners: bool = False, kernel: sampling.KernelSpec = "bilinear",
                      padding: str = "zeros", fill_value: jax.Array | float | None = None,
-                     antialias: bool = False, method: str = "auto") -> jax.Array:
+                     antialias: bool = False, max_scale: float | None = None,
+                method: str = "auto") -> jax.Array:
     """``V(p) = U(pi(H^{-1} (p, 1)))``: the image warped by a source-to-destination homography.
 
     Args:
@@ -398,7 +402,7 @@ def warp_perspective(image: jax.Array, homography: jax.Array, out_size: Size, *,
       homography: ``[B, 3, 3]`` (``[B, 4, 4]`` for a volume) in pixels, mapping input pixels to
         output pixels (kornia's ``warp_perspective``, OpenCV's ``warpPerspective``); any nonzero
         multiple is the same warp; a batch of 1 warps every image alike.
-      out_size, align_corners, kernel, padding, fill_value, antialias, method: as
+      out_size, align_corners, kernel, padding, fill_value, antialias, max_scale, method: as
         ``warp_affine``.
 
     Returns:
@@ -413,7 +417,7 @@ def warp_perspective(image: jax.Array, homography: jax.Array, out_size: Size, *,
     grid = _projective_grid(theta, out_size, align_corners)
     return sampling.sample(image, grid, kernel=kernel, padding=padding,
                            align_corners=align_corners, fill_value=fill_value,
-                           antialias=antialias, method=method)
+                           antialias=antialias, max_scale=max_scale, method=method)
 
 
 def _box_theta(boxes: jax.Array, in_size: tuple[int, int], size: tuple[int, int],
@@ -447,7 +451,8 @@ def _box_theta(boxes: jax.Array, in_size: tuple[int, int], size: tuple[int, int]
 def crop_and_resize(image: jax.Array, boxes: jax.Array, size: Size, *,
                     align_corners: bool = False, kernel: sampling.KernelSpec = "bilinear",
                     padding: str = "zeros", fill_value: jax.Array | float | None = None,
-                    antialias: bool = False, method: str = "auto") -> jax.Array:
+                    antialias: bool = False, max_scale: float | None = None,
+                method: str = "auto") -> jax.Array:
     """One ``size`` crop of ``image`` per box, each box resized to fill it.
 
     Args:
@@ -459,7 +464,8 @@ def crop_and_resize(image: jax.Array, boxes: jax.Array, size: Size, *,
         ``crop_and_resize`` in pixels). Boxes may reach outside the image (padding) and be
         flipped (``x1 < x0`` mirrors the crop).
       size: ``(height, width)`` of every crop.
-      align_corners, kernel, padding, fill_value, antialias, method: as ``warp_affine``.
+      align_corners, kernel, padding, fill_value, antialias, max_scale, method: as
+        ``warp_affine``.
 
     Returns:
       ``[B, height, width, C]``, or ``[B, N, height, width, C]`` for ``[B, N, 4]`` boxes.
@@ -483,7 +489,8 @@ def crop_and_resize(image: jax.Array, boxes: jax.Array, size: Size, *,
     grid = transforms.affine_grid(theta.reshape(-1, 2, 3), *size, align_corners=align_corners)
     grid = grid.reshape(batch, count, *size, 2)
     options = dict(kernel=kernel, padding=padding, align_corners=align_corners,
-                   fill_value=fill_value, antialias=antialias, method=method)
+                   fill_value=fill_value, antialias=antialias, max_scale=max_scale,
+                   method=method)
     if antialias:  # footprints by finite differences: each crop's grid on its own
         crops = jax.vmap(lambda g: sampling.sample(image, g, **options), in_axes=1,
                          out_axes=1)(grid)
@@ -498,7 +505,7 @@ def warp_tps(image: jax.Array, source_points: jax.Array, target_points: jax.Arra
              out_size: Size, *, align_corners: bool = False,
              kernel: sampling.KernelSpec = "bilinear", padding: str = "zeros",
              fill_value: jax.Array | float | None = None, antialias: bool = False,
-             method: str = "auto") -> jax.Array:
+             max_scale: float | None = None, method: str = "auto") -> jax.Array:
     """The thin-plate spline warp that moves ``source_points`` of the input to ``target_points``
     of the output, in pixels (``transforms.tps_interpolate``, Bookstein 1989):
 
@@ -514,7 +521,8 @@ def warp_tps(image: jax.Array, source_points: jax.Array, target_points: jax.Arra
       source_points, target_points: ``[B, K, 2]`` pixel points ``(x, y)``, ``K >= 3`` not all on
         one line; a batch of 1 is shared by every image.
       out_size: ``(height, width)`` of the output.
-      align_corners, kernel, padding, fill_value, antialias, method: as ``warp_affine``.
+      align_corners, kernel, padding, fill_value, antialias, max_scale, method: as
+        ``warp_affine``.
 
     Returns:
       ``[B, *out_size, C]``; gradients reach the image and both point sets.
@@ -541,4 +549,4 @@ def warp_tps(image: jax.Array, source_points: jax.Array, target_points: jax.Arra
     grid = _matrix_batch(grid.reshape(-1, *out_size, 2), image.shape[0], "source_points")
     return sampling.sample(image, grid, kernel=kernel, padding=padding,
                            align_corners=align_corners, fill_value=fill_value,
-                           antialias=antialias, method=method)
+                           antialias=antialias, max_scale=max_scale, method=method)

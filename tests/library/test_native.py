@@ -34,7 +34,8 @@ from helpers import ROOT
 pytestmark = pytest.mark.skipif(build_lib.find_compiler() is None,
                                 reason="no C++ compiler: the native sampler cannot be built")
 
-CASES = list(itertools.product((2, 3), ("bilinear", "nearest"), sampling.PADDINGS, (False, True)))
+CASES = list(itertools.product((2, 3), ("bilinear", "nearest"), tuple(native.PADDING_CODES),
+                               (False, True)))
 CASE_IDS = [f"{n}d-{k}-{p}-{'ac' if a else 'edges'}" for n, k, p, a in CASES]
 
 

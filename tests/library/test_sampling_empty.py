@@ -36,7 +36,7 @@ def test_empty_inputs_are_still_checked():
     with pytest.raises(ValueError, match="batch sizes differ"):
         sampling.sample(jnp.ones((0, 8, 8, 1)), jnp.zeros((2, 4, 4, 2)))
     with pytest.raises(ValueError, match="padding must be one of"):
-        sampling.sample(jnp.ones((0, 8, 8, 1)), jnp.zeros((0, 4, 4, 2)), padding="wrap")
+        sampling.sample(jnp.ones((0, 8, 8, 1)), jnp.zeros((0, 4, 4, 2)), padding="mirror")
     with pytest.raises(ValueError, match="kernel must be one of"):
         sampling.sample(jnp.ones((2, 8, 8, 0)), jnp.zeros((2, 4, 4, 2)), kernel="cubic")
 

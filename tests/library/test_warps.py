@@ -156,7 +156,8 @@ def test_volume_translation_at_align_corners_false():
 
 def test_perspective_of_an_affine_homography_is_the_affine_warp():
     image = _rng_image((2, 9, 12, 1))
-    matrix = jnp.asarray([[[1.2, 0.1, -1.0], [-0.2, 0.9, 0.5]], [[0.8, 0.0, 1.5], [0.3, 1.1, -2.0]]])
+    matrix = jnp.asarray([[[1.2, 0.1, -1.0], [-0.2, 0.9, 0.5]],
+                          [[0.8, 0.0, 1.5], [0.3, 1.1, -2.0]]])
     homography = jnp.concatenate([matrix, jnp.broadcast_to(jnp.asarray([[[0.0, 0.0, 1.0]]]),
                                                            (2, 1, 3))], axis=1)
     np.testing.assert_allclose(
@@ -238,7 +239,8 @@ def test_crop_and_resize_boxes():
 @pytest.mark.parametrize("grid_size", [3, 4])
 def test_tps_points_grid_on_the_regular_layout_is_tps_grid(grid_size):
     control = jnp.asarray(transforms.tps_control_points(grid_size))[None]
-    params = control + 0.1 * jnp.asarray(np.random.default_rng(2).normal(size=(2, *control.shape[1:])))
+    noise = np.random.default_rng(2).normal(size=(2, *control.shape[1:]))
+    params = control + 0.1 * jnp.asarray(noise)
     np.testing.assert_allclose(
         np.asarray(transforms.tps_points_grid(params, control, 7, 10)),
         np.asarray(transforms.tps_grid(params, 7, 10)), atol=1e-10)
@@ -272,9 +274,8 @@ def test_warp_tps_in_pixels():
     out = warps.warp_tps(image, source, target, (8, 11), kernel="bicubic")
     for (x, y), (sx, sy) in zip(np.asarray(target[0]).astype(int), np.asarray(source[0])):
         grid = jnp.asarray([[[[(2 * sx + 1) / 13 - 1, (2 * sy + 1) / 10 - 1]]]] * 2)
-        np.testing.assert_allclose(np.asarray(out[:, y, x]),
-                                   np.asarray(sampling.sample(image, grid, kernel="bicubic"))[:, 0, 0],
-                                   atol=1e-10)
+        expected = sampling.sample(image, grid, kernel="bicubic")[:, 0, 0]
+        np.testing.assert_allclose(np.asarray(out[:, y, x]), np.asarray(expected), atol=1e-10)
     other = warps.warp_tps(image, source, target, (8, 11), kernel="bicubic", align_corners=True)
     np.testing.assert_allclose(np.asarray(other), np.asarray(out), atol=1e-10)
 
@@ -351,7 +352,8 @@ def test_second_derivatives_of_a_warp_on_the_jnp_path():
      "matrix must be floating point"),
     (lambda: warps.invert_affine(jnp.zeros((2, 3))), r"matrix must be \[B, 2, 3\] or \[B, 3, 4\]"),
     (lambda: warps.rotation_matrix(jnp.zeros((2,)), 30.0), r"center must be \[B, 2\]"),
-    (lambda: warps.rotation_matrix(jnp.zeros((2, 2)), jnp.zeros(3)), r"angle must be a number, \[B\]"),
+    (lambda: warps.rotation_matrix(jnp.zeros((2, 2)), jnp.zeros(3)),
+     r"angle must be a number, \[B\]"),
     (lambda: warps.rotation_matrix(jnp.zeros((2, 2)), 1.0, jnp.zeros((2, 3))),
      r"scale must be a number, \[B\] or \[B, 2\]"),
     (lambda: warps.shear_matrix(jnp.zeros((2, 2)), jnp.zeros(4)), "shear_x must be"),
