@@ -99,7 +99,7 @@ def test_bad_configurations_raise_value_error():
     with pytest.raises(ValueError, match="has no parameters to learn"):
         layers.SpatialTransformer(loc, "affine3d", 12, learn_kernel=True)
     with pytest.raises(ValueError, match="padding must be one of"):
-        layers.SpatialTransformer(loc, "affine3d", 12, padding="wrap")
+        layers.SpatialTransformer(loc, "affine3d", 12, padding="mirror")
     with pytest.raises(ValueError, match="too small"):
         layers.ConvLocNet3D((2, 12, 12, 1), identity, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"input_shape must be \(D, H, W, C\)"):

@@ -412,7 +412,7 @@ def test_taps_just_past_the_last_row_and_column(num_axes, channels):
         inside = rng.uniform(-0.9, 0.9, size=grid.shape) * (1 - 2 / np.asarray(axis_sizes))
         grid = jnp.asarray(np.stack([grid, grid[::-1], inside]).reshape(
             3, *(1,) * (num_axes - 1), -1, num_axes), jnp.float32)
-        for padding in sampling.PADDINGS:
+        for padding in native.PADDING_CODES:
             parts = _run(image, grid, "bilinear", padding, align_corners, "native")
             reference = _run(image, grid, "bilinear", padding, align_corners, "jnp")
             _assert_close(parts, reference, 2e-6)
@@ -441,7 +441,7 @@ def test_second_and_third_derivatives_match_jnp_path(num_axes, kernel):
                                               (jnp.ones_like(x),))[1], (g,),
                             (jnp.ones_like(g),))[1])
 
-        for padding in sampling.PADDINGS:
+        for padding in native.PADDING_CODES:
             got = jax.tree.leaves(derivatives(image, grid, padding, "native"))
             want = jax.tree.leaves(derivatives(image, grid, padding, "jnp"))
             for a, b in zip(got, want):
