@@ -149,21 +149,10 @@ def run_config(workdir: str | os.PathLike) -> dict[str, Any]:
     """The config a run recorded in `workdir/config.json` (what train.py resolved), as a dict.
 
     Raises:
-      ValueError: one line naming the file, when it is absent, unreadable or not a config.
+      ValueError: one line naming the file, when it is absent, unreadable or not a config
+        (`stn.experiments.workdir.read_config`).
     """
-    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist: point --workdir at a run's folder (train.py "
-                         f"writes it there)")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        config = e
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds no config train.py wrote ({config!r:.80}); restore it "
-                         f"or start the run afresh in another --workdir")
-    return config
+    return workdir_lib.read_config(str(workdir))
 
 
 def non_finite_fields(config: Mapping[str, Any]) -> list[str]:

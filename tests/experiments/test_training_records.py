@@ -196,7 +196,7 @@ def test_sigterm_during_the_final_evaluation_exits_130_with_one_line(data_dir, t
         f"is saved in {workdir / 'checkpoints'}; rerun the same command to evaluate it")
     assert not (workdir / "results.json").exists()
     # The rerun evaluates only; the training's figures died with its process: null, not 0.
-    results = training.train_and_evaluate(evaluation.run_config(str(workdir)), str(workdir))
+    results = training.train_and_evaluate(evaluation.config_of_run(str(workdir)), str(workdir))
     assert results["wall_time_s"] is None and results["images_per_second"] is None
     assert results["evaluation_wall_time_s"] > 0
 
