@@ -12,8 +12,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs/mnist.py:quick.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, images, results).")
-flags.DEFINE_integer("cpu_devices", 1, "Run JAX's CPU backend as this many devices (e.g. one per "
-                     "core): the batch is split over them, faster on CPU (docs/reports/performance.md).")
+flags.DEFINE_integer("cpu_devices", 0, "Run JAX's CPU backend as this many devices, the batch split "
+                     "over them (faster on a CPU, docs/reports/performance.md); 0: one per core, "
+                     "at most the largest count that divides the batch (1 for a multi-process run).")
 flags.DEFINE_bool("deterministic", False, "On a GPU: bit-identical gradients run after run "
                   "(XLA's deterministic scatter and reductions; slower, docs/reports/performance.md).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,8 +26,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     host.keep_freed_memory()  # faster XLA on CPU (no per-step page faults); same results
     try:
-        if FLAGS.cpu_devices != 1:
-            host.split_cpu(FLAGS.cpu_devices)
+        cpu_devices = FLAGS.cpu_devices or host.default_cpu_devices(
+            int(FLAGS.config.train.batch_size), bool(FLAGS.config.get("distributed", False)))
+        if cpu_devices != 1:
+            host.split_cpu(cpu_devices)
         if FLAGS.deterministic:
             host.deterministic_gpu_ops()
         training.train_and_evaluate(FLAGS.config, FLAGS.workdir)

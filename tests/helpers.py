@@ -106,6 +106,7 @@ FAKE_TRAIN = textwrap.dedent("""
     from stn.experiments import workdir as workdir_lib
     config_flags.DEFINE_config_file("config", None, "config", lock_config=True)
     flags.DEFINE_string("workdir", None, "workdir")
+    flags.DEFINE_integer("cpu_devices", 0, "as train.py's")
 
     def main(argv):
         with workdir_lib.workdir_lock(flags.FLAGS.workdir):

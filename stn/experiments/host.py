@@ -36,6 +36,16 @@ def keep_freed_memory() -> bool:
         (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
 
 
+def default_cpu_devices(batch_size: int, distributed: bool = False) -> int:
+    """How many CPU devices a run takes when it is not told: one per core this process may use,
+    lowered to the largest count that divides `batch_size` (each device takes an equal share of
+    every batch); 1 for a multi-process run, whose processes share the machine's cores."""
+    if distributed:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(d for d in range(1, max(int(cores or 1), 1) + 1) if batch_size % d == 0)
+
+
 def split_cpu(devices: int) -> None:
     """Runs JAX's CPU backend as `devices` devices (each taking part of the cores), so that the
     data-parallel training step splits every batch over them.

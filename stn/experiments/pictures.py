@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -118,11 +119,19 @@ def step_pictures(directory: str, prefix: str = "transformer") -> list[tuple[int
     return sorted(found)
 
 
+STEPS_CAPTION = ("The same examples at each step on the left (step 0: before training). Each: "
+                 "the input with the sampling grid's outline, then what the transformer "
+                 "sampled there.")
+CAPTION_LINE_HEIGHT = 14
+CAPTION_CHAR_WIDTH = 6  # Pillow's default bitmap font
+
+
 def stitch_steps(directory: str, prefix: str = "transformer", most: int = 6,
-                 label_width: int = 90) -> Image.Image | None:
+                 label_width: int = 90, caption: str = "") -> Image.Image | None:
     """The step pictures of `directory` stacked top to bottom, each labelled with its step (at
     most `most` of them, evenly spaced, always the first and the last): the same examples at
-    several points of training, as the paper's Figure 4. None when there is no picture."""
+    several points of training, as the paper's Figure 4, under `caption` (wrapped to the
+    width; none when empty). None when there is no picture."""
     found = step_pictures(directory, prefix)
     if not found:
         return None
@@ -131,9 +140,12 @@ def stitch_steps(directory: str, prefix: str = "transformer", most: int = 6,
         found = [found[i] for i in picks]
     pictures = [Image.open(path).convert("RGB") for _, path in found]
     width = label_width + max(p.width for p in pictures)
-    canvas = Image.new("RGB", (width, sum(p.height for p in pictures)), BACKGROUND)
+    lines = textwrap.wrap(caption, max(width // CAPTION_CHAR_WIDTH - 2, 10)) if caption else []
+    top = len(lines) * CAPTION_LINE_HEIGHT + (8 if lines else 0)
+    canvas = Image.new("RGB", (width, top + sum(p.height for p in pictures)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    top = 0
+    for i, line in enumerate(lines):
+        draw.text((8, 4 + i * CAPTION_LINE_HEIGHT), line, fill=(255, 255, 255))
     for (step, _), picture in zip(found, pictures):
         canvas.paste(picture, (label_width, top))
         draw.text((8, top + picture.height // 2 - 6), f"step {step}", fill=(255, 255, 255))

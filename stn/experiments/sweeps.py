@@ -216,6 +216,15 @@ def point_command(p: Mapping[str, Any], workdir: str | os.PathLike, *,
             *config_compare.override_args(p.get("overrides", {})), *train_flags]
 
 
+def point_cpu_devices(requested: int | None, launcher: str, parallel: int) -> int:
+    """The `--cpu_devices` each point's train.py gets: `requested`, else 1 where several local
+    points share this machine's cores at once, else 0 (train.py takes one device per core it
+    may use: the machine's, or a SLURM task's own)."""
+    if requested is not None:
+        return requested
+    return 1 if launcher == "local" and parallel > 1 else 0
+
+
 def point_dir(p: Mapping[str, Any], workdir: str | os.PathLike) -> Path:
     """The folder of one point's run: WORKDIR/NAME (absolute, so the cwd of a scheduler is free)."""
     return Path(workdir).absolute() / p["name"]
@@ -663,7 +672,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     workdir = Path(f.workdir).absolute()
     train_script = f.train_script or default_train_script()
-    train_flags = [f"--cpu_devices={f.cpu_devices}"] if f.cpu_devices != 1 else []
+    train_flags = [f"--cpu_devices={point_cpu_devices(f.cpu_devices, f.launcher, f.parallel)}"]
     configs = resolve_points(points)
     for line in preset_changes(points, configs):
         print(f"sweep changes {line}", flush=True)
@@ -751,8 +760,10 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("rerun_changed", False, "Points whose existing run has another config: "
                          "move those runs to WORKDIR.superseded/ and run the points afresh "
                          "(default: refuse, naming the differing fields).")
-    flags.DEFINE_integer("cpu_devices", 1, "Passed to every train.py as --cpu_devices (JAX's CPU "
-                         "backend as this many devices; faster on a CPU, docs/reports/performance.md).")
+    flags.DEFINE_integer("cpu_devices", None, "Passed to every train.py as --cpu_devices (JAX's CPU "
+                         "backend as this many devices; faster on a CPU, docs/reports/performance.md). "
+                         "Default: 1 where several local points run at once (--parallel > 1), "
+                         "else 0 (train.py's own default: one per core the point may use).")
     flags.DEFINE_string("python", sys.executable, "Python interpreter for the training processes.")
     flags.DEFINE_string("train_script", None, "Training script each point runs (default: the "
                         "train.py beside the stn package).")

@@ -442,12 +442,19 @@ def evaluate_run(task: tasks.Task, config, graphdef, state, data: tasks.Data, me
               f"({100 * values['error']:.2f}%), loss {values['loss']:.4f} on "
               f"{values['num_examples']} examples", flush=True)
         done[split] = values
-    count = int(config.train.get("num_images", 16))
-    if count > 0:
-        shown = data.test if data.optimised is None else data.optimised  # the same each step
-        draw_transformers(task, graphdef, state, shown, count, mesh, workdir, step, writer)
+    draw_shown_examples(task, config, graphdef, state, data, mesh, workdir, step, writer)
     writer.flush()
     return done
+
+
+def draw_shown_examples(task: tasks.Task, config, graphdef, state, data: tasks.Data, mesh,
+                        workdir: str, step: int, writer: metrics_io.MetricWriter) -> None:
+    """The task's picture at `step` of the same `train.num_images` examples every time: the
+    first test examples, or the first optimised images of a transductive task."""
+    count = int(config.train.get("num_images", 16))
+    if count > 0:
+        shown = data.test if data.optimised is None else data.optimised
+        draw_transformers(task, graphdef, state, shown, count, mesh, workdir, step, writer)
 
 
 def evaluation_missing(config, data: tasks.Data, workdir: str, step: int) -> bool:
@@ -532,6 +539,8 @@ def train_and_evaluate(config, workdir: str, *,
             state = pretrained_state(task, config, graphdef, state, replicated)
         writer = metrics_io.MetricWriter(workdir)
         writer.truncate_after(start_step)
+        if not start_step:  # the untrained transformers (the identity, or the initial box)
+            draw_shown_examples(task, config, graphdef, state, data, mesh, workdir, 0, writer)
         if evaluation_missing(config, data, workdir, start_step):  # killed between save and eval
             with StopOnSignal(interrupt=f"stopped by signal {{signum}} while redoing the "
                                         f"evaluation of step {start_step}; rerun the same "
@@ -588,7 +597,8 @@ def train_and_evaluate(config, workdir: str, *,
             evaluations = evaluate_run(task, config, graphdef, state, data, mesh, writer,
                                        workdir, final_step, final=True)
             writer.close()
-            steps_picture = pictures.stitch_steps(os.path.join(workdir, workdir_lib.IMAGES_DIR))
+            steps_picture = pictures.stitch_steps(os.path.join(workdir, workdir_lib.IMAGES_DIR),
+                                                  caption=task.steps_caption)
             if is_main and steps_picture is not None:  # the same examples at several steps
                 steps_picture.save(os.path.join(workdir, workdir_lib.IMAGES_DIR,
                                                 "transformer_steps.png"))

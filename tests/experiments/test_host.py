@@ -4,6 +4,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from stn.experiments import host
 from helpers import ROOT
 
 
@@ -56,3 +59,14 @@ def test_split_cpu_rejects_zero_devices():
             print(e)
     """)
     assert proc.stdout.strip() == "the number of CPU devices must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("cores, batch, distributed, expected", [
+    (2, 64, False, 2), (8, 64, False, 8), (6, 64, False, 4), (3, 63, False, 3),
+    (5, 7, False, 1), (1, 64, False, 1), (8, 64, True, 1)])
+def test_default_cpu_devices_is_one_per_core_that_divides_the_batch(
+        monkeypatch, cores, batch, distributed, expected):
+    """train.py's default: one CPU device per usable core, as many as split the batch evenly;
+    one per process of a multi-process run."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert host.default_cpu_devices(batch, distributed) == expected

@@ -180,7 +180,8 @@ def test_dry_run_and_emit_list_only_unfinished_points(tmp_path):
     assert out.returncode == 0, out.stderr
     commands = [line for line in out.stdout.splitlines() if line.startswith("python3 ")]
     expected = ["python3", str(REPO / "train.py"), f"--config={tmp_path / 'tiny_config.py'}:b",
-                f"--workdir={workdir / 'p1'}", "--config.seed=1", "--config.train.steps=5"]
+                f"--workdir={workdir / 'p1'}", "--config.seed=1", "--config.train.steps=5",
+                "--cpu_devices=0"]
     assert [shlex.split(c) for c in commands] == [expected]
     assert "1 of 2 point(s) to run (1 finished)" in out.stdout
     # What the sweep changes in each preset is printed before anything runs.
@@ -422,6 +423,13 @@ def test_real_train_py_two_point_sweep(tmp_path):
         assert result["num_test_examples"] == 2000  # the embedded sample's test split
     again = run_cli(f"--sweep={sweep}", f"--workdir={workdir}", cwd=tmp_path)
     assert again.returncode == 0 and "0 done, 2 skipped" in again.stdout, again.stdout
+
+
+def test_points_share_the_cores_only_when_several_run_at_once():
+    assert sweeps.point_cpu_devices(None, "local", 1) == 0  # train.py: one device per core
+    assert sweeps.point_cpu_devices(None, "local", 3) == 1
+    assert sweeps.point_cpu_devices(None, "slurm", 3) == 0  # each task's own cores
+    assert sweeps.point_cpu_devices(2, "local", 3) == 2
 
 
 def test_cpu_devices_flag_reaches_every_train_command(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 from flax import nnx
 
-from stn.experiments import checkpointing, evaluation, metrics_io, tasks, training
+from stn.experiments import checkpointing, evaluation, host, metrics_io, tasks, training
 from stn import layers
 from stn.experiments.data import idx
 
@@ -274,7 +274,8 @@ def test_train_py_on_two_cpu_devices_with_many_steps_between_logs(data_dir, tmp_
 
 @pytest.mark.slow
 def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
-    """`train.py --cpu_devices=2` trains data-parallel over two CPU devices; 0 is a clear error."""
+    """`train.py --cpu_devices=2` trains data-parallel over two CPU devices; without the flag it
+    takes one per core (as many as divide the batch); -1 is a clear error."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
     args = [sys.executable, "train.py", "--config=configs/mnist.py:none,st_fcn,affine",
@@ -288,11 +289,17 @@ def test_train_py_splits_the_cpu_into_devices(data_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text())["num_devices"] == 2
-    proc = subprocess.run(args + [f"--workdir={tmp_path / 'zero'}", "--cpu_devices=0"], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    workdir = tmp_path / "default"
+    proc = subprocess.run(args + [f"--workdir={workdir}"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((workdir / "results.json").read_text())["num_devices"] == (
+        host.default_cpu_devices(32))
+    proc = subprocess.run(args + [f"--workdir={tmp_path / 'negative'}", "--cpu_devices=-1"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "train.py: the number of CPU devices must be >= 1, got 0")
+        "train.py: the number of CPU devices must be >= 1, got -1")
 
 
 def test_validation_split_is_held_out_and_reported(data_dir, tmp_path):

@@ -52,3 +52,15 @@ def test_step_pictures_are_stitched_first_to_last(tmp_path):
     pixels = np.asarray(picture)
     assert pixels[5, 30, 0] == 50 and pixels[55, 30, 0] == 200
     assert pictures.stitch_steps(str(tmp_path / "none")) is None
+
+
+def test_stitched_steps_carry_their_caption_above_the_frames(tmp_path):
+    for step, grey in ((0, 50), (40, 200)):
+        pictures.save_step_picture(Image.new("RGB", (200, 20), (grey,) * 3), str(tmp_path), step)
+    caption = "the same examples at each step " * 3
+    picture = pictures.stitch_steps(str(tmp_path), label_width=10, caption=caption)
+    header = picture.height - 40
+    assert header >= 2 * pictures.CAPTION_LINE_HEIGHT  # wrapped onto more than one line
+    pixels = np.asarray(picture)
+    assert (pixels[:header] > 150).any()  # the caption's text, in white on grey
+    assert pixels[header + 5, 30, 0] == 50 and pixels[header + 25, 30, 0] == 200

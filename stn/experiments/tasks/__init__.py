@@ -93,6 +93,8 @@ class Task:
         ones: the state the step returns holds what the forward wrote); None: `forward`.
       draw: `(batch, grids, outputs) -> PIL image` of what the transformers do (numpy inputs:
         the batch, each transformer's grid in the input frame, the input sampled on it).
+      steps_caption: what the frames of images/transformer_steps.png (`draw`'s pictures at
+        several steps) show, printed above them.
     """
 
     name: str
@@ -105,6 +107,7 @@ class Task:
     load_eval_set: Callable[[Any, str], tuple[Batch, str]]
     forward: Callable[[nnx.Module, Batch], Any] = default_forward
     draw: Callable[..., Any] = pictures.transformer_picture
+    steps_caption: str = pictures.STEPS_CAPTION
     init_weights: Callable[[Any, nnx.Module], None] = no_pretrained_weights
     train_forward: Callable[[nnx.Module, Batch], Any] | None = None
 

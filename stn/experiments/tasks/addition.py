@@ -97,4 +97,7 @@ def draw(batch: dict, grids: list, outputs: list):
 
 TASK = Task(name="addition", validate_config=validate_config, load_data=load_data,
             input_shape=input_shape, make_model=make_model, loss=classification.loss,
-            metrics=classification.metrics, load_eval_set=load_eval_set, draw=draw)
+            metrics=classification.metrics, load_eval_set=load_eval_set, draw=draw,
+            steps_caption="The same test examples at each step on the left (step 0: before "
+                          "training). Each: the input's channels with every transformer's "
+                          "outline, then each transformer's output channels.")

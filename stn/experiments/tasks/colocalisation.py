@@ -241,4 +241,7 @@ def draw(batch: dict, grids: list, outputs: list):
 
 TASK = Task(name="colocalisation", validate_config=validate_config, load_data=load_data,
             input_shape=input_shape, make_model=make_model, loss=loss, metrics=metrics,
-            load_eval_set=load_eval_set, forward=forward, draw=draw, init_weights=init_weights)
+            load_eval_set=load_eval_set, forward=forward, draw=draw, init_weights=init_weights,
+            steps_caption="The same optimised images at each step on the left (step 0: the "
+                          "initial box). Each: the image with the predicted box (red) and the "
+                          "true box (green), then the crop the transformer took.")
