@@ -101,12 +101,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (unstated): each layer scaled to unit norm ("raw": as they come). Chosen on the loss by
     # box size on validation images: raw puts its minimum at the whole image.
     c.model.descriptor = "unit"
-    # The crop starts as the centred box of half-side initial_scale and is kept inside the
-    # image with half-side in (min_scale, max_scale) (unstated; min_scale 0: unbounded, where
-    # crops left the image).
+    # The crop starts as the centred box of half-side initial_scale, with half-side in
+    # (min_scale, max_scale) (unstated; min_scale 0: unbounded, where crops left the image).
     c.model.initial_scale = 0.9
     c.model.min_scale = 0.2
     c.model.max_scale = 1.0
+    # How far the box's centre may move (unstated), with s its half-side and z the loc net's raw
+    # output: "inside", t = (1 - s) tanh(z), keeps the whole box in the image, so at the
+    # starting s = 0.9 it moves at most 0.1 (about 4 px); "free", t = tanh(z), keeps only the
+    # centre in the image (the part of the box outside it is sampled as zeros).
+    c.model.translation = "inside"
     # I_n^rand, "a randomly sampled patch of I_n": its size is (unstated): the crop's own
     # (patch_scale 0); a digit-sized one (1/3) puts the loss's minimum at the whole image.
     c.model.patch_scale = 0.0

@@ -48,6 +48,70 @@ def test_localised_fraction_on_hand_made_boxes():
     np.testing.assert_array_equal(values["centre_box_localised"], [0, 1, 0, 0])
 
 
+def centre_boxes(centres, half=1 / 3):
+    return np.concatenate([centres - half, centres + half], axis=-1).astype(np.float32)
+
+
+def correlation_of(predicted, true):
+    values = coloc.metrics({"box": jnp.asarray(predicted)}, {"box": jnp.asarray(true)})
+    return coloc.set_metrics({k: float(jnp.mean(v)) for k, v in values.items()})
+
+
+def test_centre_correlation_is_pearsons_r_of_the_centres_pooled_and_per_axis():
+    rng = np.random.default_rng(0)
+    true_centres = rng.uniform(-0.6, 0.6, (50, 2))
+    guessed = 0.5 * true_centres + rng.normal(0, 0.2, (50, 2)) + [0.1, -0.3]
+    figures = correlation_of(centre_boxes(guessed, 0.3), centre_boxes(true_centres))
+    expected_x = np.corrcoef(guessed[:, 0], true_centres[:, 0])[0, 1]
+    expected_y = np.corrcoef(guessed[:, 1], true_centres[:, 1])[0, 1]
+    pooled = np.corrcoef(guessed.ravel(), true_centres.ravel())[0, 1]  # 100 (x or y) pairs
+    assert abs(expected_x - expected_y) > 0.01 and 0.3 < pooled < 0.95
+    np.testing.assert_allclose(figures["centre_correlation_x"], expected_x, atol=1e-4)
+    np.testing.assert_allclose(figures["centre_correlation_y"], expected_y, atol=1e-4)
+    np.testing.assert_allclose(figures["centre_correlation"], pooled, atol=1e-4)
+    assert not any(k.startswith(coloc.MOMENT) for k in figures)  # the moments are consumed
+    # boxes that follow the digits (any size) correlate 1; mirrored ones -1; a fixed box: NaN
+    assert correlation_of(centre_boxes(0.5 * true_centres, 0.2),
+                          centre_boxes(true_centres))["centre_correlation"] == pytest.approx(1)
+    assert correlation_of(centre_boxes(-true_centres),
+                          centre_boxes(true_centres))["centre_correlation"] == pytest.approx(-1)
+    assert np.isnan(correlation_of(centre_boxes(np.zeros((50, 2))),
+                                   centre_boxes(true_centres))["centre_correlation"])
+
+
+def test_evaluation_reports_the_correlation_of_the_whole_set():
+    """evaluation.evaluate makes the figure from the whole set's moments: batches of 3 over 7
+    images (the last one padded) give numpy's r over the 7, not a mean of batches' r."""
+    from stn.experiments import evaluation  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    true_centres = rng.uniform(-0.6, 0.6, (7, 2))
+    guessed = true_centres + rng.normal(0, 0.3, (7, 2))
+    task = dataclasses.replace(coloc.TASK, forward=lambda model, batch: {"box": batch["guess"]},
+                               loss=lambda outputs, batch: jnp.zeros(batch["box"].shape[:1]))
+    graphdef, state = nnx.split(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
+    dataset = {"image": np.zeros((7, 2, 2, 1), np.float32), "box": centre_boxes(true_centres),
+               "guess": centre_boxes(guessed, 0.25)}
+    figures = evaluation.evaluate(task, graphdef, state, dataset, batch_size=3)
+    np.testing.assert_allclose(figures["centre_correlation"],
+                               np.corrcoef(guessed.ravel(), true_centres.ravel())[0, 1], atol=1e-4)
+    np.testing.assert_allclose(figures["centre_correlation_x"],
+                               np.corrcoef(guessed[:, 0], true_centres[:, 0])[0, 1], atol=1e-4)
+    assert figures["num_examples"] == 7 and "localised" in figures
+    assert not any(k.startswith(coloc.MOMENT) for k in figures)
+
+
+def test_a_bad_translation_is_one_line_naming_the_field():
+    config = coloc_config("t,class=3,quick")
+    config.model.translation = "wrap"
+    with pytest.raises(ValueError, match=r"^config.model.translation='wrap' is unknown; set it to "
+                                         r"one of inside, free$"):
+        coloc.validate_config(config)
+    config.model.translation = "free"
+    coloc.validate_config(config)
+
+
 def test_the_optimised_images_are_the_tasks_optimised_set():
     # load_data hands the trainer the training images (image, box, rand_pos) as `optimised`,
     # which training.evaluate_run scores as `train_*` and draws at every evaluation.
