@@ -234,11 +234,13 @@ def _centre_moments(predicted: jax.Array, true: jax.Array) -> dict[str, jax.Arra
 
 
 def _pearson(mean_p, mean_q, mean_pp, mean_qq, mean_pq) -> float:
-    """Pearson's r from the means of p, q, p^2, q^2 and pq; NaN where either has no spread."""
+    """Pearson's r from the means of p, q, p^2, q^2 and pq; NaN where either has (nearly) no
+    spread: a variance under 1e-4 of its mean square, which float32 sums cannot resolve (boxes
+    that all sit at one place gave |r| > 1 from rounding alone)."""
     var_p, var_q = mean_pp - mean_p ** 2, mean_qq - mean_q ** 2
-    if not (var_p > 0 and var_q > 0):
+    if not (var_p > 1e-4 * mean_pp and var_q > 1e-4 * mean_qq):
         return float("nan")
-    return float((mean_pq - mean_p * mean_q) / np.sqrt(var_p * var_q))
+    return float(np.clip((mean_pq - mean_p * mean_q) / np.sqrt(var_p * var_q), -1.0, 1.0))
 
 
 def set_metrics(means: dict[str, float]) -> dict[str, float]:

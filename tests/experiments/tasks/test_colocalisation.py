@@ -193,6 +193,50 @@ def test_a_fresh_run_starts_from_the_named_embedding_run_and_needs_it_no_more(tm
     assert "\n" not in str(info.value)
 
 
+def test_the_landscape_scores_a_finished_runs_learned_boxes(tmp_path, data_dir):
+    """tools/analyses/coloc_loss_landscape.py --workdir: the run's config and checkpoint give
+    the loc net's boxes, whose IoU is the run's own `train_iou`, and whose centres correlate
+    with the true ones as `train_centre_correlation` says; the true boxes score IoU 1; the
+    centred kind takes the half-side of lowest loss; the random patches' size can be changed."""
+    from stn.experiments import training
+    landscape = helpers.module_at("tools/analyses/coloc_loss_landscape.py")
+    config = _small_coloc(data_dir)
+    config.model.translation = "free"
+    results = training.train_and_evaluate(config, str(tmp_path / "run"))
+    run_config, model, optimised, step = landscape.restored_run(str(tmp_path / "run"))
+    assert step == 2 and run_config.model.translation == "free"
+    assert model.transformer.loc_net.translation == "free" and model.patch_scale == 0
+    sides = (1 / 3, 0.5, 0.9)
+    rows = {kind.split(" (")[0]: rest
+            for kind, *rest in landscape.learned_boxes(model, optimised, sides, repeats=2)}
+    assert set(rows) == {"learned", "true", "centred, best half-side"}
+    learned, true, centred = rows["learned"], rows["true"], rows["centred, best half-side"]
+    assert learned[1] == pytest.approx(results["train_iou"], abs=1e-5)
+    assert learned[2] == pytest.approx(results["train_localised"], abs=1e-6)
+    assert true[1] == pytest.approx(1.0, abs=1e-5) and true[2] == 1.0
+    assert true[0] == pytest.approx(1 / 3, abs=1e-5)
+    images = jnp.asarray(optimised["image"])
+    predicted = boxes.attention_box(model.transformer.loc_net(images))
+    p = np.asarray(0.5 * (predicted[:, :2] + predicted[:, 2:]))
+    q = 0.5 * (optimised["box"][:, :2] + optimised["box"][:, 2:])
+    assert results["train_centre_correlation"] == pytest.approx(
+        np.corrcoef(p.ravel(), q.ravel())[0, 1], abs=1e-4)
+    rng = np.random.default_rng(0)  # learned_boxes' draws (seed 0), in order
+    draws = [jnp.asarray(rng.uniform(-1, 1, (len(images), 2)), jnp.float32) for _ in range(2)]
+    centres = jnp.asarray(q, jnp.float32)
+    losses = [landscape.mean_loss(model, images, jnp.concatenate(
+        [jnp.full((len(images), 1), side, jnp.float32), centres], -1), draws) for side in sides]
+    assert len(set(np.round(losses, 6))) == 3  # the sizes differ, so "best" is a choice
+    assert centred[0] == pytest.approx(sides[int(np.argmin(losses))], abs=1e-6)
+    assert centred[3] == pytest.approx(min(losses), rel=1e-5)
+    _, other, *_ = landscape.restored_run(str(tmp_path / "run"), patch_scale=0.5)
+    truth = boxes.box_attention(jnp.asarray(optimised["box"]))
+    assert landscape.mean_loss(other, images, truth, draws) != pytest.approx(
+        landscape.mean_loss(model, images, truth, draws), rel=1e-4)
+    with pytest.raises(ValueError, match="does not exist"):
+        landscape.restored_run(str(tmp_path / "nowhere"))
+
+
 def test_the_cache_trains_the_embedding_run_once_through_the_trainer(tmp_path, data_dir,
                                                                       monkeypatch):
     """With `model.embedding.workdir` empty, the first run trains the embedding config through
