@@ -78,7 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # It is trained by a run of its own (`embedding`: task classification, this recipe, the
     # digits of data.source left after the validation split). Its training distortion is
     # (unstated): none, so its 28x28 input shows a digit at the scale the true 28-px box shows
-    # it through a 28-px crop (the loss by box size is then lowest at the true box,
+    # it through a 28-px crop (among boxes centred on the digits the loss by box size is then
+    # lowest at the true box; boxes a loc net learns, off centre, can score lower still:
     # docs/reports/appendix.md; RTS with a 42-px crop is flat from a box 0.75x to 1.5x the
     # digit). Fully trained: 3,000 steps (2.00% test error on the embedded sample; 500 steps:
     # more error, chosen on the loss by box size).
