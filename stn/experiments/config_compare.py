@@ -38,8 +38,9 @@ NON_COMPUTATIONAL = frozenset({
 STEPS = "train.steps"
 #: Fields added after runs were recorded, with the value that reproduces those runs: a field
 #: absent from one config compares as this value (so an old run still stands for the default),
-#: and any other value differs. `model.antialias`: False is the plain sampler.
-ADDED_DEFAULTS: Mapping[str, Any] = {"model.antialias": False}
+#: and any other value differs. `model.antialias`: False is the plain sampler;
+#: `model.translation` (co-localisation): "inside", the box kept inside the image.
+ADDED_DEFAULTS: Mapping[str, Any] = {"model.antialias": False, "model.translation": "inside"}
 
 
 def format_value(value: bool | int | float | str) -> str:

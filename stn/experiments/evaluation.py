@@ -38,7 +38,8 @@ def _eval_step(graphdef, task: tasks.Task):
 def evaluate(task: tasks.Task, graphdef, state, dataset: dict[str, np.ndarray], *,
              batch_size: int, mesh=None) -> dict[str, float]:
     """Mean loss and metrics of `nnx.merge(graphdef, state)` over `dataset` (numpy arrays, the
-    same on every process): `{"error", "loss", ..., "num_examples"}`.
+    same on every process), turned into the set's figures by the task's `set_metrics`:
+    `{"error", "loss", ..., "num_examples"}`.
 
     Batches are rounded up to a multiple of the device count; the last one is padded with zeros
     and the padding masked out of every sum.
@@ -59,7 +60,7 @@ def evaluate(task: tasks.Task, graphdef, state, dataset: dict[str, np.ndarray], 
                       parallel.global_array(mask, sharding))
         for key, value in jax.device_get(totals).items():
             sums[key] = sums.get(key, 0.0) + float(value)
-    return {**{k: v / n for k, v in sums.items()}, "num_examples": int(n)}
+    return {**task.set_metrics({k: v / n for k, v in sums.items()}), "num_examples": int(n)}
 
 
 IDENTITY_FIELDS = ("task", "model.name")  # what a run is: named first when two configs differ

@@ -48,7 +48,8 @@ CHANGES_NUMBERS = {
     "model.name", "model.transform", "model.kernel", "model.padding", "model.st_output_size",
     "model.st_pool", "model.loc_lr_multiplier", "model.loc_warmup_steps", "model.features", "model.fc_widths",
     "model.margin", "model.crop_size", "model.descriptor", "model.initial_scale",
-    "model.min_scale", "model.max_scale", "model.patch_scale", "model.loc_hidden",
+    "model.min_scale", "model.max_scale", "model.translation", "model.patch_scale",
+    "model.loc_hidden",
     "model.embedding.distortion", "model.embedding.steps", "model.embedding.batch_size",
     "model.embedding.learning_rate", "model.embedding.momentum", "model.embedding.seed",
     "model.embedding.workdir",  # the embedding run (checked against the recipe): a path

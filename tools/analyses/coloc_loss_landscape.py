@@ -19,6 +19,19 @@ boxes of the digit's size moved `k` pixels sideways off each digit (towards the 
 line, kept inside the image), for every image at once, and for one image at a time while the
 others keep the true box (`offset_landscape`). A loss higher part-way than at the empty end is a
 barrier that gradient descent from an empty or partly covering box does not cross.
+With `--workdir=runs/...` (a finished train.py run of configs/colocalisation.py) it scores the
+boxes that run's loc net LEARNED instead: its config read from the run (`config.json`,
+`stn.experiments.workdir.read_config`) and its model restored from its newest checkpoint
+(verified, `stn.experiments.evaluation.restore_run`), it prints the mean half-side, mean IoU,
+fraction localised (IoU > 0.5) and the loss on the 100 training images at the loc net's boxes,
+at the true boxes, and at the centred boxes (on the true centres) of the half-side whose loss is
+lowest among the landscape's, every kind under the same `--repeats` draws of the random patches
+(`learned_boxes`). `--patch_scale=S` scores them with random patches of half-side S (0: the
+crop's own) instead of the run's `model.patch_scale` (the boxes are the run's either way):
+
+    python tools/analyses/coloc_loss_landscape.py --workdir=runs/coloc_t7 --repeats=8
+    python tools/analyses/coloc_loss_landscape.py --workdir=runs/coloc_t7 --repeats=8 --patch_scale=0.3333333
+
 docs/reports/appendix.md has the numbers.
 """
 from __future__ import annotations
@@ -36,7 +49,8 @@ from flax import nnx
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 from stn import boxes  # noqa: E402
-from stn.experiments import config_compare, tasks
+from stn.experiments import config_compare, evaluation, tasks  # noqa: E402
+from stn.experiments import workdir as workdir_lib  # noqa: E402
 from stn.experiments.data import colocalisation as colocalisation_data  # noqa: E402
 from stn.experiments.models import colocalisation as models  # noqa: E402
 
@@ -137,17 +151,94 @@ def offset_landscape(config, offsets=OFFSETS, repeats: int = 4, seed: int = 0,
     return rows
 
 
+def restored_run(workdir: str, patch_scale: float | None = None):
+    """`(config, model, optimised set, step)` of the finished co-localisation run in `workdir`:
+    its config as the run recorded it (`workdir_lib.read_config`), its model at the newest
+    checkpoint, verified (`evaluation.restore_run`: the one restore path), and the images it
+    optimised on. `patch_scale` (not None) sets the random patches' half-side the loss is then
+    scored with (the boxes stay the run's)."""
+    config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
+    if config.task != "colocalisation":
+        raise ValueError(f"{workdir} holds a run of task {config.task!r}, not colocalisation")
+    config, task, graphdef, state, step, _ = evaluation.restore_run(workdir, config)
+    model = nnx.merge(graphdef, state)
+    if patch_scale is not None:
+        if not 0 <= patch_scale <= 1:
+            raise ValueError(f"--patch_scale={patch_scale} must be in [0, 1] (0: the crop's own)")
+        model.patch_scale = float(patch_scale)
+    return config, model, task.load_data(config).optimised, step
+
+
+def mean_loss(model, images: jax.Array, theta: jax.Array, draws: list[jax.Array]) -> float:
+    """The appendix's loss over `images` at the boxes `theta`, averaged over the random
+    patches' positions `draws` (each `[N, 2]`)."""
+    return float(np.mean([models.colocalisation_loss(model.outputs_at(images, theta, pos)).mean()
+                          for pos in draws]))
+
+
+def learned_boxes(model, optimised: dict, half_sides=HALF_SIDES, repeats: int = 8,
+                  seed: int = 0) -> list[tuple[str, float, float, float, float]]:
+    """`[(kind, mean half-side, mean IoU, fraction with IoU > 0.5, loss)]` on the `optimised`
+    images for the boxes of three kinds: "learned" (the loc net's own), "true" (the digits'
+    boxes) and "centred, best half-side" (on the true centres, the half-side of `half_sides`
+    with the lowest loss), each loss averaged over the same `repeats` draws of the random
+    patches."""
+    images, true_boxes = (jnp.asarray(optimised[k]) for k in ("image", "box"))
+    rng = np.random.default_rng(seed)
+    draws = [jnp.asarray(rng.uniform(-1, 1, (len(images), 2)), jnp.float32)
+             for _ in range(repeats)]
+    centres = 0.5 * (true_boxes[:, :2] + true_boxes[:, 2:])
+
+    def centred(side):
+        return jnp.concatenate([jnp.full((len(images), 1), side, jnp.float32), centres], -1)
+
+    best = min(half_sides, key=lambda side: mean_loss(model, images, centred(side), draws))
+    kinds = [("learned", model.transformer.loc_net(images)),
+             ("true", boxes.box_attention(true_boxes)),
+             (f"centred, best half-side ({best:.3g})", centred(best))]
+    rows = []
+    for kind, theta in kinds:
+        overlap = boxes.iou(boxes.attention_box(theta), true_boxes)
+        rows.append((kind, float(jnp.abs(theta[:, 0]).mean()), float(overlap.mean()),
+                     float((overlap > 0.5).mean()), mean_loss(model, images, theta, draws)))
+    return rows
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("arg", nargs="?", default="t,class=3,reduced",
-                        help="configs/colocalisation.py's arg")
+    parser.add_argument("arg", nargs="?", default=None,
+                        help="configs/colocalisation.py's arg (default t,class=3,reduced)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
     parser.add_argument("--repeats", type=int, default=4, help="random-patch draws per size")
     parser.add_argument("--split", choices=("train", "validation"), default="train",
                         help="the images scored: the optimised ones, or held-out (choices)")
     parser.add_argument("--offsets", action="store_true",
                         help="the loss along boxes moved sideways off the digits instead")
+    parser.add_argument("--workdir", default="",
+                        help="a finished run: score its loc net's boxes (no arg or overrides)")
+    parser.add_argument("--patch_scale", type=float, default=None,
+                        help="with --workdir: the random patches' half-side (0: the crop's own; "
+                             "default the run's model.patch_scale)")
     args = parser.parse_args(argv)
+    if args.workdir:
+        if args.arg or args.overrides or args.offsets or args.split != "train":
+            raise SystemExit("--workdir scores the run's own config on its training images: "
+                             "give no config arg, overrides, --offsets or --split with it")
+        try:
+            config, model, optimised, step = restored_run(args.workdir, args.patch_scale)
+        except ValueError as error:  # one line: no run, no checkpoint, another task
+            raise SystemExit(str(error)) from None
+        patches = f"{model.patch_scale:.4g}" if model.patch_scale else "the crop's own"
+        print(f"{args.workdir} ({config.name}, step {step}, model.translation="
+              f"{config.model.get('translation', 'inside')}): random patches of half-side "
+              f"{patches}, {args.repeats} draws (jax {jax.__version__}, "
+              f"{jax.devices()[0].platform})")
+        print(f"{'boxes':32s}  half-side  IoU   IoU>0.5  loss")
+        for kind, side, iou, localised, loss in learned_boxes(model, optimised,
+                                                              repeats=args.repeats):
+            print(f"{kind:32s}  {side:9.3f}  {iou:.2f}  {100 * localised:6.0f}%  {loss:.4f}")
+        return
+    args.arg = args.arg or "t,class=3,reduced"
     try:
         config = load_config(args.arg, args.overrides)
     except ValueError as error:  # one line: an unknown field or a badly typed value

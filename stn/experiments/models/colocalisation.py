@@ -25,20 +25,42 @@ CROP_SIZE = 28
 MARGIN = 1.0
 
 
-def inside_attention(raw: jax.Array, min_scale: float, max_scale: float = 1.0) -> jax.Array:
-    """`[B, 3]` unconstrained `(z_s, z_x, z_y)` -> attention `(s, t_x, t_y)` whose box lies in
-    the image: `s = m + (M - m) sigmoid(z_s)` in (m, M), `t = (1 - s) tanh(z_t)`."""
+TRANSLATIONS = ("inside", "free")
+
+
+def _check_translation(translation: str) -> None:
+    if translation not in TRANSLATIONS:
+        raise ValueError(f"translation={translation!r} is unknown; expected one of "
+                         f"{', '.join(TRANSLATIONS)}")
+
+
+def inside_attention(raw: jax.Array, min_scale: float, max_scale: float = 1.0,
+                     translation: str = "inside") -> jax.Array:
+    """`[B, 3]` unconstrained `(z_s, z_x, z_y)` -> attention `(s, t_x, t_y)` with half-side
+    `s = m + (M - m) sigmoid(z_s)` in (m, M) and translation
+
+        "inside":  t = (1 - s) tanh(z_t)   (the box lies in the image: |t| < 1 - s)
+        "free":    t = tanh(z_t)           (the box's centre lies in the image: |t| < 1)
+
+    At s = 0.9 "inside" moves the box at most 0.1 (about 4 px of 84) from the centre; "free"
+    lets it reach any centre, the part outside the image sampled as the padding."""
+    _check_translation(translation)
     scale = min_scale + (max_scale - min_scale) * jax.nn.sigmoid(raw[:, :1])
-    return jnp.concatenate([scale, (1.0 - scale) * jnp.tanh(raw[:, 1:])], axis=-1)
+    reach = (1.0 - scale) if translation == "inside" else 1.0
+    return jnp.concatenate([scale, reach * jnp.tanh(raw[:, 1:])], axis=-1)
 
 
-def inside_attention_inverse(theta: jax.Array, min_scale: float,
-                             max_scale: float = 1.0) -> jax.Array:
-    """The raw `(z_s, z_x, z_y)` that `inside_attention` maps to `theta` (`m < s < M`)."""
+def inside_attention_inverse(theta: jax.Array, min_scale: float, max_scale: float = 1.0,
+                             translation: str = "inside") -> jax.Array:
+    """The raw `(z_s, z_x, z_y)` that `inside_attention(..., translation)` maps to `theta`
+    (`m < s < M`; `|t| < 1 - s` for "inside", `|t| < 1` for "free"):
+    `z_s = logit((s - m) / (M - m))`, `z_t = artanh(t / (1 - s))` or `artanh(t)`."""
+    _check_translation(translation)
     theta = jnp.asarray(theta, jnp.float32)
     fraction = (theta[..., :1] - min_scale) / (max_scale - min_scale)
     z_s = jnp.log(fraction) - jnp.log1p(-fraction)
-    return jnp.concatenate([z_s, jnp.arctanh(theta[..., 1:] / (1.0 - theta[..., :1]))], axis=-1)
+    reach = (1.0 - theta[..., :1]) if translation == "inside" else 1.0
+    return jnp.concatenate([z_s, jnp.arctanh(theta[..., 1:] / reach)], axis=-1)
 
 
 class AttentionLocNet(layers.LocalisationNet):
@@ -46,17 +68,23 @@ class AttentionLocNet(layers.LocalisationNet):
     regression of `(s, t_x, t_y)` (appendix A.2), initialised to `initial`.
 
     With `min_scale > 0` the regression gives unconstrained values that `inside_attention` maps
-    to a box inside the image with half-side in (min_scale, max_scale); else it gives
-    `(s, t_x, t_y)`.
+    to a box with half-side in (min_scale, max_scale) and, by `translation`, the whole box
+    inside the image (`"inside"`: `t = (1 - s) tanh(z_t)`) or only its centre (`"free"`:
+    `t = tanh(z_t)`); the regression's bias starts at `inside_attention_inverse(initial)`.
+    Else (`min_scale` 0) it gives `(s, t_x, t_y)` unbounded and `translation` is unused.
     """
 
     def __init__(self, input_shape: Sequence[int], initial: jax.Array, *,
                  features: int = LOC_CONV["features"], kernel_size: int = LOC_CONV["kernel_size"],
                  stride: int = LOC_CONV["stride"], hidden: Sequence[int] = LOC_HIDDEN,
-                 min_scale: float = 0.0, max_scale: float = 1.0, rngs: nnx.Rngs):
+                 min_scale: float = 0.0, max_scale: float = 1.0, translation: str = "inside",
+                 rngs: nnx.Rngs):
+        _check_translation(translation)
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.translation = translation
         if self.min_scale > 0:
-            initial = inside_attention_inverse(initial, self.min_scale, self.max_scale)
+            initial = inside_attention_inverse(initial, self.min_scale, self.max_scale,
+                                               translation)
         height, width, channels = (int(d) for d in input_shape)
         self.conv = nnx.Conv(channels, features, (kernel_size, kernel_size),
                              strides=(stride, stride), padding="VALID", rngs=rngs)
@@ -73,7 +101,7 @@ class AttentionLocNet(layers.LocalisationNet):
         h = layers.max_pool(jax.nn.relu(self.conv(x)))
         raw = self.regression(self.hidden(h))
         if self.min_scale > 0:
-            return inside_attention(raw, self.min_scale, self.max_scale)
+            return inside_attention(raw, self.min_scale, self.max_scale, self.translation)
         return raw
 
 
@@ -117,7 +145,7 @@ class CoLocaliser(nnx.Module):
                  crop_size: int = CROP_SIZE, kernel: str = "bilinear", antialias: bool = False,
                  margin: float = MARGIN,
                  initial_scale: float = 1.0, descriptor: str = "raw", patch_scale: float = 0.0,
-                 min_scale: float = 0.0, max_scale: float = 1.0,
+                 min_scale: float = 0.0, max_scale: float = 1.0, translation: str = "inside",
                  loc_hidden: Sequence[int] = LOC_HIDDEN, embedding_size: int | None = None,
                  rngs: nnx.Rngs):
         """`embedding` is a trained classification CNN on `embedding_size` inputs (default
@@ -125,6 +153,9 @@ class CoLocaliser(nnx.Module):
         `margin` is the triplet loss's alpha, passed on in the outputs. The crop starts as the
         centred box of half-side `initial_scale` (1: the identity, the whole image).
         `patch_scale` is the random patches' half-side (0: the crop's own, `random_patch_params`).
+        With `min_scale > 0` the half-side is kept in (min_scale, max_scale) and `translation`
+        bounds the box's centre (`inside_attention`): "inside", `t = (1 - s) tanh(z_t)` (the box
+        stays in the image), or "free", `t = tanh(z_t)` (its centre does).
         """
         if descriptor not in DESCRIPTORS:
             raise ValueError(f"descriptor {descriptor!r} is unknown; expected one of "
@@ -135,7 +166,8 @@ class CoLocaliser(nnx.Module):
         self.canvas = int(embedding_size or crop_size)
         initial = jnp.asarray([initial_scale, 0.0, 0.0], jnp.float32)
         loc_net = AttentionLocNet(input_shape, initial, min_scale=min_scale,
-                                  max_scale=max_scale, hidden=loc_hidden, rngs=rngs)
+                                  max_scale=max_scale, translation=translation,
+                                  hidden=loc_hidden, rngs=rngs)
         self.transformer = layers.SpatialTransformer(loc_net, "attention", crop_size,
                                                      kernel=kernel, antialias=antialias)
         self.embedding = layers.freeze(embedding)

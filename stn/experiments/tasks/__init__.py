@@ -66,6 +66,11 @@ def no_pretrained_weights(config, model: nnx.Module) -> None:
     del config, model
 
 
+def means_only(means: dict[str, float]) -> dict[str, float]:
+    """A set's figures are the means of its per-example metrics, as they are."""
+    return means
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One experiment. Every callable is pure data plumbing; see the module docstring.
@@ -85,6 +90,10 @@ class Task:
       loss: `(outputs, batch) -> [B]` per-example loss; its mean is minimised.
       metrics: `(outputs, batch) -> {name: [B]}` per-example values averaged over a set; must
         hold "error", a fraction in [0, 1] (reported as test_error, validation_error, ...).
+      set_metrics: `{name: mean over a set} -> {name: figure}`, the figures reported for a whole
+        set, made from those means where a figure is no mean of per-example values (e.g. a
+        correlation, from the means of products that `metrics` gives per example); default
+        the means themselves.
       load_eval_set: `(config, spec) -> (batch of numpy arrays, tag)` for eval.py's `--data`:
         "test", "validation", or an external source (e.g. `idx:DIR`, `npz:FILE`).
       forward: `(model, batch) -> outputs`.
@@ -110,6 +119,7 @@ class Task:
     steps_caption: str = pictures.STEPS_CAPTION
     init_weights: Callable[[Any, nnx.Module], None] = no_pretrained_weights
     train_forward: Callable[[nnx.Module, Batch], Any] | None = None
+    set_metrics: Callable[[dict[str, float]], dict[str, float]] = means_only
 
 
 # The registry: task name -> module defining TASK (imported when first asked for).

@@ -5,7 +5,9 @@ Config fields read here (configs/colocalisation.py): `data.source`, `data.digit_
 images optimised on; the paper's 100), `data.validation_size` and `data.validation_seed`
 (training digits held out, all classes), `data.test_seed` (seed of the fixed sets);
 `model.crop_size`, `model.kernel`, `model.antialias`, `model.margin` (alpha), `model.initial_scale`,
-`model.descriptor`, `model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
+`model.descriptor`, `model.min_scale`, `model.max_scale`, `model.translation` (how far the box's
+centre may move: "inside" or "free", `stn.experiments.models.colocalisation.inside_attention`),
+`model.patch_scale` (half-side of the random patches `I_n^rand`, 0: the
 crop's own), `model.embedding.*` (the recipe of the fixed embedding CNN's own run:
 `distortion`, `steps`, `batch_size`, `learning_rate`, `momentum`, `seed`; `workdir`, a finished
 run of it, or "" for the cache under `cache_dir`); `train.batch_size`.
@@ -19,8 +21,11 @@ run's own checkpoints hold it from then on, so `eval.py` and a resumed run read 
 Loss: the appendix's triplet hinge loss (`stn.experiments.models.colocalisation`). Metrics:
 `error`, the fraction of images whose predicted box has IoU <= 0.5 with the true box; `localised` = 1 - error (the paper's success,
 IoU > 0.5); `iou`; and a baseline, a fixed box of the digit's size at the centre
-(`centre_box_error`, `centre_box_localised`, `centre_box_iou`). The trainer scores them on the
-optimised images too (`Data.optimised`: `train_localised`, the paper's headline).
+(`centre_box_error`, `centre_box_localised`, `centre_box_iou`); and `centre_correlation` (with
+`_x`, `_y`), Pearson's correlation of the predicted and true box centres over the set, x and y
+pooled (`set_metrics`, from per-example moments). The trainer scores them on the optimised
+images too (`Data.optimised`: `train_localised`, the paper's headline, and
+`train_centre_correlation`).
 """
 from __future__ import annotations
 
@@ -65,6 +70,10 @@ def validate_config(config) -> None:
     if config.model.descriptor not in models.DESCRIPTORS:
         raise ValueError(f"config.model.descriptor={config.model.descriptor!r} is unknown; set "
                          f"it to one of {', '.join(models.DESCRIPTORS)}")
+    translation = config.model.get("translation", "inside")
+    if translation not in models.TRANSLATIONS:
+        raise ValueError(f"config.model.translation={translation!r} is unknown; set it to one "
+                         f"of {', '.join(models.TRANSLATIONS)}")
     low, high = float(config.model.min_scale), float(config.model.max_scale)
     if not (0 <= low < high <= 1):
         raise ValueError(f"config.model.min_scale={low} and max_scale={high} must satisfy "
@@ -177,6 +186,7 @@ def make_model(config, shape, rngs):
                               patch_scale=float(config.model.patch_scale),
                               min_scale=float(config.model.min_scale),
                               max_scale=float(config.model.max_scale),
+                              translation=config.model.get("translation", "inside"),
                               loc_hidden=tuple(int(w) for w in config.model.loc_hidden),
                               rngs=rngs)
 
@@ -206,10 +216,54 @@ def loss(outputs: dict, batch: dict) -> jax.Array:
     return models.colocalisation_loss(outputs)
 
 
+MOMENT = "centre_moment_"  # per-example products whose means set_metrics turns into correlations
+
+
+def _centre_moments(predicted: jax.Array, true: jax.Array) -> dict[str, jax.Array]:
+    """Per example, for each axis a of the box centres (p predicted, q true): p_a, q_a, p_a^2,
+    q_a^2 and p_a q_a, named `centre_moment_<a>_<p|q|pp|qq|pq>`."""
+    p = 0.5 * (predicted[:, :2] + predicted[:, 2:])
+    q = 0.5 * (true[:, :2] + true[:, 2:])
+    values = {}
+    for index, axis in enumerate("xy"):
+        a, b = p[:, index], q[:, index]
+        values.update({f"{MOMENT}{axis}_p": a, f"{MOMENT}{axis}_q": b,
+                       f"{MOMENT}{axis}_pp": a * a, f"{MOMENT}{axis}_qq": b * b,
+                       f"{MOMENT}{axis}_pq": a * b})
+    return values
+
+
+def _pearson(mean_p, mean_q, mean_pp, mean_qq, mean_pq) -> float:
+    """Pearson's r from the means of p, q, p^2, q^2 and pq; NaN where either has (nearly) no
+    spread: a variance under 1e-4 of its mean square, which float32 sums cannot resolve (boxes
+    that all sit at one place gave |r| > 1 from rounding alone)."""
+    var_p, var_q = mean_pp - mean_p ** 2, mean_qq - mean_q ** 2
+    if not (var_p > 1e-4 * mean_pp and var_q > 1e-4 * mean_qq):
+        return float("nan")
+    return float(np.clip((mean_pq - mean_p * mean_q) / np.sqrt(var_p * var_q), -1.0, 1.0))
+
+
+def set_metrics(means: dict[str, float]) -> dict[str, float]:
+    """The set's means, with the centre moments replaced by Pearson's correlation of the
+    predicted and true box centres over the set's images: `centre_correlation` (x and y
+    coordinates pooled: 2N pairs), `centre_correlation_x`, `centre_correlation_y`."""
+    figures = {k: v for k, v in means.items() if not k.startswith(MOMENT)}
+    if not any(k.startswith(MOMENT) for k in means):
+        return figures
+    moments = {axis: [means[f"{MOMENT}{axis}_{m}"] for m in ("p", "q", "pp", "qq", "pq")]
+               for axis in "xy"}
+    pooled = [0.5 * (x + y) for x, y in zip(moments["x"], moments["y"])]
+    figures["centre_correlation"] = _pearson(*pooled)
+    for axis in "xy":
+        figures[f"centre_correlation_{axis}"] = _pearson(*moments[axis])
+    return figures
+
+
 def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
-    """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, and the
-    baseline of a fixed centred box of the digit's size: `centre_box_error`,
-    `centre_box_localised` and `centre_box_iou`."""
+    """`error` (IoU <= 0.5), `localised` (IoU > 0.5, the paper's success), `iou`, the
+    baseline of a fixed centred box of the digit's size (`centre_box_error`,
+    `centre_box_localised` and `centre_box_iou`), and the box centres' moments
+    (`_centre_moments`), which `set_metrics` turns into the set's `centre_correlation`."""
     overlap = boxes.iou(outputs["box"], batch["box"])
     true = batch["box"]
     half = 0.5 * (true[:, 2:] - true[:, :2])
@@ -217,7 +271,8 @@ def metrics(outputs: dict, batch: dict) -> dict[str, jax.Array]:
     localised = (overlap > 0.5).astype(jnp.float32)
     return {"error": 1.0 - localised, "localised": localised, "iou": overlap,
             "centre_box_error": (centred <= 0.5).astype(jnp.float32),
-            "centre_box_localised": (centred > 0.5).astype(jnp.float32), "centre_box_iou": centred}
+            "centre_box_localised": (centred > 0.5).astype(jnp.float32), "centre_box_iou": centred,
+            **_centre_moments(outputs["box"], true)}
 
 
 def load_eval_set(config, spec: str) -> tuple[dict, str]:
@@ -242,6 +297,7 @@ def draw(batch: dict, grids: list, outputs: list):
 TASK = Task(name="colocalisation", validate_config=validate_config, load_data=load_data,
             input_shape=input_shape, make_model=make_model, loss=loss, metrics=metrics,
             load_eval_set=load_eval_set, forward=forward, draw=draw, init_weights=init_weights,
+            set_metrics=set_metrics,
             steps_caption="The same optimised images at each step on the left (step 0: the "
                           "initial box). Each: the image with the predicted box (red) and the "
                           "true box (green), then the crop the transformer took.")

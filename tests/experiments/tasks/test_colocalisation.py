@@ -48,6 +48,70 @@ def test_localised_fraction_on_hand_made_boxes():
     np.testing.assert_array_equal(values["centre_box_localised"], [0, 1, 0, 0])
 
 
+def centre_boxes(centres, half=1 / 3):
+    return np.concatenate([centres - half, centres + half], axis=-1).astype(np.float32)
+
+
+def correlation_of(predicted, true):
+    values = coloc.metrics({"box": jnp.asarray(predicted)}, {"box": jnp.asarray(true)})
+    return coloc.set_metrics({k: float(jnp.mean(v)) for k, v in values.items()})
+
+
+def test_centre_correlation_is_pearsons_r_of_the_centres_pooled_and_per_axis():
+    rng = np.random.default_rng(0)
+    true_centres = rng.uniform(-0.6, 0.6, (50, 2))
+    guessed = 0.5 * true_centres + rng.normal(0, 0.2, (50, 2)) + [0.1, -0.3]
+    figures = correlation_of(centre_boxes(guessed, 0.3), centre_boxes(true_centres))
+    expected_x = np.corrcoef(guessed[:, 0], true_centres[:, 0])[0, 1]
+    expected_y = np.corrcoef(guessed[:, 1], true_centres[:, 1])[0, 1]
+    pooled = np.corrcoef(guessed.ravel(), true_centres.ravel())[0, 1]  # 100 (x or y) pairs
+    assert abs(expected_x - expected_y) > 0.01 and 0.3 < pooled < 0.95
+    np.testing.assert_allclose(figures["centre_correlation_x"], expected_x, atol=1e-4)
+    np.testing.assert_allclose(figures["centre_correlation_y"], expected_y, atol=1e-4)
+    np.testing.assert_allclose(figures["centre_correlation"], pooled, atol=1e-4)
+    assert not any(k.startswith(coloc.MOMENT) for k in figures)  # the moments are consumed
+    # boxes that follow the digits (any size) correlate 1; mirrored ones -1; a fixed box: NaN
+    assert correlation_of(centre_boxes(0.5 * true_centres, 0.2),
+                          centre_boxes(true_centres))["centre_correlation"] == pytest.approx(1)
+    assert correlation_of(centre_boxes(-true_centres),
+                          centre_boxes(true_centres))["centre_correlation"] == pytest.approx(-1)
+    assert np.isnan(correlation_of(centre_boxes(np.zeros((50, 2))),
+                                   centre_boxes(true_centres))["centre_correlation"])
+
+
+def test_evaluation_reports_the_correlation_of_the_whole_set():
+    """evaluation.evaluate makes the figure from the whole set's moments: batches of 3 over 7
+    images (the last one padded) give numpy's r over the 7, not a mean of batches' r."""
+    from stn.experiments import evaluation  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    true_centres = rng.uniform(-0.6, 0.6, (7, 2))
+    guessed = true_centres + rng.normal(0, 0.3, (7, 2))
+    task = dataclasses.replace(coloc.TASK, forward=lambda model, batch: {"box": batch["guess"]},
+                               loss=lambda outputs, batch: jnp.zeros(batch["box"].shape[:1]))
+    graphdef, state = nnx.split(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
+    dataset = {"image": np.zeros((7, 2, 2, 1), np.float32), "box": centre_boxes(true_centres),
+               "guess": centre_boxes(guessed, 0.25)}
+    figures = evaluation.evaluate(task, graphdef, state, dataset, batch_size=3)
+    np.testing.assert_allclose(figures["centre_correlation"],
+                               np.corrcoef(guessed.ravel(), true_centres.ravel())[0, 1], atol=1e-4)
+    np.testing.assert_allclose(figures["centre_correlation_x"],
+                               np.corrcoef(guessed[:, 0], true_centres[:, 0])[0, 1], atol=1e-4)
+    assert figures["num_examples"] == 7 and "localised" in figures
+    assert not any(k.startswith(coloc.MOMENT) for k in figures)
+
+
+def test_a_bad_translation_is_one_line_naming_the_field():
+    config = coloc_config("t,class=3,quick")
+    config.model.translation = "wrap"
+    with pytest.raises(ValueError, match=r"^config.model.translation='wrap' is unknown; set it to "
+                                         r"one of inside, free$"):
+        coloc.validate_config(config)
+    config.model.translation = "free"
+    coloc.validate_config(config)
+
+
 def test_the_optimised_images_are_the_tasks_optimised_set():
     # load_data hands the trainer the training images (image, box, rand_pos) as `optimised`,
     # which training.evaluate_run scores as `train_*` and draws at every evaluation.
@@ -127,6 +191,51 @@ def test_a_fresh_run_starts_from_the_named_embedding_run_and_needs_it_no_more(tm
                                          r"another config than coloc_embedding_none's \(") as info:
         task.init_weights(other, task.make_model(other, (84, 84, 1), nnx.Rngs(0)))
     assert "\n" not in str(info.value)
+
+
+def test_the_landscape_scores_a_finished_runs_learned_boxes(tmp_path, data_dir):
+    """tools/analyses/coloc_loss_landscape.py --workdir: the run's config and checkpoint give
+    the loc net's boxes, whose IoU is the run's own `train_iou`, and whose centres correlate
+    with the true ones as `train_centre_correlation` says; the true boxes score IoU 1; the
+    centred kind takes the half-side of lowest loss; the random patches' size can be changed."""
+    from stn.experiments import training
+    landscape = helpers.module_at("tools/analyses/coloc_loss_landscape.py")
+    config = _small_coloc(data_dir)
+    config.model.translation = "free"
+    results = training.train_and_evaluate(config, str(tmp_path / "run"))
+    run_config, model, optimised, step = landscape.restored_run(str(tmp_path / "run"))
+    assert step == 2 and run_config.model.translation == "free"
+    assert model.transformer.loc_net.translation == "free" and model.patch_scale == 0
+    sides = (1 / 3, 0.5, 0.9)
+    rows = {kind.split(" (")[0]: rest
+            for kind, *rest in landscape.learned_boxes(model, optimised, sides, repeats=2)}
+    assert set(rows) == {"learned", "true", "centred, best half-side"}
+    learned, true, centred = rows["learned"], rows["true"], rows["centred, best half-side"]
+    assert learned[1] == pytest.approx(results["train_iou"], abs=1e-5)
+    assert learned[2] == pytest.approx(results["train_localised"], abs=1e-6)
+    assert true[1] == pytest.approx(1.0, abs=1e-5) and true[2] == 1.0
+    assert true[0] == pytest.approx(1 / 3, abs=1e-5)
+    images = jnp.asarray(optimised["image"])
+    predicted = boxes.attention_box(model.transformer.loc_net(images))
+    p = np.asarray(0.5 * (predicted[:, :2] + predicted[:, 2:]))
+    q = 0.5 * (optimised["box"][:, :2] + optimised["box"][:, 2:])
+    assert results["train_centre_correlation"] == pytest.approx(
+        np.corrcoef(p.ravel(), q.ravel())[0, 1], abs=1e-4)
+    rng = np.random.default_rng(0)  # learned_boxes' draws (seed 0), in order
+    draws = [jnp.asarray(rng.uniform(-1, 1, (len(images), 2)), jnp.float32) for _ in range(2)]
+    centres = jnp.asarray(q, jnp.float32)
+    losses = [landscape.mean_loss(model, images, jnp.concatenate(
+        [jnp.full((len(images), 1), side, jnp.float32), centres], -1), draws) for side in sides]
+    assert len(set(np.round(losses, 6))) >= 2  # the sizes differ, so "best" is a choice
+    assert centred[0] == pytest.approx(sides[int(np.argmin(losses))], abs=1e-6)
+    assert centred[3] == pytest.approx(min(losses), rel=1e-5)
+    _, other, *_ = landscape.restored_run(str(tmp_path / "run"), patch_scale=0.5)
+    truth = boxes.box_attention(jnp.asarray(optimised["box"]))
+    assert other.patch_scale == 0.5  # the patches scored are half-side 0.5, not the crop's
+    assert not np.allclose(other.outputs_at(images, truth, draws[0])["random_embedding"],
+                           model.outputs_at(images, truth, draws[0])["random_embedding"])
+    with pytest.raises(ValueError, match="does not exist"):
+        landscape.restored_run(str(tmp_path / "nowhere"))
 
 
 def test_the_cache_trains_the_embedding_run_once_through_the_trainer(tmp_path, data_dir,
