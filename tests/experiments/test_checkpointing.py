@@ -500,6 +500,7 @@ def test_a_full_disk_while_saving_is_one_line(data_dir_fresh, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]  # no partial folder
 
 
+@pytest.mark.slow
 def test_a_full_disk_reaches_the_terminal_as_one_line_from_train_py(data_dir_fresh, tmp_path):
     script = ("import errno, runpy, sys\n"
               "import orbax.checkpoint._src.serialization.serialization as s\n"

@@ -130,6 +130,7 @@ def test_only_the_harmless_fields_are_ignored_by_the_comparison():
             [] if field in HARMLESS else [field]), field
 
 
+@pytest.mark.slow
 def test_changing_every_harmless_training_field_leaves_the_numbers_bit_identical(tmp_path):
     data_dir = helpers.write_pattern_set(tmp_path / "patterns", n_train=256, n_test=100)
     base = helpers.small_config(data_dir, steps=6, log_every=2, eval_every=3, checkpoint_every=3)

@@ -213,6 +213,7 @@ def test_runner_end_to_end_and_resume(tmp_path):
     assert sorted(calls(workdir)) == ["p0", "p1"]
 
 
+@pytest.mark.slow
 def test_failed_point_is_reported_and_does_not_stop_others(tmp_path):
     sweep = sweep_file(tmp_path, ["a", "fail", "c"])
     workdir = tmp_path / "runs"

@@ -130,6 +130,7 @@ def _data_files(step_dir, item="params"):
                    and p.parent.name == "d"), key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoints_are_skipped_for_the_newest_that_verifies(data_dir, tmp_path,
                                                                       capsys):
     config = helpers.small_config(data_dir, steps=6, checkpoint_every=2, eval_every=100)
@@ -225,6 +226,7 @@ def test_the_learning_rate_staircase_crosses_its_decay_step(data_dir, tmp_path):
     np.testing.assert_allclose(moves, [0.05, 0.05, 0.005], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_bit_identically(data_dir, tmp_path):
     """`kill -9` in the middle of a run: the rerun resumes from the last checkpoint and ends
     with the parameters of an uninterrupted run."""

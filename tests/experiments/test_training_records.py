@@ -181,6 +181,7 @@ SIGTERM_IN_FINAL_EVALUATION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_final_evaluation_exits_130_with_one_line(data_dir, tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run(

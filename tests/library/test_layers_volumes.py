@@ -13,6 +13,7 @@ def _volume(shape=(2, 12, 12, 12, 1), seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", transforms.names(3))
 def test_fresh_volume_transformer_is_identity_and_resizes(name):
     x = _volume()
@@ -23,6 +24,7 @@ def test_fresh_volume_transformer_is_identity_and_resizes(name):
     assert small.shape == (2, 6, 8, 10, 1)
 
 
+@pytest.mark.slow
 def test_volume_transformer_gradients_reach_the_regression_layer():
     x = _volume()
     loc = layers.ConvLocNet3D(x.shape[1:], transforms.get("affine3d").identity(),
@@ -35,6 +37,7 @@ def test_volume_transformer_gradients_reach_the_regression_layer():
     assert layers.regression_paths(st) == ["loc_net.regression"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_learnt_kernel_parameters(ndim):
     x = _volume((2, 10, 10, 1) if ndim == 2 else (2, 8, 8, 8, 1))
@@ -55,6 +58,7 @@ def test_learnt_kernel_parameters(ndim):
     np.testing.assert_allclose(fixed(x), st(x), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,steps", [((2, 10, 12, 1), 0), ((2, 6, 7, 8, 2), 3)])
 def test_fresh_flow_transformer_is_identity_and_learns(shape, steps):
     x = _volume(shape)

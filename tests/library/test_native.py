@@ -125,6 +125,7 @@ def test_float32_matches_jnp_path(num_axes, kernel, padding, align_corners):
                          [(n, p, a) for n, k, p, a in CASES if k == "bilinear"],
                          ids=[i.replace("-bilinear", "") for c, i in zip(CASES, CASE_IDS)
                               if c[1] == "bilinear"])
+@pytest.mark.slow
 def test_one_channel_vector_path_matches_jnp_path(num_axes, padding, align_corners):
     """One channel takes the kernel's vector path (kLanes points at a time, masked gathers); 56
     points per slice, not a multiple of the lanes, so a block's tail is covered too."""
@@ -365,6 +366,7 @@ def test_install_time_build_is_the_library_used_at_run_time(monkeypatch, tmp_pat
 # ---------------------------------------------------------------- cases the tests above missed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_axes", [2, 3])
 def test_grid_dtype_sets_the_compute_dtype(num_axes):
     """A float32 image with a float64 grid is computed in float64 (the grid's precision), at
@@ -383,6 +385,7 @@ def test_grid_dtype_sets_the_compute_dtype(num_axes):
         assert np.max(np.abs(np.asarray(rounded) - reference[0])) > 1e-2  # the test can fail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3], ids=["vector-path", "scalar-path"])
 @pytest.mark.parametrize("num_axes", [2, 3])
 def test_taps_just_past_the_last_row_and_column(num_axes, channels):
@@ -418,6 +421,7 @@ def test_taps_just_past_the_last_row_and_column(num_axes, channels):
             _assert_close(parts, reference, 2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_axes,kernel", [(2, "bilinear"), (3, "bilinear"), (2, "nearest")])
 def test_second_and_third_derivatives_match_jnp_path(num_axes, kernel):
     """Through the native primitives: forward over reverse, reverse over reverse and a third
@@ -503,6 +507,7 @@ def _run_sampling(cache, compiler):
     return result.returncode, result.stdout, lines
 
 
+@pytest.mark.slow
 def test_first_build_says_when_it_starts_and_ends_and_a_damaged_library_is_rebuilt(tmp_path):
     """A first use prints one line before the build and one after it (stderr, by default); a
     truncated cached library is rebuilt rather than loaded (the loader dies of a Bus error on

@@ -123,6 +123,7 @@ UPSCALE_CASES = [  # (kernel, theta, padding)
                               "identity-keys-border", "rotate30-zoomin-bilinear-zeros",
                               "rotate-70-zoomin-bicubic-border", "shear-zoomin-keys-reflection",
                               "outside-bilinear-reflection", "outside-bilinear-border"])
+@pytest.mark.slow
 def test_identity_and_upscaling_equal_plain_sampling(kernel, theta, padding):
     """Footprint <= 1 on every axis: values and gradients are those of plain sampling (the
     interpolating kernels' weights already sum to one)."""
@@ -224,6 +225,7 @@ GRAD_CASES = [(2, "bilinear", "zeros"), (2, "bicubic", "reflection"),
 @pytest.mark.parametrize("num_axes,kernel,padding", GRAD_CASES,
                          ids=["2d-bilinear-zeros", "2d-bicubic-reflection", "2d-keys-border",
                               "2d-gaussian-zeros", "3d-bilinear-border", "3d-bicubic-zeros"])
+@pytest.mark.slow
 def test_check_grads_image_and_grid_through_the_footprint(num_axes, kernel, padding):
     image, grid = _zoom_out_case(num_axes)
     fn = lambda u, g: _antialiased(u, g, kernel, padding=padding, max_scale=3.0)  # noqa: E731
@@ -265,6 +267,7 @@ def test_held_stretch_reproduces_the_values():
 @pytest.mark.parametrize("num_axes,make_kernel", [(2, kernels.Keys),
                                                   (3, lambda a: kernels.Gaussian(a, 2.0))],
                          ids=["2d-keys_a", "3d-gaussian_sigma"])
+@pytest.mark.slow
 def test_check_grads_kernel_parameters(make_kernel, num_axes):
     image, grid = _zoom_out_case(num_axes, seed=1)
     fn = lambda u, g, p: _antialiased(u, g, make_kernel(p), padding="border")  # noqa: E731
@@ -287,6 +290,7 @@ def test_gather_and_window_paths_agree(kernel):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-11)
 
 
+@pytest.mark.slow
 def test_non_finite_points_sample_zero_and_neighbours_use_one_sided_differences():
     """NaN and inf points give 0 and no gradient; their neighbours' footprint comes from the
     valid side, which on an affine grid is the same, so every other value is unchanged."""

@@ -56,6 +56,7 @@ def test_wrap_is_sampling_the_tiled_image(sizes, kernel, align_corners, method):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_wrap_gradients_and_antialiasing(align_corners):
     rng = np.random.default_rng(1)

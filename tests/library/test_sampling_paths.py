@@ -49,6 +49,7 @@ def _case(seed, sizes, align_corners, channels=3):
 PADDING_CASES = [("zeros", False), ("border", True), ("reflection", False), ("reflection", True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,kernel,sizes", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("padding,align_corners", PADDING_CASES)
 def test_values_and_gradients_match_reference_path(method, kernel, sizes, padding, align_corners):

@@ -33,6 +33,7 @@ def _case(sizes, seed=0, channels=2):
     return jnp.asarray(image), jnp.asarray(grid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kernel", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("sizes", [(5, 6), (4, 5, 6)], ids=["2d", "3d"])
@@ -46,6 +47,7 @@ def test_check_grads_order_two(sizes, kernel, method):
 @pytest.mark.parametrize("sizes,padding", [((5, 6), "zeros"), ((5, 6), "reflection"),
                                           ((4, 5, 6), "border")],
                          ids=["2d-zeros", "2d-reflection", "3d-border"])
+@pytest.mark.slow
 def test_hessian_and_third_derivative_agree_across_paths(sizes, padding):
     """``hessian``, reverse over reverse and a third derivative: the default path (native on the
     CPU) gives the jnp path's numbers."""

@@ -211,6 +211,7 @@ def test_rotation_keeps_its_centre_and_inverts():
                                atol=1e-12)
 
 
+@pytest.mark.slow
 def test_crop_and_resize_boxes():
     image = _rng_image((2, 9, 12, 2))
     boxes = jnp.asarray([[[1.0, 2.0, 8.5, 6.0], [10.0, 0.0, 3.0, 8.0], [-2.0, -1.0, 13.0, 9.5]],
@@ -259,6 +260,7 @@ def test_tps_interpolates_and_reproduces_affine_maps():
         np.asarray(points @ linear.T + shift), atol=1e-10)
 
 
+@pytest.mark.slow
 def test_warp_tps_in_pixels():
     """Pixel-space spline: an affine point map is warp_affine; target points read their
     sources; the result does not depend on align_corners."""
@@ -283,6 +285,7 @@ def test_warp_tps_in_pixels():
 # ---------------------------------------------------------------- gradients
 
 
+@pytest.mark.slow
 def test_gradients_of_the_warps():
     image = _rng_image((1, 7, 9, 2))
     matrix = jnp.asarray([[[1.1, 0.2, -0.7], [-0.1, 0.9, 0.4]]])
@@ -304,6 +307,7 @@ def test_gradients_of_the_warps():
                 modes=["fwd", "rev"], eps=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_of_the_builders_and_conversions():
     center = jnp.asarray([[3.0, 2.0]])
     check_grads(lambda c, a, s: warps.rotation_matrix(c, a, s),
@@ -317,6 +321,7 @@ def test_gradients_of_the_builders_and_conversions():
                 modes=["fwd", "rev"])
 
 
+@pytest.mark.slow
 def test_second_derivatives_of_a_warp_on_the_jnp_path():
     """Bicubic weights are smooth between integer coordinates; a fractional shift keeps every
     point 0.37 pixel or more from them, so finite differences see a smooth function."""

@@ -63,6 +63,7 @@ def test_batch_shapes_labels_and_canvas_edges(canvas_size):
     assert ring.max() < 0.05
 
 
+@pytest.mark.slow
 def test_deterministic_from_seed_and_step():
     images, labels = _digits()
     a = ms.train_batch(images, labels, 7, 11, batch_size=8)
@@ -73,6 +74,7 @@ def test_deterministic_from_seed_and_step():
     assert not np.array_equal(np.asarray(a["image"]), np.asarray(c["image"]))
 
 
+@pytest.mark.slow
 def test_test_set_uses_test_digits_and_is_fixed():
     images, labels = _digits()
     base = DigitSet(images, labels, images[:5], np.array([4, 4, 4, 4, 4], np.int32), "fake")

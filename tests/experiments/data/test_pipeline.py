@@ -114,6 +114,7 @@ def slice_hash(images):
     return hashlib.sha256(quantised.tobytes()).hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_SHA256))
 def test_test_set_bytes_match_stored_hash(name):
     assert pipeline.TEST_CHUNK == 500

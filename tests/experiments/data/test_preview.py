@@ -57,6 +57,7 @@ def test_cli_refuses_bad_num_in_one_line_and_writes_nothing(tmp_path, flag):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_says_what_it_draws_at_once_and_the_file_it_wrote(tmp_path):
     """A first line before the distortions compile (so a user can tell work from a hang), and
     the absolute path of the PNG at the end."""

@@ -37,6 +37,7 @@ def test_random_and_centre_crops():
     np.testing.assert_allclose(centre, images[:, 2:6, 2:6] / 255.0)
 
 
+@pytest.mark.slow
 def test_train_batches_pair_each_image_with_its_own_label():
     """Image i is filled with a value computed from label i; every batch row must agree.
 
@@ -119,6 +120,7 @@ def test_bad_variant_and_manual_dir_raise(tmp_path):
         sequences.validate_config(c)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_smoke_on_miniature(manual_dir, tmp_path):
     """The whole SVHN path through stn.experiments.training: builds, trains 3 steps, writes results.json."""
     from stn.experiments import training

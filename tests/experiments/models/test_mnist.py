@@ -11,6 +11,7 @@ from stn.experiments.models.mnist import get_model
 @pytest.mark.parametrize("name,transform", [("st_fcn", "affine"), ("st_fcn", "tps"),
                                             ("st_cnn", "affine"), ("st_cnn", "projective"),
                                             ("st_cnn", "tps")])
+@pytest.mark.slow
 def test_fresh_st_model_transformer_is_identity(name, transform):
     x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
     model = get_model({"name": name, "transform": transform}, 28, nnx.Rngs(0))
@@ -53,6 +54,7 @@ def test_st_output_size_downsamples():
     assert model(x).shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_st_pool_average_pools_the_transformer_output():
     """`st_pool=2` (the paper's RTS and TC models): the classifier sees the transformer's output
     average-pooled 2x2; a CNN that no longer fits its input is a one-line error."""

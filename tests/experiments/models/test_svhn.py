@@ -12,6 +12,7 @@ from stn.experiments.tasks.sequences import sequence_correct, sequence_loss
 SMALL = dict(features=(8, 8, 16, 16, 16, 16, 16, 16), fc_widths=(32, 32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,num_stn", [("cnn", 0), ("st_cnn_single", 1), ("st_cnn_multi", 4)])
 def test_output_shapes_and_transformers(name, num_stn):
     model = svhn.create(name, (54, 54, 3), **SMALL, rngs=nnx.Rngs(0))
@@ -23,6 +24,7 @@ def test_output_shapes_and_transformers(name, num_stn):
     assert (model.transformer is not None) == (num_stn > 0)
 
 
+@pytest.mark.slow
 def test_transformers_start_as_identity():
     """Each fresh transformer returns its input (zero regression weights, identity bias)."""
     model = svhn.create("st_cnn_multi", (54, 54, 3), **SMALL, rngs=nnx.Rngs(1))
@@ -85,6 +87,7 @@ def test_sequence_loss_is_length_plus_digit_cross_entropies():
     assert float(sequence_loss(confident, labels)[0]) < 1e-2  # 6 heads at ~4e-4 each
 
 
+@pytest.mark.slow
 def test_multi_grids_compose_back_into_the_input_frame():
     """Transformer 0 zooms in 2x, transformer 1 shifts right by 0.2 of its input's frame: in
     image coordinates transformer 1 samples `0.5 * p + (0.1, 0)` (a shift of 0.2 at half scale);

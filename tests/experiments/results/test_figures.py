@@ -129,6 +129,7 @@ def _every_table_option() -> dict:
     return options
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_every_table_option()))
 def test_every_table_option_writes_its_chart_with_matplotlib(name, tmp_path):
     plotted = _every_table_option()[name](tmp_path)
@@ -169,6 +170,7 @@ def test_png_only_unless_asked_and_bad_formats(table1_runs):
         tables.write("nope", table1_runs)
 
 
+@pytest.mark.slow
 def test_cli_format(table1_runs):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "stn.experiments.results", f"--workdir={table1_runs}", "--table=1"]

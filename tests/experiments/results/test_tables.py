@@ -331,6 +331,7 @@ def test_sweep_figure(lr_sweep, tmp_path):
     assert sweep["figure"] is None and not (single / "sweep.png").exists()
 
 
+@pytest.mark.slow
 def test_sweep_cli(lr_sweep, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "stn.experiments.results", "--table=sweep"]
@@ -426,6 +427,7 @@ def test_an_impossible_error_is_a_problem_and_its_run_is_left_out(table1_runs):
     assert "validation_error=-0.1 is not a fraction" in md
 
 
+@pytest.mark.slow
 def test_a_cell_of_several_settings_ends_the_command_with_one_line(table1_runs):
     _write(table1_runs, "r-cnn-lr", 0.03, seed=2, data__distortion="r", model__name="cnn",
            model__transform="affine", train__learning_rate=0.5)
@@ -438,6 +440,7 @@ def test_a_cell_of_several_settings_ends_the_command_with_one_line(table1_runs):
     assert (table1_runs / "table1.md").is_file() and (table1_runs / "table1.png").is_file()
 
 
+@pytest.mark.slow
 def test_out_dir_that_is_a_file_is_one_line(table1_runs, tmp_path):
     (tmp_path / "taken").write_text("not a folder")
     out = _cli(f"--workdir={table1_runs}", "--table=1", f"--out_dir={tmp_path / 'taken'}")
@@ -450,6 +453,7 @@ def test_out_dir_that_is_a_file_is_one_line(table1_runs, tmp_path):
         f"error: --workdir {str(tmp_path / 'taken')!r} is not a folder")
 
 
+@pytest.mark.slow
 def test_no_chart_is_left_beside_a_new_table(table1_runs):
     written = tables.write(1, table1_runs, formats=("pdf",))
     assert {p.name for p in written.files} >= {"table1.png", "table1.pdf"}

@@ -152,6 +152,7 @@ def test_validation_set_is_fixed_disjoint_and_distorted_like_the_test_set():
 
 
 # ----------------------------------------------------------------------------- models
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_output_shapes_and_grids(name):
     model = models.create(name, (42, 42, 2), st_output_size=30, rngs=nnx.Rngs(0))

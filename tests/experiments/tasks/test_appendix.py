@@ -197,6 +197,7 @@ def test_eval_sets_are_named_one_line_errors():
 
 
 # ----------------------------------------------------------------------------- loss landscape
+@pytest.mark.slow
 def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     # tools/analyses/coloc_loss_landscape.py: the oracle box of half-side 1/3 is the true box
     # (IoU 1), a box of half-side 0.9 barely overlaps it; and each loss is the appendix's
@@ -244,6 +245,7 @@ def test_coloc_loss_landscape_puts_boxes_on_the_true_digits():
     assert rows[0][2] != pytest.approx(rows[1][2], rel=1e-3)  # the box size matters
 
 
+@pytest.mark.slow
 def test_coloc_offset_landscape_moves_true_sized_boxes_off_the_digits():
     # tools/analyses/coloc_loss_landscape.py --offsets: at 0 pixels the boxes are the true boxes
     # (IoU 1) and moving every box equals moving each alone (both are the true-box loss, the

@@ -159,6 +159,7 @@ def _embedding_leaves(module):
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(module))]
 
 
+@pytest.mark.slow
 def test_a_fresh_run_starts_from_the_named_embedding_run_and_needs_it_no_more(tmp_path, data_dir):
     """`model.embedding.workdir` names a finished run of `configs/colocalisation.py:embedding`:
     a fresh run loads its final weights into the frozen CNN; the run's own checkpoint holds
@@ -238,6 +239,7 @@ def test_the_landscape_scores_a_finished_runs_learned_boxes(tmp_path, data_dir):
         landscape.restored_run(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.slow
 def test_the_cache_trains_the_embedding_run_once_through_the_trainer(tmp_path, data_dir,
                                                                       monkeypatch):
     """With `model.embedding.workdir` empty, the first run trains the embedding config through

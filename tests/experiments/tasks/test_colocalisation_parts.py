@@ -72,6 +72,7 @@ def test_clutter_is_sixteen_6x6_patches_of_pool_digits():
     assert np.all(np.asarray(cluttered) >= np.asarray(plain))  # max-combined
 
 
+@pytest.mark.slow
 def test_class_digits_and_datasets_are_fixed_and_disjoint():
     digits = digit_set()
     sets = data.datasets(digits, digit_class=3, num_train=20, validation_size=100, clutter=16,
@@ -102,6 +103,7 @@ def test_class_digits_and_datasets_are_fixed_and_disjoint():
 EXPECTED_TEST_SHA256 = "425581d12926b11dde73f89ba958f07ab2218ad46d3ac072397e681316b27953"
 
 
+@pytest.mark.slow
 def test_test_set_bytes_match_stored_hash():
     test = data.datasets(digit_set(), digit_class=3, num_train=20, validation_size=100,
                          clutter=16, seed=0)["test"]
@@ -111,6 +113,7 @@ def test_test_set_bytes_match_stored_hash():
     assert digest == EXPECTED_TEST_SHA256
 
 
+@pytest.mark.slow
 def test_train_batches_are_a_function_of_seed_and_step():
     sets = data.datasets(digit_set(), digit_class=1, num_train=30, validation_size=0, clutter=0,
                          seed=0)["train"]
@@ -237,6 +240,7 @@ def test_bounded_start_and_unit_descriptors():
                            descriptor="cosine", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_embedding_is_fixed_and_only_the_localiser_is_trained():
     model = make_model()
     trainable = num_params(model)

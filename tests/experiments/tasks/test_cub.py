@@ -141,6 +141,7 @@ def test_miniature_and_task_splits(tmp_path):
     assert len(other.train_arrays[0]) == n_train - 4
 
 
+@pytest.mark.slow
 def test_train_batch_crops_flips_and_is_pure():
     images = jnp.asarray(np.arange(4 * 6 * 6 * 1).reshape(4, 6, 6, 1) % 251, jnp.uint8)
     labels = jnp.arange(4)
@@ -162,6 +163,7 @@ def test_train_batch_crops_flips_and_is_pure():
     assert 0 < sum(flipped) < len(flipped)
 
 
+@pytest.mark.slow
 def test_random_crop_corners_cover_every_position():
     """The crop's top-left corner takes every value 0..limit on each axis (limit = stored side -
     crop side), the last one included: each pixel holds its own row and column."""
@@ -205,6 +207,7 @@ def test_cluttered_objects_with_boxes_gives_each_items_place():
             top, left, top + side, left + side)
 
 
+@pytest.mark.slow
 def test_models_shapes_initial_boxes_and_grids():
     config = cub_config("4xst_448,smoke")
     model = cub_models.get_model(config.model, 4, nnx.Rngs(0))
@@ -311,6 +314,7 @@ def _tiny_cnn_run(tmp_path, weights, steps=2):
     return config
 
 
+@pytest.mark.slow
 def test_a_finished_run_needs_its_weights_file_no_more(tmp_path):
     """The checkpoint holds every parameter: once trained, a run is evaluated and resumed with
     its `model.weights` file replaced by other weights or gone, and the numbers of the resumed
@@ -570,6 +574,7 @@ def test_pretraining_keeps_its_held_out_items_and_the_canvases_items_apart(tmp_p
     assert held | trained == spare
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_trained_once_through_the_trainer_and_loaded(tmp_path, monkeypatch):
     """The first fresh stand-in run trains the `cub_pretrain` config once through
     `train_and_evaluate` into the cache (batch-norm statistics learnt); every backbone gets its
@@ -697,6 +702,7 @@ def test_soft_argmax_is_the_weighted_mean_of_cell_centres():
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_soft_argmax_head_starts_centred_and_moves_towards_the_salient_cell():
     """The soft_argmax head starts every box at the centre with the configured scale; a
     saliency kernel that responds to the feature map moves each centre to the weighted mean of
