@@ -3,7 +3,6 @@ error otherwise; and the stitched picture of the steps (stn.experiments.pictures
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from PIL import Image
 
