@@ -170,6 +170,7 @@ def test_garbage_metadata_and_deleted_files_fall_back_to_step_0_and_all_are_save
     assert_same_params(workdir, base[1], config)
 
 
+@pytest.mark.slow
 def test_a_step_set_aside_twice_keeps_both_copies(run, capsys):
     data_dir, workdir, _ = run
     checkpoints = workdir / "checkpoints"

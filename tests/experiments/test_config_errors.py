@@ -25,6 +25,7 @@ CASES = {  # the arguments -> what the one line must say
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("program", ["train.py", "eval.py"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_wrong_config_flag_is_one_line_naming_it(program, case, tmp_path):

@@ -280,6 +280,7 @@ def test_lr_seed_overrides_only_its_axes_and_what_it_changes_in_a_preset_is_show
 
 # --- a changed sweep file: skip only the same config -------------------------------------------
 
+@pytest.mark.slow
 def test_changed_point_is_refused_naming_fields_and_rerun_into_a_fresh_folder(tmp_path):
     fake = fake_trainer(tmp_path)
     workdir = tmp_path / "runs"
@@ -361,6 +362,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_running_points_starts_nothing_and_a_rerun_resumes(tmp_path):
     """Ctrl-C (SIGINT to the sweep's whole process group, as a terminal sends it): the running
     points save their checkpoint and end, the last point never starts, the runner waits for

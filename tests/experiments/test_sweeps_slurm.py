@@ -59,6 +59,7 @@ def _run_array_task(script: str, index: int) -> subprocess.CompletedProcess:
     return subprocess.run(command[python:], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_slurm_submits_one_array_with_the_cluster_settings_and_its_tasks_run(tmp_path,
                                                                              slurm_bin):
     sweep = helpers.sweep_file(tmp_path, ["a", "b", "c"])

@@ -182,6 +182,7 @@ def test_loc_lr_multiplier_scales_only_the_loc_net(data_dir, tmp_path):
                zip(flags, jax.tree.leaves(fresh), after) if not f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_loc_lr_multiplier_gives_that_fraction_of_the_whole_update(data_dir, weight_decay):
     """0.1 gives the loc net a tenth of the update (gradient, weight decay and momentum alike)

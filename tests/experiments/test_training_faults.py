@@ -187,6 +187,7 @@ def test_results_json_is_strict_json_with_null_for_non_finite(tmp_path):
         metrics_io.write_json(str(path), {"x": float("nan")})
 
 
+@pytest.mark.slow
 def test_metrics_after_a_resume_from_an_older_checkpoint_hold_each_step_once(data_dir,
                                                                              tmp_path):
     config = helpers.small_config(data_dir, steps=6, checkpoint_every=2, eval_every=100,
@@ -254,6 +255,7 @@ def test_a_killed_run_resumes_bit_identically(data_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_an_unwritable_file_is_one_line_from_train_py(data_dir, tmp_path):
     """A file that cannot be written (here `config.json` is a folder, as a full or read-only
     disk would also refuse it) ends train.py with one line naming it, not a traceback."""

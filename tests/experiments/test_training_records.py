@@ -206,6 +206,7 @@ class _Killed(BaseException):
     """Stands for `kill -9`: nothing after it runs (metrics lines are written as they come)."""
 
 
+@pytest.mark.slow
 def test_a_run_killed_between_a_save_and_its_evaluation_redoes_the_evaluation(
         data_dir, tmp_path, monkeypatch):
     config = helpers.small_config(data_dir, steps=4, checkpoint_every=2, eval_every=2, log_every=2)

@@ -46,6 +46,7 @@ def test_matches_literal_double_sum(kernel, padding, align_corners):
     np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("kernel", KERNEL_CASES, ids=KERNEL_IDS)
@@ -93,6 +94,7 @@ def test_unbatched_and_output_size_follows_grid():
     np.testing.assert_array_equal(batched[0], sampling.sample(image, over))
 
 
+@pytest.mark.slow
 def test_volume_output_size_follows_grid():
     volume = jnp.arange(3 * 4 * 5 * 2, dtype=jnp.float64).reshape(1, 3, 4, 5, 2)
     grid = jnp.asarray(np.random.default_rng(12).uniform(-1, 1, size=(1, 2, 6, 7, 3)))
@@ -155,6 +157,7 @@ def test_check_grads_image_and_grid(kernel, padding, sizes):
     check_grads(jax.jit(fn), (image, grid), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes,padding", [((6, 7), "zeros"), ((6, 7), "border"),
                                           ((6, 7), "reflection"), ((5, 6, 7), "border")],
                          ids=["2d-zeros", "2d-border", "2d-reflection", "3d-border"])

@@ -71,6 +71,7 @@ def test_away_from_the_edges_no_renormalising_is_needed():
     assert not np.allclose(np.asarray(out[0]), FIXTURE["bilinear_6x5"][0])  # the edge fades
 
 
+@pytest.mark.slow
 def test_volume_resize_matches_torch_per_slice():
     """A volume constant along y, resized in (z, x) as the fixture's image in (y, x) and kept in
     y, gives torch's 2-D result in every y row (the 3-D footprint and taps)."""
@@ -357,6 +358,7 @@ def test_bad_arguments_raise_one_line_errors():
 # ------------------------------------------------------------- the transformer and the configs
 
 
+@pytest.mark.slow
 def test_spatial_transformer_samples_antialiased():
     from flax import nnx
 

@@ -41,6 +41,7 @@ def test_empty_inputs_are_still_checked():
         sampling.sample(jnp.ones((2, 8, 8, 0)), jnp.zeros((2, 4, 4, 2)), kernel="cubic")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_spatial_transformer_on_an_empty_batch(ndim):
     shape = (10, 10, 1) if ndim == 2 else (6, 8, 8, 1)

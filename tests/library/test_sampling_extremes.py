@@ -52,6 +52,7 @@ def _vjp(image, grid, kernel, padding):
     return out, vjp(cotangent), cotangent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_axes", [2, 3])
 @pytest.mark.parametrize("kernel,padding", CASES, ids=CASE_IDS)
 def test_non_finite_points_sample_zero_and_pass_no_gradient(kernel, padding, num_axes):
@@ -95,6 +96,7 @@ def _pixel_to_normalized(pixel, size):
     return (2 * pixel + 1) / size - 1  # align_corners=False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_axes", [2, 3])
 @pytest.mark.parametrize("kernel,padding", CASES, ids=CASE_IDS)
 def test_huge_finite_points_are_outside(kernel, padding, num_axes):

@@ -203,6 +203,7 @@ def test_tc_digit_is_always_fully_inside():
         assert digit[i, y:y + 28, x:x + 28].min() > 0.999
 
 
+@pytest.mark.slow
 def test_tc_clutter_is_six_6x6_patches_of_other_digits():
     images = synthetic_digits(9, seed=10)
     params = D.tc_params(jax.random.key(4), images)
@@ -232,6 +233,7 @@ def test_tc_clutter_is_six_6x6_patches_of_other_digits():
         assert np.all((solid[i] < 1e-5) | (solid[i] > 1 - 1e-5))  # crisp integer pastes
 
 
+@pytest.mark.slow
 def test_tc_is_max_of_digit_and_clutter():
     images = synthetic_digits(7, seed=11)
     key = jax.random.key(6)

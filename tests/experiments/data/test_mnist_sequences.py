@@ -45,6 +45,7 @@ def test_two_digits_sit_left_and_right_in_order():
     np.testing.assert_allclose(again, canvas)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("canvas_size", [64, 128])
 def test_batch_shapes_labels_and_canvas_edges(canvas_size):
     images, labels = _digits()

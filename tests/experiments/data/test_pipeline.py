@@ -51,6 +51,7 @@ def test_each_epoch_visits_every_example_once(num, batch_size):
     assert not np.array_equal(epochs[0], epochs[1])  # a fresh permutation per epoch
 
 
+@pytest.mark.slow
 def test_batches_are_a_function_of_seed_and_step():
     images, labels = synthetic_uint8(64), np.arange(64, dtype=np.int32) % 10
     fn = _batch_fn(16, "rts")
@@ -80,6 +81,7 @@ def _digits(n_test):
                     (np.arange(n_test) % 10).astype(np.int32), "synthetic")
 
 
+@pytest.mark.slow
 def test_test_set_is_fixed_and_chunked(monkeypatch):
     monkeypatch.setattr(pipeline, "TEST_CHUNK", 64)
     digits = _digits(150)  # 3 chunks, the last one partial

@@ -15,6 +15,7 @@ import helpers
 REPO = Path(helpers.ROOT)
 
 
+@pytest.mark.slow
 def test_preview_grid_png(tmp_path):
     rng = np.random.default_rng(0)
     images = np.zeros((3, 28, 28), np.uint8)
@@ -46,6 +47,7 @@ def test_flags_that_draw_nothing_or_too_much_are_refused(num, zoom, names, needl
     preview.check_flags(1, 1, ["rts"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--num=-3", "--num=0", "--num=2001"])
 def test_cli_refuses_bad_num_in_one_line_and_writes_nothing(tmp_path, flag):
     out = tmp_path / "p.png"

@@ -127,6 +127,7 @@ def test_addition_runs_stay_out_of_table1(table1_runs):
     assert any("addition-fcn" in path for path in built["ignored"])
 
 
+@pytest.mark.slow
 def test_cli(table1_runs):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-m", "stn.experiments.results",

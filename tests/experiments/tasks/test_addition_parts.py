@@ -62,6 +62,7 @@ def test_each_channel_holds_its_digit_and_the_label_is_the_sum():
                                   digits.train_labels[first] + digits.train_labels[second])
 
 
+@pytest.mark.slow
 def test_rts_keeps_each_digit_whole_on_its_canvas():
     # No ink is cut off: each channel's ink mass is its source digit's times scale^2, with the
     # scale in [0.7, 1.2] (bilinear resampling changes the mass by a few percent at most).
@@ -101,6 +102,7 @@ def test_bad_images_are_a_one_line_error():
                              batch_size=2)
 
 
+@pytest.mark.slow
 def test_test_set_pairs_digits_with_independent_channels():
     digits = digit_set()
     test = addition.test_set(digits, "rts", seed=0)

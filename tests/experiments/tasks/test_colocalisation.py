@@ -112,6 +112,7 @@ def test_a_bad_translation_is_one_line_naming_the_field():
     coloc.validate_config(config)
 
 
+@pytest.mark.slow
 def test_the_optimised_images_are_the_tasks_optimised_set():
     # load_data hands the trainer the training images (image, box, rand_pos) as `optimised`,
     # which training.evaluate_run scores as `train_*` and draws at every evaluation.

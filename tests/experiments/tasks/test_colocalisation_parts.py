@@ -59,6 +59,7 @@ def test_translated_digit_sits_whole_inside_its_true_box():
     assert centres.min() < -0.8 and centres[:, 0].max() > 0.1  # positions spread
 
 
+@pytest.mark.slow
 def test_clutter_is_sixteen_6x6_patches_of_pool_digits():
     digits, _ = synthetic_digits(32)
     pool = np.full((5, 28, 28), 77, np.uint8)  # the clutter's grey level marks it
@@ -225,6 +226,7 @@ def test_model_outputs_start_at_the_whole_image():
     assert len(layers.localisation_paths(model)) == 1
 
 
+@pytest.mark.slow
 def test_bounded_start_and_unit_descriptors():
     model = models.CoLocaliser((84, 84, 1), mnist.CNN((28, 28, 1), rngs=nnx.Rngs(1)),
                                initial_scale=0.5, min_scale=0.2, descriptor="unit",
