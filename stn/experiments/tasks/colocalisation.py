@@ -222,8 +222,8 @@ MOMENT = "centre_moment_"  # per-example products whose means set_metrics turns 
 def _centre_moments(predicted: jax.Array, true: jax.Array) -> dict[str, jax.Array]:
     """Per example, for each axis a of the box centres (p predicted, q true): p_a, q_a, p_a^2,
     q_a^2 and p_a q_a, named `centre_moment_<a>_<p|q|pp|qq|pq>`."""
-    p = 0.5 * (predicted[:, :2] + predicted[:, 2:])
-    q = 0.5 * (true[:, :2] + true[:, 2:])
+    p = boxes.box_attention(predicted)[:, 1:]  # (t_x, t_y): the box's centre
+    q = boxes.box_attention(true)[:, 1:]
     values = {}
     for index, axis in enumerate("xy"):
         a, b = p[:, index], q[:, index]
