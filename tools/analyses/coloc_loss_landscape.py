@@ -26,7 +26,8 @@ boxes that run's loc net LEARNED instead: its config read from the run (`config.
 fraction localised (IoU > 0.5) and the loss on the 100 training images at the loc net's boxes,
 at the true boxes, and at the centred boxes (on the true centres) of the half-side whose loss is
 lowest among the landscape's, every kind under the same `--repeats` draws of the random patches
-(`learned_boxes`). `--patch_scale=S` scores them with random patches of half-side S (0: the
+(`learned_boxes`), then the spread of the learned box centres and their correlation with the
+true centres in float64 (`learned_centres`). `--patch_scale=S` scores them with random patches of half-side S (0: the
 crop's own) instead of the run's `model.patch_scale` (the boxes are the run's either way):
 
     python tools/analyses/coloc_loss_landscape.py --workdir=runs/coloc_t7 --repeats=8
@@ -204,6 +205,24 @@ def learned_boxes(model, optimised: dict, half_sides=HALF_SIDES, repeats: int = 
     return rows
 
 
+def learned_centres(model, optimised: dict) -> dict[str, float]:
+    """The spread of the loc net's box centres on the `optimised` images (`sd_x`, `sd_y`, in
+    normalised units: 0.01 is about 0.4 px of the 84-px image) and Pearson's r of them against
+    the true centres (`r`: x and y pooled, each centred on its own mean; `r_x`, `r_y`), in two
+    float64 passes: NaN where the centres do not move at all."""
+    predicted = boxes.attention_box(model.transformer.loc_net(jnp.asarray(optimised["image"])))
+    p = 0.5 * (np.asarray(predicted[:, :2], np.float64) + np.asarray(predicted[:, 2:], np.float64))
+    q = 0.5 * (optimised["box"][:, :2] + optimised["box"][:, 2:]).astype(np.float64)
+
+    def pearson(a, b):
+        a, b = a - a.mean(axis=0), b - b.mean(axis=0)
+        denominator = np.sqrt((a * a).sum() * (b * b).sum())
+        return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+    return {"sd_x": float(p[:, 0].std()), "sd_y": float(p[:, 1].std()), "r": pearson(p, q),
+            "r_x": pearson(p[:, 0], q[:, 0]), "r_y": pearson(p[:, 1], q[:, 1])}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arg", nargs="?", default=None,
@@ -237,6 +256,9 @@ def main(argv: list[str]) -> None:
         for kind, side, iou, localised, loss in learned_boxes(model, optimised,
                                                               repeats=args.repeats):
             print(f"{kind:32s}  {side:9.3f}  {iou:.2f}  {100 * localised:6.0f}%  {loss:.4f}")
+        c = learned_centres(model, optimised)
+        print(f"learned centres: sd x {c['sd_x']:.4f}, y {c['sd_y']:.4f}; r against the true "
+              f"centres {c['r']:.2f} (x {c['r_x']:.2f}, y {c['r_y']:.2f})")
         return
     args.arg = args.arg or "t,class=3,reduced"
     try:

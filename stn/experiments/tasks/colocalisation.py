@@ -233,29 +233,42 @@ def _centre_moments(predicted: jax.Array, true: jax.Array) -> dict[str, jax.Arra
     return values
 
 
-def _pearson(mean_p, mean_q, mean_pp, mean_qq, mean_pq) -> float:
-    """Pearson's r from the means of p, q, p^2, q^2 and pq; NaN where either has (nearly) no
-    spread: a variance under 1e-4 of its mean square, which float32 sums cannot resolve (boxes
-    that all sit at one place gave |r| > 1 from rounding alone)."""
+def _axis_spread(mean_p, mean_q, mean_pp, mean_qq, mean_pq) -> tuple[float, float, float] | None:
+    """One axis's (covariance of p and q, variance of p, variance of q) from the means of p, q,
+    p^2, q^2 and pq; None where either has (nearly) no spread: a variance under 1e-4 of its mean
+    square, which float32 sums cannot resolve (boxes that all sit at one place gave |r| > 1 from
+    rounding alone)."""
     var_p, var_q = mean_pp - mean_p ** 2, mean_qq - mean_q ** 2
     if not (var_p > 1e-4 * mean_pp and var_q > 1e-4 * mean_qq):
+        return None
+    return mean_pq - mean_p * mean_q, var_p, var_q
+
+
+def _pearson(*spreads: tuple[float, float, float] | None) -> float:
+    """Pearson's r of the pairs of every resolved axis, each axis centred on its own means:
+    r = sum_a cov_a / sqrt(sum_a var_p,a * sum_a var_q,a), clipped to [-1, 1]; NaN where no axis
+    is resolved. Centring per axis keeps the gap between the x and the y means (a fixed box off
+    the image's diagonal) from reading as a correlation."""
+    resolved = [s for s in spreads if s is not None]
+    if not resolved:
         return float("nan")
-    return float(np.clip((mean_pq - mean_p * mean_q) / np.sqrt(var_p * var_q), -1.0, 1.0))
+    cov, var_p, var_q = (sum(values) for values in zip(*resolved))
+    return float(np.clip(cov / np.sqrt(var_p * var_q), -1.0, 1.0))
 
 
 def set_metrics(means: dict[str, float]) -> dict[str, float]:
     """The set's means, with the centre moments replaced by Pearson's correlation of the
-    predicted and true box centres over the set's images: `centre_correlation` (x and y
-    coordinates pooled: 2N pairs), `centre_correlation_x`, `centre_correlation_y`."""
+    predicted and true box centres over the set's images: `centre_correlation` (x and y pooled,
+    each centred on its own means: 2N pairs), `centre_correlation_x`, `centre_correlation_y`."""
     figures = {k: v for k, v in means.items() if not k.startswith(MOMENT)}
     if not any(k.startswith(MOMENT) for k in means):
         return figures
-    moments = {axis: [means[f"{MOMENT}{axis}_{m}"] for m in ("p", "q", "pp", "qq", "pq")]
+    spreads = {axis: _axis_spread(*[means[f"{MOMENT}{axis}_{m}"]
+                                    for m in ("p", "q", "pp", "qq", "pq")])
                for axis in "xy"}
-    pooled = [0.5 * (x + y) for x, y in zip(moments["x"], moments["y"])]
-    figures["centre_correlation"] = _pearson(*pooled)
+    figures["centre_correlation"] = _pearson(spreads["x"], spreads["y"])
     for axis in "xy":
-        figures[f"centre_correlation_{axis}"] = _pearson(*moments[axis])
+        figures[f"centre_correlation_{axis}"] = _pearson(spreads[axis])
     return figures
 
 
