@@ -115,6 +115,31 @@ def test_table2_and_lr_seed_expansion():
     assert p["config"] == "configs/mnist.py:rts,st_cnn,affine"
 
 
+
+def test_quick_tune_expansion_scales_the_schedule_with_the_steps():
+    """Each point's lr decay, evaluation and checkpoints follow its own number of steps."""
+    points = sweeps.load_sweep(str(REPO / "configs/sweeps/quick_tune.py") +
+                               ":lrs=0.03,0.1,steps=400,800,seeds=2")
+    assert len(points) == 2 * 3 * 2 * 2
+    names = [p["name"] for p in points]
+    assert len(set(names)) == len(names)
+    p = {q["name"]: q for q in points}["lr0.1-loc0.3-steps800-s1"]
+    assert p["config"] == "configs/mnist.py:quick"
+    assert p["overrides"] == {"seed": 1, "train.learning_rate": 0.1,
+                              "model.loc_lr_multiplier": 0.3,
+                              "train.steps": 800, "train.lr_decay_every": 600,
+                              "train.eval_every": 400, "train.checkpoint_every": 400}
+    # The preset is the point its tuning sweep chose: that point changes nothing in it.
+    chosen = sweeps.load_sweep(str(REPO / "configs/sweeps/quick_tune.py") +
+                               ":lrs=0.01,loc_multipliers=0.3,steps=700")
+    assert [p["name"] for p in chosen] == ["lr0.01-loc0.3-steps700-s0"]
+    assert sweeps.preset_changes(chosen, sweeps.resolve_points(chosen)) == [
+        "configs/mnist.py:quick (1 point(s)): no field changed"]
+    smaller = sweeps.load_sweep(str(REPO / "configs/sweeps/quick_tune.py") +
+                                ":lrs=0.01,loc_multipliers=1,output_sizes=0,28")
+    assert [(p["name"], p["overrides"].get("model.st_output_size")) for p in smaller] == [
+        ("lr0.01-loc1-steps400-s0", None), ("lr0.01-loc1-steps400-out28-s0", 28)]
+
 # --- commands, dry run, emit, resume -----------------------------------------------------------
 
 def test_point_command_is_an_argv_list(tmp_path):
@@ -262,20 +287,20 @@ def test_every_point_is_resolved_before_any_runs_and_a_bad_one_is_named(tmp_path
 
 
 def test_lr_seed_overrides_only_its_axes_and_what_it_changes_in_a_preset_is_shown():
-    """On `quick` (loc multiplier 0.1, tuned) the sweep keeps the preset's multiplier unless it
+    """On `quick` (loc multiplier 0.3, tuned) the sweep keeps the preset's multiplier unless it
     is an axis; every field a sweep changes in its preset is listed when it starts."""
-    spec = str(REPO / "configs/sweeps/lr_seed.py") + ":config=configs/mnist.py:quick,lrs=0.01,seeds=2"
+    spec = str(REPO / "configs/sweeps/lr_seed.py") + ":config=configs/mnist.py:quick,lrs=0.03,seeds=2"
     points = sweeps.load_sweep(spec)
     configs = sweeps.resolve_points(points)
-    assert [p["name"] for p in points] == ["lr0.01-s0", "lr0.01-s1"]
+    assert [p["name"] for p in points] == ["lr0.03-s0", "lr0.03-s1"]
     assert all("model.loc_lr_multiplier" not in p["overrides"] for p in points)
-    assert {c["model"]["loc_lr_multiplier"] for c in configs.values()} == {0.1}
+    assert {c["model"]["loc_lr_multiplier"] for c in configs.values()} == {0.3}
     assert sweeps.preset_changes(points, configs) == [
-        "configs/mnist.py:quick (2 point(s)): seed 0 -> 0, 1; train.learning_rate 0.03 -> 0.01"]
+        "configs/mnist.py:quick (2 point(s)): seed 0 -> 0, 1; train.learning_rate 0.01 -> 0.03"]
     swept = sweeps.load_sweep(spec + ",loc_multipliers=1")
     assert sweeps.preset_changes(swept, sweeps.resolve_points(swept)) == [
-        "configs/mnist.py:quick (2 point(s)): model.loc_lr_multiplier 0.1 -> 1.0; seed 0 -> 0, 1; "
-        "train.learning_rate 0.03 -> 0.01"]
+        "configs/mnist.py:quick (2 point(s)): model.loc_lr_multiplier 0.3 -> 1.0; seed 0 -> 0, 1; "
+        "train.learning_rate 0.01 -> 0.03"]
 
 
 # --- a changed sweep file: skip only the same config -------------------------------------------
