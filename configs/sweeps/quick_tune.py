@@ -7,11 +7,11 @@ The quick preset (an ST-CNN, affine, on RTS over the embedded sample, 1,000 of i
 training digits held out for validation) at a budget of about two minutes on a 2-core CPU:
 learning rate x the localisation nets' multiplier x the number of steps (the learning rate
 falls 10x at three quarters of them) x the transformer's output side (0: the input's 42; 28:
-the classifier sees a down-sampled view, so enlarging the digit pays). The paper's 2x2 pool after the transformer is not an axis:
-the CNN needs at least 24x24 pixels, and RTS's 42x42 pooled is 21x21.
-Arguments (`key=value` joined by commas; a list continues after commas): lrs=..., loc_multipliers=...,
-steps=..., output_sizes=..., seeds=N (seeds 0..N-1 per setting; default 1). Point names read
-`lr0.03-loc0.3-steps400-s0`, with `-out28` before the seed where the output side is not 0.
+the classifier sees a down-sampled view, so enlarging the digit pays). The paper's 2x2 pool
+after the transformer is not an axis: the CNN needs at least 24x24 pixels, and RTS's 42x42
+pooled is 21x21. Arguments (`key=value` joined by commas; a list continues after commas):
+lrs=..., loc_multipliers=..., steps=..., output_sizes=..., seeds=N (seeds 0..N-1 per setting;
+default 1). Point names read `lr0.03-loc0.3-steps400-s0`, with `-out28` before the seed where the output side is not 0.
 """
 from stn.experiments import config_args, sweeps
 

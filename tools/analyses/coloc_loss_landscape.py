@@ -27,8 +27,9 @@ fraction localised (IoU > 0.5) and the loss on the 100 training images at the lo
 at the true boxes, and at the centred boxes (on the true centres) of the half-side whose loss is
 lowest among the landscape's, every kind under the same `--repeats` draws of the random patches
 (`learned_boxes`), then the spread of the learned box centres and their correlation with the
-true centres in float64 (`learned_centres`). `--patch_scale=S` scores them with random patches of half-side S (0: the
-crop's own) instead of the run's `model.patch_scale` (the boxes are the run's either way):
+true centres in float64 (`learned_centres`). `--patch_scale=S` scores them with random patches
+of half-side S (0: the crop's own) instead of the run's `model.patch_scale` (the boxes are the
+run's either way):
 
     python tools/analyses/coloc_loss_landscape.py --workdir=runs/coloc_t7 --repeats=8
     python tools/analyses/coloc_loss_landscape.py --workdir=runs/coloc_t7 --repeats=8 --patch_scale=0.3333333
