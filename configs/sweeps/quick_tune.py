@@ -11,7 +11,8 @@ the classifier sees a down-sampled view, so enlarging the digit pays). The paper
 after the transformer is not an axis: the CNN needs at least 24x24 pixels, and RTS's 42x42
 pooled is 21x21. Arguments (`key=value` joined by commas; a list continues after commas):
 lrs=..., loc_multipliers=..., steps=..., output_sizes=..., seeds=N (seeds 0..N-1 per setting;
-default 1). Point names read `lr0.03-loc0.3-steps400-s0`, with `-out28` before the seed where the output side is not 0.
+default 1). Point names read `lr0.03-loc0.3-steps400-s0`, with `-out28` before the seed where
+the output side is not 0.
 """
 from stn.experiments import config_args, sweeps
 
